@@ -1,0 +1,41 @@
+//! Nyala's storage engine: tablets.
+//!
+//! A [`Tablet`] stores the rows of (a partition of) a table with a primary key. Module map,
+//! following a write and then a read:
+//!
+//! - [`write`]: batches of row operations, validation, WAL record encoding;
+//! - `tablet`: the write path (locate key, decide, apply, group commit, publish), flushes,
+//!   checkpoints and recovery; the invariants that hold it together are documented there;
+//! - `memtable`: the row-oriented write buffer (skip list of key versions);
+//! - `segment`: immutable sorted runs, in memory after a freeze and in Parquet after a flush;
+//! - `keyindex`: per-segment key samples and filter, for point lookups and presence checks;
+//! - `dv`: deletion vectors with timestamps;
+//! - `store`: the sled metadata store (WAL, manifest, persisted deletions);
+//! - [`scan`] and [`predicate`]: snapshot scans, predicate evaluation and pruning.
+//!
+//! If you change the row or key encoding, also change the WAL and segment formats' versions;
+//! if you change how a batch is applied, recovery replays through the same code (good), but
+//! old WAL records must still decide the same way.
+
+pub mod clock;
+mod dv;
+pub mod error;
+mod keyindex;
+mod memtable;
+pub mod options;
+pub mod predicate;
+pub mod scan;
+mod segment;
+mod store;
+mod tablet;
+pub mod write;
+
+pub use clock::Timestamp;
+pub use error::{Result, StorageError};
+pub use options::{Durability, TabletOptions};
+pub use predicate::{CmpOp, Predicate};
+pub use scan::{ScanRequest, TabletScan};
+pub use tablet::{Tablet, TabletStats};
+pub use write::{BatchBuilder, RowError, RowErrorKind, WriteBatch, WriteOp, WriteOutcome};
+
+pub use nyala_common::{ColumnSchema, DataType, Schema, Value};

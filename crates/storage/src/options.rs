@@ -1,0 +1,60 @@
+//! Tablet configuration.
+
+use std::time::Duration;
+
+/// When a write counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// A write is acknowledged only after its WAL record is synced to disk. Concurrent writers
+    /// share one sync (group commit). The default.
+    Sync,
+    /// A write is acknowledged once it is in the WAL's memory; a background flush syncs at least
+    /// every `interval`. A crash loses at most the writes of the last interval.
+    Async {
+        /// Upper bound on the age of an unsynced write.
+        interval: Duration,
+    },
+}
+
+/// Settings of one tablet. The defaults suit a server; tests shrink the thresholds.
+#[derive(Clone, Debug)]
+pub struct TabletOptions {
+    /// Durability of acknowledged writes.
+    pub durability: Durability,
+    /// Largest accepted string/binary cell, in bytes.
+    pub max_cell_bytes: usize,
+    /// Largest accepted row (encoded), in bytes.
+    pub max_row_bytes: usize,
+    /// Largest accepted write batch, in rows.
+    pub max_batch_rows: usize,
+    /// The write buffer is flushed in the background once it holds this many bytes
+    /// (`None`: only explicit flushes).
+    pub flush_threshold_bytes: Option<usize>,
+    /// How long superseded row versions are kept for snapshot reads at past timestamps.
+    pub history_retention: Duration,
+    /// Rows per Parquet data page: a point lookup decodes about this many values per column.
+    pub page_rows: usize,
+    /// Rows per Parquet row group: the unit of statistics pruning and of scan parallelism.
+    pub row_group_rows: usize,
+    /// zstd level for segments.
+    pub zstd_level: i32,
+    /// Size of the metadata store's page cache, in bytes.
+    pub meta_cache_bytes: u64,
+}
+
+impl Default for TabletOptions {
+    fn default() -> Self {
+        TabletOptions {
+            durability: Durability::Sync,
+            max_cell_bytes: 64 * 1024,
+            max_row_bytes: 256 * 1024,
+            max_batch_rows: 1_000_000,
+            flush_threshold_bytes: Some(128 * 1024 * 1024),
+            history_retention: Duration::from_secs(15 * 60),
+            page_rows: 1024,
+            row_group_rows: 256 * 1024,
+            zstd_level: 3,
+            meta_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}

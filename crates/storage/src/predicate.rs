@@ -1,0 +1,360 @@
+//! Scan predicates: evaluation on Arrow batches and pruning by key range and statistics.
+//!
+//! A scan applies its predicates exactly (rows that fail them are never returned) and also uses
+//! them to skip work: predicates on a key prefix become a range of encoded keys that prunes
+//! segments and bounds the write-buffer walk; predicates on any column prune Parquet row groups
+//! by their min/max/null-count statistics.
+
+use std::cmp::Ordering;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt64Array};
+use arrow::compute::kernels::{boolean, cmp};
+use arrow::compute::{is_not_null, is_null};
+
+use nyala_common::{RowCodec, Schema, SchemaError, Value};
+
+use crate::error::{Result, StorageError};
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `=`
+    Eq,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// A condition on one column. A scan returns the rows that satisfy all of its predicates; as in
+/// SQL, a comparison with a NULL cell is not satisfied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Predicate {
+    /// `column op value`.
+    Compare {
+        /// Column name.
+        column: String,
+        /// Operator.
+        op: CmpOp,
+        /// Constant of the column's type (not NULL).
+        value: Value,
+    },
+    /// `column IN (values)`.
+    In {
+        /// Column name.
+        column: String,
+        /// Constants of the column's type (not NULL).
+        values: Vec<Value>,
+    },
+    /// `column IS NULL`.
+    IsNull(String),
+    /// `column IS NOT NULL`.
+    IsNotNull(String),
+}
+
+impl Predicate {
+    /// Shorthand for [`Predicate::Compare`].
+    pub fn cmp(column: impl Into<String>, op: CmpOp, value: Value) -> Self {
+        Predicate::Compare {
+            column: column.into(),
+            op,
+            value,
+        }
+    }
+
+    fn column(&self) -> &str {
+        match self {
+            Predicate::Compare { column, .. } | Predicate::In { column, .. } => column,
+            Predicate::IsNull(c) | Predicate::IsNotNull(c) => c,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Test {
+    Compare(CmpOp, Scalar<ArrayRef>, Value),
+    In(Vec<(Scalar<ArrayRef>, Value)>),
+    IsNull,
+    IsNotNull,
+}
+
+/// A predicate checked against the schema, with its constants as Arrow scalars.
+#[derive(Debug)]
+pub(crate) struct BoundPredicate {
+    /// Table column index.
+    pub column: usize,
+    test: Test,
+}
+
+/// Checks predicates against the schema (unknown columns, NULL or mistyped constants).
+pub(crate) fn bind(schema: &Schema, preds: &[Predicate]) -> Result<Vec<BoundPredicate>> {
+    preds
+        .iter()
+        .map(|p| {
+            let column = schema.index_of(p.column())?;
+            let col = &schema.columns()[column];
+            let scalar = |v: &Value| -> Result<Scalar<ArrayRef>> {
+                if v.is_null() {
+                    return Err(StorageError::InvalidInput(format!(
+                        "comparison of column \"{}\" with NULL is never true; use IS NULL",
+                        col.name
+                    )));
+                }
+                Ok(Scalar::new(Value::to_array(
+                    &col.name,
+                    col.data_type,
+                    std::slice::from_ref(v),
+                )?))
+            };
+            let test = match p {
+                Predicate::Compare { op, value, .. } => {
+                    Test::Compare(*op, scalar(value)?, value.clone())
+                }
+                Predicate::In { values, .. } => Test::In(
+                    values
+                        .iter()
+                        .map(|v| Ok((scalar(v)?, v.clone())))
+                        .collect::<Result<_>>()?,
+                ),
+                Predicate::IsNull(_) => Test::IsNull,
+                Predicate::IsNotNull(_) => Test::IsNotNull,
+            };
+            Ok(BoundPredicate { column, test })
+        })
+        .collect()
+}
+
+fn compare(
+    op: CmpOp,
+    a: &dyn arrow::array::Datum,
+    b: &dyn arrow::array::Datum,
+) -> Result<BooleanArray> {
+    Ok(match op {
+        CmpOp::Eq => cmp::eq(a, b)?,
+        CmpOp::Lt => cmp::lt(a, b)?,
+        CmpOp::Le => cmp::lt_eq(a, b)?,
+        CmpOp::Gt => cmp::gt(a, b)?,
+        CmpOp::Ge => cmp::gt_eq(a, b)?,
+    })
+}
+
+impl BoundPredicate {
+    /// Which rows of `array` (this predicate's column) satisfy it; NULL counts as false.
+    pub fn evaluate(&self, array: &ArrayRef) -> Result<BooleanArray> {
+        Ok(match &self.test {
+            Test::Compare(op, s, _) => compare(*op, array, s)?,
+            Test::In(list) => {
+                let mut acc: Option<BooleanArray> = None;
+                for (s, _) in list {
+                    let m = cmp::eq(array, s)?;
+                    acc = Some(match acc {
+                        None => m,
+                        Some(a) => boolean::or_kleene(&a, &m)?,
+                    });
+                }
+                acc.unwrap_or_else(|| BooleanArray::from(vec![false; array.len()]))
+            }
+            Test::IsNull => is_null(array)?,
+            Test::IsNotNull => is_not_null(array)?,
+        })
+    }
+
+    /// For each row group (given its column statistics), whether it may hold a matching row.
+    /// Missing statistics (NULL entries) keep the group.
+    pub fn may_match(
+        &self,
+        mins: &ArrayRef,
+        maxes: &ArrayRef,
+        null_counts: &UInt64Array,
+        row_counts: &UInt64Array,
+    ) -> Result<Vec<bool>> {
+        let n = null_counts.len();
+        let keep_unknown = |m: BooleanArray| -> Vec<bool> {
+            (0..m.len()).map(|i| m.is_null(i) || m.value(i)).collect()
+        };
+        let cmp_range = |op: CmpOp, s: &Scalar<ArrayRef>| -> Result<Vec<bool>> {
+            Ok(match op {
+                CmpOp::Eq => {
+                    let lo = keep_unknown(cmp::lt_eq(mins, s)?);
+                    let hi = keep_unknown(cmp::gt_eq(maxes, s)?);
+                    lo.iter().zip(hi).map(|(a, b)| *a && b).collect()
+                }
+                CmpOp::Lt => keep_unknown(cmp::lt(mins, s)?),
+                CmpOp::Le => keep_unknown(cmp::lt_eq(mins, s)?),
+                CmpOp::Gt => keep_unknown(cmp::gt(maxes, s)?),
+                CmpOp::Ge => keep_unknown(cmp::gt_eq(maxes, s)?),
+            })
+        };
+        Ok(match &self.test {
+            Test::Compare(op, s, _) => cmp_range(*op, s)?,
+            Test::In(list) => {
+                let mut acc = vec![false; n];
+                for (s, _) in list {
+                    for (a, b) in acc.iter_mut().zip(cmp_range(CmpOp::Eq, s)?) {
+                        *a |= b;
+                    }
+                }
+                acc
+            }
+            Test::IsNull => (0..n)
+                .map(|i| null_counts.is_null(i) || null_counts.value(i) > 0)
+                .collect(),
+            Test::IsNotNull => (0..n)
+                .map(|i| {
+                    null_counts.is_null(i)
+                        || row_counts.is_null(i)
+                        || null_counts.value(i) < row_counts.value(i)
+                })
+                .collect(),
+        })
+    }
+}
+
+/// One end of a [`KeyRange`]: an encoded key prefix and whether keys equal to it on its
+/// columns are inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyBound {
+    pub prefix: Vec<u8>,
+    pub inclusive: bool,
+}
+
+/// The encoded keys a scan can match, derived from predicates on a key prefix.
+///
+/// Comparisons truncate a key to the bound's length: because each column's encoding is
+/// self-delimiting and memcomparable, that compares the key's leading columns with the bound's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyRange {
+    pub lower: Option<KeyBound>,
+    pub upper: Option<KeyBound>,
+    /// The predicates pin every key column with `=`: this is one key.
+    pub point: bool,
+}
+
+fn cmp_prefix(key: &[u8], prefix: &[u8]) -> Ordering {
+    key[..key.len().min(prefix.len())].cmp(prefix)
+}
+
+impl KeyRange {
+    /// Derives the range from bound predicates: leading key columns fixed by `=` (or a
+    /// one-element `IN`), then optionally a range on the next key column.
+    pub fn from_predicates(
+        codec: &RowCodec,
+        preds: &[BoundPredicate],
+    ) -> std::result::Result<Self, SchemaError> {
+        let key_cols = codec.schema().key_indices();
+        let eq_of = |col: usize| {
+            preds.iter().find_map(|p| match (&p.test, p.column == col) {
+                (Test::Compare(CmpOp::Eq, _, v), true) => Some(v.clone()),
+                (Test::In(list), true) if list.len() == 1 => Some(list[0].1.clone()),
+                _ => None,
+            })
+        };
+        let mut fixed = Vec::new();
+        for &c in key_cols {
+            match eq_of(c) {
+                Some(v) => fixed.push(v),
+                None => break,
+            }
+        }
+        let mut range = KeyRange::default();
+        if fixed.len() == key_cols.len() {
+            let k = codec.encode_key_prefix(&fixed)?;
+            range.lower = Some(KeyBound {
+                prefix: k.clone(),
+                inclusive: true,
+            });
+            range.upper = Some(KeyBound {
+                prefix: k,
+                inclusive: true,
+            });
+            range.point = true;
+            return Ok(range);
+        }
+        if !fixed.is_empty() {
+            let p = codec.encode_key_prefix(&fixed)?;
+            range.lower = Some(KeyBound {
+                prefix: p.clone(),
+                inclusive: true,
+            });
+            range.upper = Some(KeyBound {
+                prefix: p,
+                inclusive: true,
+            });
+        }
+        let next = key_cols[fixed.len()];
+        for p in preds.iter().filter(|p| p.column == next) {
+            if let Test::Compare(op, _, v) = &p.test {
+                let mut vals = fixed.clone();
+                vals.push(v.clone());
+                let prefix = codec.encode_key_prefix(&vals)?;
+                let (is_lower, inclusive) = match op {
+                    CmpOp::Gt => (true, false),
+                    CmpOp::Ge => (true, true),
+                    CmpOp::Lt => (false, false),
+                    CmpOp::Le => (false, true),
+                    CmpOp::Eq => continue,
+                };
+                let b = KeyBound { prefix, inclusive };
+                // Tighter bounds win: one on more columns, or a stricter one on the same.
+                let slot = if is_lower {
+                    &mut range.lower
+                } else {
+                    &mut range.upper
+                };
+                let tighter = match slot.as_ref() {
+                    None => true,
+                    Some(cur) if cur.prefix.len() != b.prefix.len() => {
+                        cur.prefix.len() < b.prefix.len()
+                    }
+                    Some(cur) => {
+                        if is_lower {
+                            b.prefix > cur.prefix
+                        } else {
+                            b.prefix < cur.prefix
+                        }
+                    }
+                };
+                if tighter {
+                    *slot = Some(b);
+                }
+            }
+        }
+        Ok(range)
+    }
+
+    /// Whether no key is excluded.
+    pub fn is_full(&self) -> bool {
+        self.lower.is_none() && self.upper.is_none()
+    }
+
+    /// Whether `key` is below the range.
+    pub fn is_below(&self, key: &[u8]) -> bool {
+        self.lower
+            .as_ref()
+            .is_some_and(|l| match cmp_prefix(key, &l.prefix) {
+                Ordering::Less => true,
+                Ordering::Equal => !l.inclusive,
+                Ordering::Greater => false,
+            })
+    }
+
+    /// Whether `key` is above the range.
+    pub fn is_above(&self, key: &[u8]) -> bool {
+        self.upper
+            .as_ref()
+            .is_some_and(|u| match cmp_prefix(key, &u.prefix) {
+                Ordering::Greater => true,
+                Ordering::Equal => !u.inclusive,
+                Ordering::Less => false,
+            })
+    }
+
+    /// Whether keys in `[min, max]` may lie in the range.
+    pub fn overlaps(&self, min: &[u8], max: &[u8]) -> bool {
+        !self.is_below(max) && !self.is_above(min)
+    }
+}

@@ -1,0 +1,313 @@
+//! Scans: one snapshot, every source (segments, then the write buffer), predicates applied.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::compute::kernels::boolean::and;
+use arrow_schema::SchemaRef;
+
+use nyala_common::RowCodec;
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::memtable::MemTable;
+use crate::predicate::{bind, BoundPredicate, KeyRange, Predicate};
+use crate::segment::{filter_by_snapshot, Segment};
+use crate::tablet::Version;
+
+/// Default rows per returned batch.
+pub const DEFAULT_BATCH_ROWS: usize = 8192;
+
+/// What to read.
+#[derive(Clone, Debug, Default)]
+pub struct ScanRequest {
+    /// Columns to return, in this order (`None`: every column in table order; an empty list
+    /// returns batches with row counts only).
+    pub projection: Option<Vec<String>>,
+    /// Conditions every returned row satisfies (all of them).
+    pub predicates: Vec<Predicate>,
+    /// Read as of this timestamp (`None`: the latest).
+    pub snapshot: Option<Timestamp>,
+    /// Rows per batch (`None`: [`DEFAULT_BATCH_ROWS`]).
+    pub batch_size: Option<usize>,
+    /// Stop after this many rows.
+    pub limit: Option<usize>,
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+enum Source {
+    Segment(Arc<Segment>),
+    Buffer(Arc<MemTable>),
+}
+
+/// A running scan: an iterator of batches, all read at [`TabletScan::snapshot`]. Rows come in
+/// no particular order. Holding it pins the segments it reads.
+pub struct TabletScan {
+    codec: Arc<RowCodec>,
+    snapshot: Timestamp,
+    schema: SchemaRef,
+    output: Vec<usize>,
+    read: Vec<usize>,
+    preds: Vec<BoundPredicate>,
+    range: KeyRange,
+    batch_size: usize,
+    remaining: Option<usize>,
+    sources: VecDeque<Source>,
+    current: Option<(BatchIter, Option<usize>)>,
+    buffer_resume: Option<Vec<u8>>,
+    ready: VecDeque<RecordBatch>,
+}
+
+impl std::fmt::Debug for TabletScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TabletScan")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TabletScan {
+    pub(crate) fn new(
+        codec: &Arc<RowCodec>,
+        version: Arc<Version>,
+        snapshot: Timestamp,
+        req: &ScanRequest,
+        lookup: impl FnOnce(&Version, &[u8], Timestamp) -> Result<Option<RecordBatch>>,
+    ) -> Result<TabletScan> {
+        let schema = codec.schema();
+        let output: Vec<usize> = match &req.projection {
+            None => (0..schema.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| schema.index_of(n))
+                .collect::<Result<_, _>>()?,
+        };
+        let preds = bind(schema, &req.predicates)?;
+        let range = KeyRange::from_predicates(codec, &preds)?;
+        let mut read: Vec<usize> = output
+            .iter()
+            .chain(preds.iter().map(|p| &p.column))
+            .copied()
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        if read.is_empty() {
+            // Read one (small) column to learn row counts.
+            read.push(schema.key_indices()[0]);
+        }
+        let out_schema = Arc::new(schema.arrow_schema().project(&output)?);
+        let mut scan = TabletScan {
+            codec: codec.clone(),
+            snapshot,
+            schema: out_schema,
+            output,
+            read,
+            preds,
+            range,
+            batch_size: req.batch_size.unwrap_or(DEFAULT_BATCH_ROWS).max(1),
+            remaining: req.limit,
+            sources: VecDeque::new(),
+            current: None,
+            buffer_resume: None,
+            ready: VecDeque::new(),
+        };
+        if scan.range.point {
+            // Every key column is pinned: a point lookup, no scan.
+            let key = scan
+                .range
+                .lower
+                .as_ref()
+                .map(|b| b.prefix.clone())
+                .unwrap_or_default();
+            if let Some(row) = lookup(&version, &key, snapshot)? {
+                let row = row.project(&scan.read)?;
+                if let Some(b) = scan.finish_batch(row, None)? {
+                    scan.ready.push_back(b);
+                }
+            }
+            return Ok(scan);
+        }
+        scan.sources
+            .extend(version.segments.iter().cloned().map(Source::Segment));
+        scan.sources
+            .push_back(Source::Buffer(version.memtable.clone()));
+        Ok(scan)
+    }
+
+    /// The snapshot this scan reads.
+    pub fn snapshot(&self) -> Timestamp {
+        self.snapshot
+    }
+
+    /// Schema of the returned batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Applies the snapshot filter (if the batch carries timestamps at `ts_col`), the
+    /// predicates, and the output projection to a batch of the read columns.
+    fn finish_batch(
+        &self,
+        batch: RecordBatch,
+        ts_col: Option<usize>,
+    ) -> Result<Option<RecordBatch>> {
+        let batch = match ts_col {
+            Some(c) => {
+                let b = filter_by_snapshot(&batch, c, self.snapshot)?;
+                let keep: Vec<usize> = (0..b.num_columns()).filter(|&i| i != c).collect();
+                b.project(&keep)?
+            }
+            None => batch,
+        };
+        let mut mask: Option<BooleanArray> = None;
+        for p in &self.preds {
+            let pos = self
+                .read
+                .iter()
+                .position(|&c| c == p.column)
+                .expect("predicate column is read");
+            let m = p.evaluate(batch.column(pos))?;
+            mask = Some(match mask {
+                None => m,
+                Some(prev) => and(&prev, &m)?,
+            });
+        }
+        let batch = match mask {
+            Some(m) => filter_record_batch(&batch, &m)?,
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let positions: Vec<usize> = self
+            .output
+            .iter()
+            .map(|c| {
+                self.read
+                    .iter()
+                    .position(|r| r == c)
+                    .expect("output column is read")
+            })
+            .collect();
+        Ok(Some(
+            batch
+                .project(&positions)?
+                .with_schema(self.schema.clone())?,
+        ))
+    }
+
+    /// The next chunk of visible buffer rows in range, or `None` when the buffer is done.
+    fn next_buffer_chunk(&mut self, mem: &MemTable) -> Result<Option<RecordBatch>> {
+        let mut rows: Vec<Vec<u8>> = Vec::with_capacity(self.batch_size.min(65536));
+        let mut last: Option<Vec<u8>> = None;
+        let lower_owned;
+        let lower = match (&self.buffer_resume, &self.range.lower) {
+            (Some(k), _) => Bound::Excluded(k.as_slice()),
+            (None, Some(b)) => {
+                lower_owned = b.prefix.clone();
+                Bound::Included(lower_owned.as_slice())
+            }
+            (None, None) => Bound::Unbounded,
+        };
+        let range = &self.range;
+        let limit = self.batch_size;
+        mem.for_each_visible(self.snapshot, lower, Bound::Unbounded, |k, r| {
+            if range.is_above(k) {
+                return false;
+            }
+            if !range.is_below(k) {
+                rows.push(r.to_vec());
+            }
+            last = Some(k.to_vec());
+            rows.len() < limit
+        });
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        self.buffer_resume = last;
+        let batch = self.codec.decode_rows(rows.iter().map(|r| r.as_slice()))?;
+        Ok(Some(batch.project(&self.read)?))
+    }
+
+    fn next_inner(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Some(Ok(b));
+            }
+            if let Some((iter, ts_col)) = &mut self.current {
+                let ts_col = *ts_col;
+                match iter.next() {
+                    Some(Ok(b)) => match self.finish_batch(b, ts_col) {
+                        Ok(Some(b)) => return Some(Ok(b)),
+                        Ok(None) => continue,
+                        Err(e) => return Some(Err(e)),
+                    },
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {
+                        self.current = None;
+                        continue;
+                    }
+                }
+            }
+            match self.sources.pop_front()? {
+                Source::Segment(seg) => {
+                    let need_ts = seg.meta.max_ts > self.snapshot;
+                    let mut proj = self.read.clone();
+                    if need_ts {
+                        proj.push(self.codec.schema().len());
+                    }
+                    let ts_col = need_ts.then_some(proj.len() - 1);
+                    match seg.scan(
+                        &proj,
+                        &self.preds,
+                        &self.range,
+                        self.snapshot,
+                        self.batch_size,
+                    ) {
+                        Ok(iter) => self.current = Some((iter, ts_col)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                Source::Buffer(mem) => match self.next_buffer_chunk(&mem) {
+                    Ok(Some(b)) => {
+                        self.sources.push_front(Source::Buffer(mem));
+                        match self.finish_batch(b, None) {
+                            Ok(Some(b)) => return Some(Ok(b)),
+                            Ok(None) => continue,
+                            Err(e) => return Some(Err(e)),
+                        }
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
+}
+
+impl Iterator for TabletScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        let item = self.next_inner()?;
+        Some(item.map(|b| match &mut self.remaining {
+            Some(n) if b.num_rows() >= *n => {
+                let b = b.slice(0, *n);
+                *n = 0;
+                b
+            }
+            Some(n) => {
+                *n -= b.num_rows();
+                b
+            }
+            None => b,
+        }))
+    }
+}

@@ -1,0 +1,572 @@
+//! Segments: immutable runs of rows sorted by (key, commit timestamp descending).
+//!
+//! A segment is born in memory when the write buffer is frozen, and replaced by its on-disk
+//! twin (same id, same row numbers, same deletion vector) once the Parquet file and key index
+//! are written and the manifest names them. Row numbers never change for the life of a
+//! segment, which is what lets deletion vectors address rows by position.
+//!
+//! Rows carry their commit timestamp in a hidden last column ([`TS_COLUMN`]); superseded
+//! versions kept for snapshot reads are ordinary rows that the deletion vector marks deleted at
+//! the timestamp that superseded them.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::Int64Type;
+use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use nyala_common::RowCodec;
+
+use crate::clock::Timestamp;
+use crate::dv::DeleteVector;
+use crate::error::{Result, StorageError};
+use crate::keyindex::KeyIndex;
+use crate::memtable::MemTable;
+use crate::options::TabletOptions;
+use crate::predicate::{BoundPredicate, KeyRange};
+
+/// Name of the hidden column holding each row version's commit timestamp.
+pub(crate) const TS_COLUMN: &str = "__nyala_ts";
+
+/// What the manifest records of a segment: enough to prune it without opening any file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct SegmentMeta {
+    pub id: u64,
+    pub rows: u64,
+    pub min_key: Vec<u8>,
+    pub max_key: Vec<u8>,
+    pub min_ts: Timestamp,
+    pub max_ts: Timestamp,
+    pub file_bytes: u64,
+}
+
+/// Encoded keys of an in-memory segment, one allocation for all.
+#[derive(Debug, Default)]
+struct KeyList {
+    data: Vec<u8>,
+    offsets: Vec<usize>,
+}
+
+impl KeyList {
+    fn push(&mut self, k: &[u8]) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        self.data.extend_from_slice(k);
+        self.offsets.push(self.data.len());
+    }
+    fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+    fn get(&self, i: usize) -> &[u8] {
+        &self.data[self.offsets[i]..self.offsets[i + 1]]
+    }
+    fn partition_point(&self, pred: impl Fn(&[u8]) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if pred(self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+#[derive(Debug)]
+struct DiskSegment {
+    bytes: Bytes,
+    reader_meta: ArrowReaderMetadata,
+    index: KeyIndex,
+    /// First row number of each row group, plus the total at the end.
+    rg_starts: Vec<u64>,
+}
+
+#[derive(Debug)]
+enum SegmentData {
+    /// Frozen write buffer awaiting its flush: every column plus the timestamp column.
+    Memory { batch: RecordBatch, keys: KeyList },
+    /// A Parquet file mapped into memory, with its key index.
+    Disk(DiskSegment),
+}
+
+/// A segment: immutable rows plus a mutable deletion vector.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub meta: SegmentMeta,
+    pub dv: Arc<DeleteVector>,
+    data: SegmentData,
+}
+
+/// The Arrow schema of a segment: the table's columns, then the timestamp column.
+pub(crate) fn segment_schema(table: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(TS_COLUMN, ArrowType::Int64, false));
+    Arc::new(ArrowSchema::new(fields))
+}
+
+/// File names of segment `id` inside a tablet's segment directory.
+pub(crate) fn segment_paths(dir: &Path, id: u64) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{id:08}.parquet")),
+        dir.join(format!("{id:08}.kix")),
+    )
+}
+
+impl Segment {
+    /// Freezes the write buffer into an in-memory segment holding, for every key, the versions
+    /// still needed: the newest, and older ones superseded after `horizon` (for snapshot reads).
+    /// Returns `None` if nothing survives.
+    pub fn freeze(
+        id: u64,
+        mem: &MemTable,
+        codec: &RowCodec,
+        horizon: Timestamp,
+    ) -> Result<Option<Segment>> {
+        let mut rows: Vec<Box<[u8]>> = Vec::new();
+        let mut keys = KeyList::default();
+        let mut ts: Vec<i64> = Vec::new();
+        let mut deletions: Vec<(Timestamp, u32)> = Vec::new();
+        let mut current: Option<Box<[u8]>> = None;
+        let mut superseded_at: Option<Timestamp> = None;
+        mem.for_each_version(|vk, value| {
+            if current.as_deref() != Some(&*vk.key) {
+                current = Some(vk.key.clone());
+                superseded_at = None;
+            }
+            if let Some(row) = value {
+                let keep = superseded_at.is_none_or(|s| s > horizon);
+                if keep {
+                    let n = rows.len() as u32;
+                    rows.push(row.clone());
+                    keys.push(&vk.key);
+                    ts.push(vk.ts as i64);
+                    if let Some(s) = superseded_at {
+                        deletions.push((s, n));
+                    }
+                }
+            }
+            superseded_at = Some(vk.ts);
+        });
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let table = codec.decode_rows(rows.iter().map(|r| &**r))?;
+        drop(rows);
+        let schema = segment_schema(table.schema_ref());
+        let mut cols = table.columns().to_vec();
+        cols.push(Arc::new(Int64Array::from(ts.clone())));
+        let batch = RecordBatch::try_new(schema, cols)?;
+        let meta = SegmentMeta {
+            id,
+            rows: keys.len() as u64,
+            min_key: keys.get(0).to_vec(),
+            max_key: keys.get(keys.len() - 1).to_vec(),
+            min_ts: *ts.iter().min().unwrap_or(&0) as u64,
+            max_ts: *ts.iter().max().unwrap_or(&0) as u64,
+            file_bytes: 0,
+        };
+        let dv = Arc::new(DeleteVector::from_persisted(deletions, 0));
+        Ok(Some(Segment {
+            meta,
+            dv,
+            data: SegmentData::Memory { batch, keys },
+        }))
+    }
+
+    /// Whether this segment is still only in memory.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.data, SegmentData::Memory { .. })
+    }
+
+    /// Writes an in-memory segment to `dir` and returns its on-disk twin, which shares the id,
+    /// row numbers and deletion vector. Files are synced and renamed into place, so a crash
+    /// leaves either complete files or leftovers that recovery deletes (the manifest names
+    /// only complete ones).
+    pub fn write_to_disk(&self, dir: &Path, opts: &TabletOptions) -> Result<Segment> {
+        let SegmentData::Memory { batch, keys } = &self.data else {
+            return Err(StorageError::Corrupt("segment is already on disk".into()));
+        };
+        let (pq, kix) = segment_paths(dir, self.meta.id);
+        let tmp = pq.with_extension("parquet.tmp");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_data_page_row_count_limit(opts.page_rows)
+            .set_write_batch_size(opts.page_rows)
+            .set_max_row_group_row_count(Some(opts.row_group_rows))
+            .set_column_dictionary_enabled(ColumnPath::from(TS_COLUMN), false)
+            .set_column_encoding(ColumnPath::from(TS_COLUMN), Encoding::DELTA_BINARY_PACKED)
+            .build();
+        let file = File::create(&tmp)?;
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        w.write(batch)?;
+        let file = w.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        let ktmp = kix.with_extension("kix.tmp");
+        let index = KeyIndex::build((0..keys.len()).map(|i| keys.get(i)), opts.page_rows as u32);
+        index.write_to(&ktmp)?;
+        std::fs::rename(&ktmp, &kix)?;
+        std::fs::rename(&tmp, &pq)?;
+        File::open(dir)?.sync_all()?;
+        let mut meta = self.meta.clone();
+        meta.file_bytes = std::fs::metadata(&pq)?.len();
+        Segment::open_with_index(dir, meta, self.dv.clone(), index)
+    }
+
+    /// Opens an on-disk segment named by the manifest.
+    pub fn open(dir: &Path, meta: SegmentMeta, dv: Arc<DeleteVector>) -> Result<Segment> {
+        let (_, kix) = segment_paths(dir, meta.id);
+        let index = KeyIndex::read_from(&kix)?;
+        Segment::open_with_index(dir, meta, dv, index)
+    }
+
+    fn open_with_index(
+        dir: &Path,
+        meta: SegmentMeta,
+        dv: Arc<DeleteVector>,
+        index: KeyIndex,
+    ) -> Result<Segment> {
+        let (parquet_path, _) = segment_paths(dir, meta.id);
+        let file = File::open(&parquet_path)?;
+        // SAFETY: segment files are never modified after they are renamed into place (they are
+        // only ever deleted, and unlinking keeps a mapping valid), so the mapping is immutable.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        let bytes = Bytes::from_owner(map);
+        let reader_meta = ArrowReaderMetadata::load(
+            &bytes,
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+        )?;
+        let mut rg_starts = vec![0u64];
+        for rg in reader_meta.metadata().row_groups() {
+            rg_starts.push(rg_starts.last().unwrap() + rg.num_rows() as u64);
+        }
+        if *rg_starts.last().unwrap() != meta.rows {
+            return Err(StorageError::Corrupt(format!(
+                "segment {} has {} rows, the manifest says {}",
+                meta.id,
+                rg_starts.last().unwrap(),
+                meta.rows
+            )));
+        }
+        Ok(Segment {
+            meta,
+            dv,
+            data: SegmentData::Disk(DiskSegment {
+                bytes,
+                reader_meta,
+                index,
+                rg_starts,
+            }),
+        })
+    }
+
+    /// Memory held by this segment outside the page cache, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.data {
+            SegmentData::Memory { batch, keys } => {
+                batch.get_array_memory_size() + keys.data.len() + keys.offsets.len() * 8
+            }
+            SegmentData::Disk(d) => d.index.memory_bytes(),
+        }
+    }
+
+    /// The row numbers holding `key` (all versions), in order. Culls by key range and filter
+    /// before touching data; on disk it then decodes the key columns of one block.
+    pub fn rows_with_key(
+        &self,
+        codec: &RowCodec,
+        key: &[u8],
+    ) -> Result<(Range<u64>, Vec<Timestamp>)> {
+        if key < self.meta.min_key.as_slice() || key > self.meta.max_key.as_slice() {
+            return Ok((0..0, vec![]));
+        }
+        match &self.data {
+            SegmentData::Memory { batch, keys } => {
+                let lo = keys.partition_point(|k| k < key);
+                let hi = keys.partition_point(|k| k <= key);
+                let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
+                Ok((
+                    lo as u64..hi as u64,
+                    (lo..hi).map(|i| ts.value(i) as u64).collect(),
+                ))
+            }
+            SegmentData::Disk(d) => {
+                if !d.index.may_contain(key) {
+                    return Ok((0..0, vec![]));
+                }
+                let block = d.index.candidate_rows(key);
+                let key_cols = codec.schema().key_indices();
+                let mut proj: Vec<usize> = key_cols.to_vec();
+                proj.push(codec.schema().len());
+                let batch = self.read_range(block.clone(), &proj)?;
+                let cols: Vec<ArrayRef> = key_cols
+                    .iter()
+                    .map(|&c| batch.column(position_in(&proj, c)).clone())
+                    .collect();
+                let enc = codec.encode_keys(&cols)?;
+                let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
+                let mut first = None;
+                let mut out_ts = Vec::new();
+                for i in 0..enc.num_rows() {
+                    if enc.row(i).as_ref() == key {
+                        first.get_or_insert(i);
+                        out_ts.push(ts.value(i) as u64);
+                    }
+                }
+                Ok(match first {
+                    Some(f) => {
+                        let start = block.start + f as u64;
+                        (start..start + out_ts.len() as u64, out_ts)
+                    }
+                    None => (0..0, vec![]),
+                })
+            }
+        }
+    }
+
+    /// The row holding the version of `key` visible at `snapshot`, if any. With
+    /// `snapshot == Timestamp::MAX` this is the writer's view (every applied deletion counts).
+    pub fn find_visible(
+        &self,
+        codec: &RowCodec,
+        key: &[u8],
+        snapshot: Timestamp,
+    ) -> Result<Option<u32>> {
+        let (rows, ts) = self.rows_with_key(codec, key)?;
+        for (row, t) in rows.zip(ts) {
+            let row = row as u32;
+            if t <= snapshot && !self.dv.is_deleted_at(row, snapshot) {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads rows `rows` with the given columns (segment column indices, ascending; the
+    /// timestamp column is index `table columns`). Returns them in that column order.
+    pub fn read_range(&self, rows: Range<u64>, projection: &[usize]) -> Result<RecordBatch> {
+        match &self.data {
+            SegmentData::Memory { batch, .. } => Ok(batch
+                .slice(rows.start as usize, (rows.end - rows.start) as usize)
+                .project(projection)?),
+            SegmentData::Disk(d) => {
+                let (rgs, sel) = plan_selection(&d.rg_starts, None, rows.clone(), None);
+                let schema = Arc::new(d.reader_meta.schema().project(projection)?);
+                if rgs.is_empty() {
+                    return Ok(RecordBatch::new_empty(schema));
+                }
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                    d.bytes.clone(),
+                    d.reader_meta.clone(),
+                )
+                .with_projection(ProjectionMask::roots(
+                    d.reader_meta.parquet_schema(),
+                    projection.iter().copied(),
+                ))
+                .with_row_groups(rgs)
+                .with_row_selection(sel)
+                .with_batch_size((rows.end - rows.start).max(1) as usize)
+                .build()?;
+                let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(concat_batches(&schema, &batches)?)
+            }
+        }
+    }
+
+    /// Batches of the rows visible at `snapshot` within `range`, with `projection` (segment
+    /// column indices, ascending), skipping row groups that `preds` rule out. Rows deleted at
+    /// the snapshot are skipped by position; rows newer than the snapshot are filtered by the
+    /// caller when `meta.max_ts > snapshot` (it must then project the timestamp column).
+    pub fn scan(
+        &self,
+        projection: &[usize],
+        preds: &[BoundPredicate],
+        range: &KeyRange,
+        snapshot: Timestamp,
+        batch_size: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+        if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let deleted = self.dv.deleted_at(snapshot);
+        match &self.data {
+            SegmentData::Memory { batch, keys } => {
+                let lo = keys.partition_point(|k| range.is_below(k));
+                let hi = keys.partition_point(|k| !range.is_above(k));
+                let batch = batch.project(projection)?;
+                let mut chunks = Vec::new();
+                let mut start = lo;
+                while start < hi {
+                    let len = batch_size.min(hi - start);
+                    let mut b = batch.slice(start, len);
+                    if let Some(del) = &deleted {
+                        if del
+                            .range(start as u32..(start + len) as u32)
+                            .next()
+                            .is_some()
+                        {
+                            let mask: BooleanArray = (start..start + len)
+                                .map(|r| Some(!del.contains(r as u32)))
+                                .collect();
+                            b = filter_record_batch(&b, &mask)?;
+                        }
+                    }
+                    chunks.push(Ok(b));
+                    start += len;
+                }
+                Ok(Box::new(chunks.into_iter()))
+            }
+            SegmentData::Disk(d) => {
+                let rows = if range.is_full() {
+                    0..self.meta.rows
+                } else {
+                    d.index.row_range(range)
+                };
+                let keep = row_groups_matching(d, preds)?;
+                let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), rows, deleted.as_ref());
+                if rgs.is_empty() {
+                    return Ok(Box::new(std::iter::empty()));
+                }
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                    d.bytes.clone(),
+                    d.reader_meta.clone(),
+                )
+                .with_projection(ProjectionMask::roots(
+                    d.reader_meta.parquet_schema(),
+                    projection.iter().copied(),
+                ))
+                .with_row_groups(rgs)
+                .with_row_selection(sel)
+                .with_batch_size(batch_size)
+                .build()?;
+                Ok(Box::new(reader.map(|r| r.map_err(StorageError::from))))
+            }
+        }
+    }
+}
+
+/// Index of `col` within the ascending `projection`.
+pub(crate) fn position_in(projection: &[usize], col: usize) -> usize {
+    projection
+        .iter()
+        .position(|&c| c == col)
+        .expect("column is projected")
+}
+
+/// Row groups whose statistics do not rule out every predicate.
+fn row_groups_matching(d: &DiskSegment, preds: &[BoundPredicate]) -> Result<Vec<bool>> {
+    let md = d.reader_meta.metadata();
+    let n = md.num_row_groups();
+    let mut keep = vec![true; n];
+    if preds.is_empty() {
+        return Ok(keep);
+    }
+    let arrow_schema = d.reader_meta.schema();
+    let pq_schema = d.reader_meta.parquet_schema();
+    for p in preds {
+        let name = arrow_schema.field(p.column).name();
+        let conv = StatisticsConverter::try_new(name, arrow_schema, pq_schema)?;
+        let mins = conv.row_group_mins(md.row_groups().iter())?;
+        let maxes = conv.row_group_maxes(md.row_groups().iter())?;
+        let nulls = conv.row_group_null_counts(md.row_groups().iter())?;
+        let counts = conv
+            .row_group_row_counts(md.row_groups().iter())?
+            .unwrap_or_else(|| {
+                md.row_groups()
+                    .iter()
+                    .map(|r| Some(r.num_rows() as u64))
+                    .collect()
+            });
+        for (k, m) in keep
+            .iter_mut()
+            .zip(p.may_match(&mins, &maxes, &nulls, &counts)?)
+        {
+            *k &= m;
+        }
+    }
+    Ok(keep)
+}
+
+/// The row groups to read and the selection within them for rows `rows` minus `deleted`,
+/// skipping row groups not in `keep`.
+fn plan_selection(
+    rg_starts: &[u64],
+    keep: Option<&[bool]>,
+    rows: Range<u64>,
+    deleted: Option<&RoaringBitmap>,
+) -> (Vec<usize>, RowSelection) {
+    let mut rgs = Vec::new();
+    let mut sel: Vec<RowSelector> = Vec::new();
+    for i in 0..rg_starts.len() - 1 {
+        let (start, end) = (rg_starts[i], rg_starts[i + 1]);
+        let (a, b) = (rows.start.max(start), rows.end.min(end));
+        if a >= b || keep.is_some_and(|k| !k[i]) {
+            continue;
+        }
+        rgs.push(i);
+        if a > start {
+            sel.push(RowSelector::skip((a - start) as usize));
+        }
+        let mut pos = a;
+        if let Some(del) = deleted {
+            for r in del.range(a as u32..b as u32) {
+                let r = r as u64;
+                if r > pos {
+                    sel.push(RowSelector::select((r - pos) as usize));
+                }
+                sel.push(RowSelector::skip(1));
+                pos = r + 1;
+            }
+        }
+        if b > pos {
+            sel.push(RowSelector::select((b - pos) as usize));
+        }
+        if end > b {
+            sel.push(RowSelector::skip((end - b) as usize));
+        }
+    }
+    // RowSelection::from merges adjacent selectors of the same kind.
+    (rgs, RowSelection::from(sel))
+}
+
+impl KeyIndex {
+    /// Rows that may hold keys in `range` (whole blocks).
+    pub(crate) fn row_range(&self, range: &KeyRange) -> Range<u64> {
+        self.block_range(|s| range.is_below(s), |s| !range.is_above(s))
+    }
+}
+
+/// Keeps only the rows of `batch` whose timestamp column (at `ts_col`) is `<= snapshot`.
+pub(crate) fn filter_by_snapshot(
+    batch: &RecordBatch,
+    ts_col: usize,
+    snapshot: Timestamp,
+) -> Result<RecordBatch> {
+    let ts = batch.column(ts_col).as_primitive::<Int64Type>();
+    if ts.iter().all(|t| t.is_some_and(|t| t as u64 <= snapshot)) {
+        return Ok(batch.clone());
+    }
+    let mask: BooleanArray = ts.iter().map(|t| t.map(|t| t as u64 <= snapshot)).collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}

@@ -1,0 +1,431 @@
+//! Write batches: the operations, their validation, and their WAL encoding.
+//!
+//! A batch travels columnar (an Arrow `RecordBatch` plus one [`WriteOp`] per row), the same
+//! shape the gRPC API carries, so bulk ingest never converts row by row. A batch may carry a
+//! subset of the table's columns: key columns are always required; for updates and upserts of
+//! existing rows the absent columns keep their values; for new rows they are NULL.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::row::Rows;
+use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
+
+use nyala_common::types::TIMESTAMP_TZ;
+use nyala_common::{RowCodec, SchemaError, Value};
+
+use crate::error::{Result, StorageError};
+use crate::options::TabletOptions;
+
+/// What to do with one row of a batch (Kudu's operation set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum WriteOp {
+    /// Add a row; a row with the same key already present is a per-row error.
+    Insert = 0,
+    /// Add a row unless its key is present (then nothing happens).
+    InsertIgnore = 1,
+    /// Add the row, or replace the given columns of the row with the same key.
+    Upsert = 2,
+    /// Change the given columns of an existing row; a missing key is a per-row error.
+    Update = 3,
+    /// Like `Update`, but a missing key is silently skipped.
+    UpdateIgnore = 4,
+    /// Remove the row with this key; a missing key is a per-row error.
+    Delete = 5,
+    /// Like `Delete`, but a missing key is silently skipped.
+    DeleteIgnore = 6,
+}
+
+impl WriteOp {
+    /// Every operation, in code order.
+    pub const ALL: [WriteOp; 7] = [
+        WriteOp::Insert,
+        WriteOp::InsertIgnore,
+        WriteOp::Upsert,
+        WriteOp::Update,
+        WriteOp::UpdateIgnore,
+        WriteOp::Delete,
+        WriteOp::DeleteIgnore,
+    ];
+
+    /// Decodes the one-byte code used in the WAL and on the wire.
+    pub fn from_code(code: u8) -> Option<WriteOp> {
+        Self::ALL.get(code as usize).copied()
+    }
+
+    /// Whether the operation may create a row (and so needs every NOT NULL column).
+    pub fn may_create(self) -> bool {
+        matches!(
+            self,
+            WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert
+        )
+    }
+
+    /// Whether the operation removes a row (only its key matters).
+    pub fn is_delete(self) -> bool {
+        matches!(self, WriteOp::Delete | WriteOp::DeleteIgnore)
+    }
+}
+
+/// A batch of row operations, applied atomically (all of its effects become visible together).
+#[derive(Clone, Debug)]
+pub struct WriteBatch {
+    rows: RecordBatch,
+    ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// A batch with one operation per row of `rows`.
+    pub fn new(rows: RecordBatch, ops: Vec<WriteOp>) -> Result<Self> {
+        if ops.len() != rows.num_rows() {
+            return Err(StorageError::InvalidInput(format!(
+                "a batch of {} rows needs {} operations, got {}",
+                rows.num_rows(),
+                rows.num_rows(),
+                ops.len()
+            )));
+        }
+        Ok(WriteBatch { rows, ops })
+    }
+
+    /// A batch applying the same operation to every row.
+    pub fn uniform(op: WriteOp, rows: RecordBatch) -> Self {
+        let ops = vec![op; rows.num_rows()];
+        WriteBatch { rows, ops }
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &RecordBatch {
+        &self.rows
+    }
+
+    /// The operations, one per row.
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Builds a [`WriteBatch`] row by row from [`Value`]s; handy for tests and small clients.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+    ops: Vec<WriteOp>,
+}
+
+impl BatchBuilder {
+    /// A builder for rows that give values for `columns`, in that order.
+    pub fn new<S: Into<String>>(columns: impl IntoIterator<Item = S>) -> Self {
+        BatchBuilder {
+            columns: columns.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Adds one row operation.
+    pub fn push(&mut self, op: WriteOp, values: Vec<Value>) -> &mut Self {
+        self.ops.push(op);
+        self.rows.push(values);
+        self
+    }
+
+    /// Builds the batch against a table schema, checking value types.
+    pub fn build(&self, schema: &nyala_common::Schema) -> Result<WriteBatch> {
+        let mut fields = Vec::with_capacity(self.columns.len());
+        let mut arrays = Vec::with_capacity(self.columns.len());
+        for (j, name) in self.columns.iter().enumerate() {
+            let col = &schema.columns()[schema.index_of(name)?];
+            let mut vals = Vec::with_capacity(self.rows.len());
+            for r in &self.rows {
+                vals.push(r.get(j).cloned().ok_or_else(|| {
+                    StorageError::InvalidInput(format!(
+                        "a row has {} values for {} columns",
+                        r.len(),
+                        self.columns.len()
+                    ))
+                })?);
+            }
+            let arr = Value::to_array(name, col.data_type, &vals)?;
+            fields.push(Field::new(name, arr.data_type().clone(), true));
+            arrays.push(arr);
+        }
+        let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(self.rows.len()));
+        let rows =
+            RecordBatch::try_new_with_options(Arc::new(ArrowSchema::new(fields)), arrays, &opts)?;
+        WriteBatch::new(rows, self.ops.clone())
+    }
+}
+
+/// Why one row of a batch was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowErrorKind {
+    /// `Insert` of a key that is already present.
+    DuplicateKey,
+    /// `Update` or `Delete` of a key that is not present.
+    KeyNotFound,
+}
+
+/// A per-row failure; the rest of the batch still applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowError {
+    /// Index of the row within the batch.
+    pub row: usize,
+    /// What went wrong.
+    pub kind: RowErrorKind,
+    /// A message naming the key.
+    pub message: String,
+}
+
+/// The result of an applied batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Commit timestamp of the batch: a snapshot at this timestamp sees it.
+    pub timestamp: u64,
+    /// Rows that changed the table.
+    pub applied: usize,
+    /// Rows skipped by an `*Ignore` operation.
+    pub ignored: usize,
+    /// Rows that failed, with their index.
+    pub errors: Vec<RowError>,
+}
+
+/// A batch checked against the schema, widened to every column, with keys and rows encoded.
+///
+/// Invariant: `columns` has one array per table column in table order; key columns have no
+/// nulls; every cell and row respects the size limits.
+pub(crate) struct ValidatedBatch {
+    /// The batch as given (normalised types), for the WAL.
+    pub original: RecordBatch,
+    pub ops: Vec<WriteOp>,
+    /// Every table column (absent ones as NULL arrays).
+    pub columns: Vec<ArrayRef>,
+    /// Which table columns the batch carried.
+    pub present: Vec<bool>,
+    pub keys: Rows,
+    pub rows: Rows,
+}
+
+impl ValidatedBatch {
+    /// Whether the batch carries every column (then no row needs reading before it is written).
+    pub fn is_full_width(&self) -> bool {
+        self.present.iter().all(|p| *p)
+    }
+}
+
+/// Checks a batch against the schema and limits. Any failure rejects the whole batch.
+pub(crate) fn validate(
+    codec: &RowCodec,
+    opts: &TabletOptions,
+    batch: &WriteBatch,
+) -> Result<ValidatedBatch> {
+    let schema = codec.schema();
+    let n = batch.len();
+    if n > opts.max_batch_rows {
+        return Err(StorageError::InvalidInput(format!(
+            "batch of {n} rows exceeds the limit of {} rows",
+            opts.max_batch_rows
+        )));
+    }
+    let mut present = vec![false; schema.len()];
+    let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.len()];
+    let mut seen = HashSet::new();
+    let mut fields = Vec::new();
+    let mut originals = Vec::new();
+    for (field, array) in batch
+        .rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.rows.columns())
+    {
+        let name = field.name();
+        if !seen.insert(name.as_str()) {
+            return Err(SchemaError::DuplicateColumn(name.clone()).into());
+        }
+        let idx = schema.index_of(name)?;
+        let col = &schema.columns()[idx];
+        if !col.data_type.matches_arrow(array.data_type()) {
+            return Err(SchemaError::TypeMismatch {
+                column: name.clone(),
+                expected: col.data_type.to_string(),
+                got: array.data_type().to_string(),
+            }
+            .into());
+        }
+        let array = normalise(array);
+        if col.data_type.is_variable_width() {
+            check_cell_sizes(&col.name, &array, opts.max_cell_bytes)?;
+        }
+        present[idx] = true;
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        originals.push(array.clone());
+        columns[idx] = Some(array);
+    }
+    for &k in schema.key_indices() {
+        let col = &schema.columns()[k];
+        match &columns[k] {
+            None => {
+                return Err(StorageError::InvalidInput(format!(
+                    "key column \"{}\" is missing from the batch",
+                    col.name
+                )))
+            }
+            Some(a) if a.null_count() > 0 => {
+                let row = (0..n).find(|&i| a.is_null(i)).unwrap_or(0);
+                return Err(StorageError::InvalidInput(format!(
+                    "row {row}: key column \"{}\" is NULL; key columns are never null",
+                    col.name
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let creates = batch.ops.iter().any(|op| op.may_create());
+    for (idx, col) in schema.columns().iter().enumerate() {
+        if col.nullable || schema.is_key(idx) {
+            continue;
+        }
+        match &columns[idx] {
+            None if creates => {
+                return Err(StorageError::InvalidInput(format!(
+                    "column \"{}\" is NOT NULL and missing from a batch that inserts rows",
+                    col.name
+                )))
+            }
+            Some(a) if a.null_count() > 0 => {
+                if let Some(row) = (0..n).find(|&i| a.is_null(i) && !batch.ops[i].is_delete()) {
+                    return Err(StorageError::InvalidInput(format!(
+                        "row {row}: NULL in NOT NULL column \"{}\"",
+                        col.name
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    let columns: Vec<ArrayRef> = columns
+        .into_iter()
+        .zip(schema.columns())
+        .map(|(c, s)| c.unwrap_or_else(|| new_null_array(&s.data_type.to_arrow(), n)))
+        .collect();
+    let keys = codec.encode_keys_of(&columns)?;
+    let rows = codec.encode_rows(&columns)?;
+    for i in 0..n {
+        let len = rows.row(i).as_ref().len();
+        if len > opts.max_row_bytes {
+            return Err(StorageError::InvalidInput(format!(
+                "row {i} is {len} bytes, over the limit of {} bytes",
+                opts.max_row_bytes
+            )));
+        }
+    }
+    let opts_rb = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
+    let original =
+        RecordBatch::try_new_with_options(Arc::new(ArrowSchema::new(fields)), originals, &opts_rb)?;
+    Ok(ValidatedBatch {
+        original,
+        ops: batch.ops.clone(),
+        columns,
+        present,
+        keys,
+        rows,
+    })
+}
+
+/// Gives timestamps the canonical zone (the instant is unchanged).
+fn normalise(array: &ArrayRef) -> ArrayRef {
+    match array.data_type() {
+        ArrowType::Timestamp(_, tz) if tz.as_deref() != Some(TIMESTAMP_TZ) => Arc::new(
+            array
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+                .with_timezone(TIMESTAMP_TZ),
+        ),
+        _ => array.clone(),
+    }
+}
+
+fn check_cell_sizes(column: &str, array: &ArrayRef, limit: usize) -> Result<()> {
+    let too_big = |i: usize, len: usize| {
+        StorageError::InvalidInput(format!(
+            "row {i}: value of column \"{column}\" is {len} bytes, over the limit of {limit} bytes"
+        ))
+    };
+    match array.data_type() {
+        ArrowType::Utf8 => {
+            for (i, v) in array.as_string::<i32>().iter().enumerate() {
+                if let Some(v) = v.filter(|v| v.len() > limit) {
+                    return Err(too_big(i, v.len()));
+                }
+            }
+        }
+        ArrowType::Binary => {
+            for (i, v) in array.as_binary::<i32>().iter().enumerate() {
+                if let Some(v) = v.filter(|v| v.len() > limit) {
+                    return Err(too_big(i, v.len()));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// WAL record format version; bump when the layout below changes.
+const WAL_FORMAT: u8 = 1;
+
+/// Encodes a validated batch as one WAL record:
+/// `[format u8][row count u32 LE][one op code per row][Arrow IPC stream of the rows]`.
+pub(crate) fn encode_wal_record(batch: &ValidatedBatch) -> Result<Vec<u8>> {
+    let n = batch.ops.len();
+    let mut out = Vec::with_capacity(16 + n + batch.original.get_array_memory_size());
+    out.push(WAL_FORMAT);
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    out.extend(batch.ops.iter().map(|op| *op as u8));
+    let mut w = StreamWriter::try_new(&mut out, &batch.original.schema())?;
+    w.write(&batch.original)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes a WAL record written by [`encode_wal_record`].
+pub(crate) fn decode_wal_record(bytes: &[u8]) -> Result<WriteBatch> {
+    let corrupt = |m: &str| StorageError::Corrupt(format!("WAL record: {m}"));
+    if bytes.first() != Some(&WAL_FORMAT) {
+        return Err(corrupt("unknown format version"));
+    }
+    let n = u32::from_le_bytes(
+        bytes
+            .get(1..5)
+            .ok_or_else(|| corrupt("short"))?
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    let ops = bytes
+        .get(5..5 + n)
+        .ok_or_else(|| corrupt("short"))?
+        .iter()
+        .map(|c| WriteOp::from_code(*c).ok_or_else(|| corrupt("bad op code")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut reader = StreamReader::try_new(Cursor::new(&bytes[5 + n..]), None)?;
+    let rows = reader.next().ok_or_else(|| corrupt("no rows"))??;
+    WriteBatch::new(rows, ops)
+}
