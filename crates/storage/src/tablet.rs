@@ -680,9 +680,8 @@ impl Inner {
         }
         let upto = self.applied.load(Ordering::Acquire);
         let id = w.next_segment_id;
-        let horizon = self
-            .history_cutoff()
-            .max(self.horizon.load(Ordering::Acquire));
+        // Never past the latest write: the latest snapshot must stay readable.
+        let horizon = self.history_cutoff().min(upto).max(self.horizon.load(Ordering::Acquire));
         let seg = Segment::freeze(id, &v.memtable, &self.codec, horizon)?;
         let mut segments = v.segments.clone();
         if let Some(seg) = seg {
