@@ -41,6 +41,9 @@ pub enum StorageError {
     /// Creating a tablet where one already exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The tablet's files are held by another open handle (in this or another process).
+    #[error("{0}")]
+    InUse(String),
     /// A file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

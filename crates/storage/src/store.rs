@@ -79,7 +79,19 @@ impl MetaStore {
             .cache_capacity(cache_bytes)
             .flush_every_ms(flush_every_ms)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("acquire lock") =>
+                {
+                    StorageError::InUse(format!(
+                        "the tablet in {} is already open (by another handle or process)",
+                        path.parent().unwrap_or(path).display()
+                    ))
+                }
+                e => e.into(),
+            })?;
         let tree = db.open_tree("tablet")?;
         Ok(MetaStore { db, tree })
     }

@@ -491,9 +491,12 @@ impl Inner {
             records += 1;
         }
         self.clock.observe(last);
-        self.applied.store(last, Ordering::Release);
-        self.durable.store(last, Ordering::Release);
-        self.visible.store(last, Ordering::Release);
+        // Start the readable timestamp at "now" (a timestamp no write has; later writes get
+        // larger ones), so that even an idle tablet's latest snapshot is within retention.
+        let now = self.clock.next();
+        self.applied.store(now, Ordering::Release);
+        self.durable.store(now, Ordering::Release);
+        self.visible.store(now, Ordering::Release);
         if records > 0 {
             tracing::info!(records, "replayed WAL");
         }
@@ -681,7 +684,10 @@ impl Inner {
         let upto = self.applied.load(Ordering::Acquire);
         let id = w.next_segment_id;
         // Never past the latest write: the latest snapshot must stay readable.
-        let horizon = self.history_cutoff().min(upto).max(self.horizon.load(Ordering::Acquire));
+        let horizon = self
+            .history_cutoff()
+            .min(upto)
+            .max(self.horizon.load(Ordering::Acquire));
         let seg = Segment::freeze(id, &v.memtable, &self.codec, horizon)?;
         let mut segments = v.segments.clone();
         if let Some(seg) = seg {

@@ -6,8 +6,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use common::*;
 use nyala_storage::{
-    BatchBuilder, CmpOp, Predicate, RowErrorKind, ScanRequest, StorageError, Tablet, Value,
-    WriteOp,
+    BatchBuilder, CmpOp, Predicate, RowErrorKind, ScanRequest, StorageError, Tablet, Value, WriteOp,
 };
 
 fn s(x: &str) -> Option<String> {
@@ -28,10 +27,19 @@ fn kudu_semantics_in_buffer_and_segments() {
         let o = write1(&t, WriteOp::Insert, base + 1, (s("b"), Some(2)));
         assert_eq!(o.errors.len(), 1);
         assert_eq!(o.errors[0].kind, RowErrorKind::DuplicateKey);
-        assert!(o.errors[0].message.contains(&format!("(id)=({})", base + 1)), "{}", o.errors[0].message);
+        assert!(
+            o.errors[0]
+                .message
+                .contains(&format!("(id)=({})", base + 1)),
+            "{}",
+            o.errors[0].message
+        );
         let o = write1(&t, WriteOp::InsertIgnore, base + 1, (s("b"), Some(2)));
         assert_eq!((o.applied, o.ignored), (0, 1));
-        assert_eq!(t.get(&[Value::Int64(base + 1)]).unwrap().unwrap()[1], Value::Utf8("a".into()));
+        assert_eq!(
+            t.get(&[Value::Int64(base + 1)]).unwrap().unwrap()[1],
+            Value::Utf8("a".into())
+        );
 
         let o = write1(&t, WriteOp::Update, base + 2, (s("x"), None));
         assert_eq!(o.errors[0].kind, RowErrorKind::KeyNotFound);
@@ -69,14 +77,32 @@ fn per_row_errors_do_not_stop_the_batch_and_last_op_on_a_key_wins() {
     let dir = tempfile::tempdir().unwrap();
     let t = create(dir.path());
     let mut b = BatchBuilder::new(["id", "v", "n"]);
-    b.push(WriteOp::Insert, vec![Value::Int64(1), Value::Utf8("a".into()), Value::Null]);
-    b.push(WriteOp::Insert, vec![Value::Int64(1), Value::Utf8("dup".into()), Value::Null]);
-    b.push(WriteOp::Delete, vec![Value::Int64(9), Value::Null, Value::Null]);
-    b.push(WriteOp::Insert, vec![Value::Int64(2), Value::Utf8("b".into()), Value::Int32(2)]);
-    b.push(WriteOp::Upsert, vec![Value::Int64(2), Value::Utf8("b2".into()), Value::Int32(3)]);
+    b.push(
+        WriteOp::Insert,
+        vec![Value::Int64(1), Value::Utf8("a".into()), Value::Null],
+    );
+    b.push(
+        WriteOp::Insert,
+        vec![Value::Int64(1), Value::Utf8("dup".into()), Value::Null],
+    );
+    b.push(
+        WriteOp::Delete,
+        vec![Value::Int64(9), Value::Null, Value::Null],
+    );
+    b.push(
+        WriteOp::Insert,
+        vec![Value::Int64(2), Value::Utf8("b".into()), Value::Int32(2)],
+    );
+    b.push(
+        WriteOp::Upsert,
+        vec![Value::Int64(2), Value::Utf8("b2".into()), Value::Int32(3)],
+    );
     let o = t.write(&b.build(t.schema()).unwrap()).unwrap();
     assert_eq!(o.applied, 3);
-    assert_eq!(o.errors.iter().map(|e| e.row).collect::<Vec<_>>(), vec![1, 3 - 1]);
+    assert_eq!(
+        o.errors.iter().map(|e| e.row).collect::<Vec<_>>(),
+        vec![1, 3 - 1]
+    );
     let all = scan_all(&t, None);
     assert_eq!(all.len(), 2);
     assert_eq!(all[&2], (s("b2"), Some(3)));
@@ -100,7 +126,10 @@ fn partial_updates_keep_other_columns() {
     assert_eq!(all[&3], (None, Some(30)));
     // Again, with the old row in the buffer.
     let mut b = BatchBuilder::new(["id", "v"]);
-    b.push(WriteOp::Update, vec![Value::Int64(1), Value::Utf8("z".into())]);
+    b.push(
+        WriteOp::Update,
+        vec![Value::Int64(1), Value::Utf8("z".into())],
+    );
     t.write(&b.build(t.schema()).unwrap()).unwrap();
     assert_eq!(scan_all(&t, None)[&1], (s("z"), Some(10)));
 }
@@ -115,7 +144,11 @@ fn snapshots_read_the_past_across_flushes_and_reopen() {
     let t3 = write1(&t, WriteOp::Upsert, 1, (s("v3"), None)).timestamp;
     let t4 = write1(&t, WriteOp::Delete, 1, (None, None)).timestamp;
     let check = |t: &Tablet| {
-        let at = |ts| t.get_at(&[Value::Int64(1)], ts).unwrap().map(|v| v[1].clone());
+        let at = |ts| {
+            t.get_at(&[Value::Int64(1)], ts)
+                .unwrap()
+                .map(|v| v[1].clone())
+        };
         assert_eq!(at(t1 - 1), None);
         assert_eq!(at(t1), Some(Value::Utf8("v1".into())));
         assert_eq!(at(t2), Some(Value::Utf8("v2".into())));
@@ -152,7 +185,11 @@ fn history_outside_retention_is_refused() {
         t.get_at(&[Value::Int64(1)], t1),
         Err(StorageError::SnapshotTooOld { .. })
     ));
-    assert_eq!(t.stats().segment_rows, 1, "superseded version purged at flush");
+    assert_eq!(
+        t.stats().segment_rows,
+        1,
+        "superseded version purged at flush"
+    );
     assert_eq!(scan_all(&t, None)[&1].0, s("v2"));
 }
 
@@ -162,8 +199,15 @@ fn predicates_projection_and_limit() {
     let t = create(dir.path());
     let mut b = BatchBuilder::new(["id", "v", "n"]);
     for i in 0..100i64 {
-        let n = if i % 10 == 0 { Value::Null } else { Value::Int32((i % 7) as i32) };
-        b.push(WriteOp::Insert, vec![Value::Int64(i), Value::Utf8(format!("s{i}")), n]);
+        let n = if i % 10 == 0 {
+            Value::Null
+        } else {
+            Value::Int32((i % 7) as i32)
+        };
+        b.push(
+            WriteOp::Insert,
+            vec![Value::Int64(i), Value::Utf8(format!("s{i}")), n],
+        );
     }
     t.write(&b.build(t.schema()).unwrap()).unwrap();
     t.flush().unwrap();
@@ -171,7 +215,11 @@ fn predicates_projection_and_limit() {
     write1(&t, WriteOp::Upsert, 50, (s("fresh"), Some(3)));
     write1(&t, WriteOp::Delete, 51, (None, None));
     let ids = |preds: Vec<Predicate>| -> Vec<i64> {
-        let req = ScanRequest { projection: Some(vec!["id".into()]), predicates: preds, ..Default::default() };
+        let req = ScanRequest {
+            projection: Some(vec!["id".into()]),
+            predicates: preds,
+            ..Default::default()
+        };
         let mut out: Vec<i64> = t
             .scan(&req)
             .unwrap()
@@ -184,10 +232,22 @@ fn predicates_projection_and_limit() {
         out.sort();
         out
     };
-    assert_eq!(ids(vec![Predicate::cmp("id", CmpOp::Eq, Value::Int64(50))]), vec![50]);
-    assert_eq!(ids(vec![Predicate::cmp("id", CmpOp::Eq, Value::Int64(51))]), Vec::<i64>::new());
-    assert_eq!(ids(vec![Predicate::cmp("id", CmpOp::Ge, Value::Int64(97))]), vec![97, 98, 99]);
-    assert_eq!(ids(vec![Predicate::cmp("id", CmpOp::Lt, Value::Int64(2))]), vec![0, 1]);
+    assert_eq!(
+        ids(vec![Predicate::cmp("id", CmpOp::Eq, Value::Int64(50))]),
+        vec![50]
+    );
+    assert_eq!(
+        ids(vec![Predicate::cmp("id", CmpOp::Eq, Value::Int64(51))]),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(vec![Predicate::cmp("id", CmpOp::Ge, Value::Int64(97))]),
+        vec![97, 98, 99]
+    );
+    assert_eq!(
+        ids(vec![Predicate::cmp("id", CmpOp::Lt, Value::Int64(2))]),
+        vec![0, 1]
+    );
     assert_eq!(
         ids(vec![
             Predicate::cmp("id", CmpOp::Gt, Value::Int64(45)),
@@ -196,30 +256,76 @@ fn predicates_projection_and_limit() {
         vec![46, 47, 48, 49, 50, 52]
     );
     assert_eq!(
-        ids(vec![Predicate::In { column: "id".into(), values: vec![Value::Int64(3), Value::Int64(51), Value::Int64(77)] }]),
+        ids(vec![Predicate::In {
+            column: "id".into(),
+            values: vec![Value::Int64(3), Value::Int64(51), Value::Int64(77)]
+        }]),
         vec![3, 77]
     );
-    assert_eq!(ids(vec![Predicate::IsNull("n".into())]), vec![0, 10, 20, 30, 40, 60, 70, 80, 90]);
-    // Ten NULLs, minus row 50 (now 3); row 51 is deleted.
-    assert_eq!(ids(vec![Predicate::IsNotNull("n".into())]).len(), 100 - 10 + 1 - 1);
     assert_eq!(
-        ids(vec![Predicate::cmp("v", CmpOp::Eq, Value::Utf8("fresh".into()))]),
+        ids(vec![Predicate::IsNull("n".into())]),
+        vec![0, 10, 20, 30, 40, 60, 70, 80, 90]
+    );
+    // Ten NULLs, minus row 50 (now 3); row 51 is deleted.
+    assert_eq!(
+        ids(vec![Predicate::IsNotNull("n".into())]).len(),
+        100 - 10 + 1 - 1
+    );
+    assert_eq!(
+        ids(vec![Predicate::cmp(
+            "v",
+            CmpOp::Eq,
+            Value::Utf8("fresh".into())
+        )]),
         vec![50]
     );
-    let expected: Vec<i64> =
-        (0..100).filter(|i| (i % 10 != 0 && i % 7 == 3) || *i == 50).collect();
-    assert_eq!(ids(vec![Predicate::cmp("n", CmpOp::Eq, Value::Int32(3))]), expected);
+    let expected: Vec<i64> = (0..100)
+        .filter(|i| (i % 10 != 0 && i % 7 == 3) || *i == 50)
+        .collect();
+    assert_eq!(
+        ids(vec![Predicate::cmp("n", CmpOp::Eq, Value::Int32(3))]),
+        expected
+    );
     // Limit and empty projection (row counts only).
-    let req = ScanRequest { limit: Some(5), ..Default::default() };
-    assert_eq!(t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum::<usize>(), 5);
-    let req = ScanRequest { projection: Some(vec![]), ..Default::default() };
-    assert_eq!(t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum::<usize>(), 99);
+    let req = ScanRequest {
+        limit: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(
+        t.scan(&req)
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum::<usize>(),
+        5
+    );
+    let req = ScanRequest {
+        projection: Some(vec![]),
+        ..Default::default()
+    };
+    assert_eq!(
+        t.scan(&req)
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum::<usize>(),
+        99
+    );
     // Bad predicates are clear errors.
     let bad = ScanRequest {
         predicates: vec![Predicate::cmp("n", CmpOp::Eq, Value::Utf8("x".into()))],
         ..Default::default()
     };
-    assert!(t.scan(&bad).unwrap_err().to_string().contains("expected a value of type INT"));
-    let bad = ScanRequest { predicates: vec![Predicate::IsNull("nope".into())], ..Default::default() };
-    assert!(t.scan(&bad).unwrap_err().to_string().contains("does not exist"));
+    assert!(t
+        .scan(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("expected a value of type INT"));
+    let bad = ScanRequest {
+        predicates: vec![Predicate::IsNull("nope".into())],
+        ..Default::default()
+    };
+    assert!(t
+        .scan(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("does not exist"));
 }

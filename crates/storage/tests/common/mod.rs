@@ -77,15 +77,25 @@ pub fn write1(t: &Tablet, op: WriteOp, id: i64, row: KvRow) -> nyala_storage::Wr
 
 /// Every row visible at `snapshot`, by key; panics if a key is seen twice.
 pub fn scan_all(t: &Tablet, snapshot: Option<Timestamp>) -> BTreeMap<i64, KvRow> {
-    let req = ScanRequest { snapshot, batch_size: Some(7), ..Default::default() };
+    let req = ScanRequest {
+        snapshot,
+        batch_size: Some(7),
+        ..Default::default()
+    };
     let mut out = BTreeMap::new();
     for batch in t.scan(&req).unwrap() {
         let batch = batch.unwrap();
         for r in 0..batch.num_rows() {
-            let vals: Vec<Value> =
-                batch.columns().iter().map(|c| Value::from_array(c, r).unwrap()).collect();
+            let vals: Vec<Value> = batch
+                .columns()
+                .iter()
+                .map(|c| Value::from_array(c, r).unwrap())
+                .collect();
             let (id, row) = kv_from_values(&vals);
-            assert!(out.insert(id, row).is_none(), "key {id} seen twice in one scan");
+            assert!(
+                out.insert(id, row).is_none(),
+                "key {id} seen twice in one scan"
+            );
         }
     }
     out
