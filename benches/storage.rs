@@ -1,1 +1,295 @@
-fn main() {}
+//! Storage engine benchmarks on the traffic schema (issue: storage engine).
+//!
+//! `cargo bench -p nyala-storage --profile fast` runs the criterion micro-benchmarks (upserts,
+//! point lookups, buffer scan, flush) and then prints a report of the large-scale figures:
+//! loading, flushing and scanning 10M rows, on-disk size and resident memory.
+//! `NYALA_BENCH_ROWS` changes the 10M.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float32Array, Int16Array, Int32Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_schema::{Field, Schema as ArrowSchema};
+use criterion::{BatchSize, Criterion, Throughput};
+use nyala_storage::{
+    ColumnSchema, DataType, ScanRequest, Schema, Tablet, TabletOptions, Value, WriteBatch, WriteOp,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const POINTS: i32 = 1000;
+const LANES: i16 = 2;
+/// 2023-01-01T00:00:00Z in microseconds.
+const T0: i64 = 1_672_531_200_000_000;
+const MINUTE: i64 = 60_000_000;
+
+fn traffic_schema() -> Schema {
+    let mut cols = vec![
+        ColumnSchema::not_null("uid", DataType::Int32),
+        ColumnSchema::not_null("lane", DataType::Int16),
+        ColumnSchema::not_null("ts", DataType::Timestamp),
+        ColumnSchema::nullable("valid", DataType::Int16),
+    ];
+    for c in 1..=5 {
+        cols.push(ColumnSchema::nullable(format!("count_c{c}"), DataType::Int32));
+    }
+    for c in 1..=5 {
+        cols.push(ColumnSchema::nullable(format!("speed_c{c}"), DataType::Float32));
+    }
+    Schema::new(cols, &["uid", "lane", "ts"]).unwrap()
+}
+
+/// Readings for rows `start..start+n` in ingestion order: minute by minute, every point and
+/// lane. Row r is (minute r / (POINTS*LANES), point, lane).
+fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordBatch {
+    let mut rng = StdRng::seed_from_u64(seed ^ start);
+    let per_minute = (POINTS as u64) * (LANES as u64);
+    let (mut uid, mut lane, mut ts, mut valid) = (vec![], vec![], vec![], vec![]);
+    let mut counts: Vec<Vec<Option<i32>>> = vec![vec![]; 5];
+    let mut speeds: Vec<Vec<Option<f32>>> = vec![vec![]; 5];
+    for r in start..start + n as u64 {
+        let minute = (r / per_minute) as i64;
+        let within = r % per_minute;
+        uid.push((within / LANES as u64) as i32);
+        lane.push((within % LANES as u64) as i16);
+        ts.push(T0 + minute * MINUTE);
+        valid.push(if rng.random_ratio(98, 100) { 1i16 } else { 0 });
+        for c in 0..5 {
+            let count = if c < 2 { rng.random_range(0..25) } else { rng.random_range(0..4) };
+            counts[c].push(Some(count));
+            speeds[c].push(if count == 0 {
+                None
+            } else {
+                Some((rng.random_range(300..1300) as f32) / 10.0)
+            });
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(uid)),
+        Arc::new(Int16Array::from(lane)),
+        Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        Arc::new(Int16Array::from(valid)),
+    ];
+    arrays.extend(counts.into_iter().map(|c| Arc::new(Int32Array::from(c)) as ArrayRef));
+    arrays.extend(speeds.into_iter().map(|c| Arc::new(Float32Array::from(c)) as ArrayRef));
+    let fields: Vec<Field> = schema.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays).unwrap()
+}
+
+fn opts() -> TabletOptions {
+    TabletOptions { flush_threshold_bytes: Some(256 << 20), ..TabletOptions::default() }
+}
+
+/// Loads rows `0..n` in batches of 10,000 upserts, flushing every `flush_every` rows.
+fn load(t: &Tablet, n: u64, flush_every: u64) {
+    let mut r = 0;
+    while r < n {
+        let len = 10_000.min(n - r) as usize;
+        let b = traffic_rows(t.schema(), r, len, 1);
+        t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
+        r += len as u64;
+        if r % flush_every == 0 {
+            t.flush().unwrap();
+        }
+    }
+}
+
+fn key_of(r: u64) -> Vec<Value> {
+    let per_minute = (POINTS as u64) * (LANES as u64);
+    let within = r % per_minute;
+    vec![
+        Value::Int32((within / LANES as u64) as i32),
+        Value::Int16((within % LANES as u64) as i16),
+        Value::Timestamp(T0 + (r / per_minute) as i64 * MINUTE),
+    ]
+}
+
+fn bench_upserts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("upsert_1000_sync");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(1000));
+    // All keys new.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tablet::create(dir.path(), &traffic_schema(), opts()).unwrap();
+        let mut next = 0u64;
+        g.bench_function("all_new", |b| {
+            b.iter_batched(
+                || {
+                    let batch = traffic_rows(t.schema(), next, 1000, 2);
+                    next += 1000;
+                    WriteBatch::uniform(WriteOp::Upsert, batch)
+                },
+                |batch| t.write(&batch).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // Half the keys new, half already flushed into segments.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tablet::create(dir.path(), &traffic_schema(), opts()).unwrap();
+        let flushed = 2_000_000u64;
+        load(&t, flushed, 500_000);
+        t.flush().unwrap();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut next = flushed;
+        g.bench_function("half_flushed", |b| {
+            b.iter_batched(
+                || {
+                    let old_start = rng.random_range(0..flushed - 500);
+                    let old = traffic_rows(t.schema(), old_start, 500, 3);
+                    let new = traffic_rows(t.schema(), next, 500, 3);
+                    next += 500;
+                    let batch = arrow::compute::concat_batches(old.schema_ref(), [&old, &new]).unwrap();
+                    WriteBatch::uniform(WriteOp::Upsert, batch)
+                },
+                |batch| t.write(&batch).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_lookups(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tablet::create(dir.path(), &traffic_schema(), opts()).unwrap();
+    let flushed = 2_000_000u64;
+    load(&t, flushed, 500_000);
+    t.flush().unwrap();
+    let buffered = 200_000u64;
+    let b = traffic_rows(t.schema(), flushed, buffered as usize, 1);
+    t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut g = c.benchmark_group("point_lookup");
+    g.sample_size(50);
+    g.bench_function("buffer", |b| {
+        b.iter_batched(
+            || key_of(flushed + rng.random_range(0..buffered)),
+            |k| assert!(t.get(&k).unwrap().is_some()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("segment", |b| {
+        b.iter_batched(
+            || key_of(rng.random_range(0..flushed)),
+            |k| assert!(t.get(&k).unwrap().is_some()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("absent", |b| {
+        b.iter_batched(
+            || key_of(flushed + buffered + rng.random_range(0..1_000_000)),
+            |k| assert!(t.get(&k).unwrap().is_none()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn bench_buffer_scan_and_flush(c: &mut Criterion) {
+    let rows = 1_000_000u64;
+    let mut g = c.benchmark_group("buffer_1M");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(rows));
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+    load(&t, rows, u64::MAX);
+    g.bench_function("scan_all_columns", |b| {
+        b.iter(|| {
+            let n: usize = t.scan(&ScanRequest::default()).unwrap().map(|b| b.unwrap().num_rows()).sum();
+            assert_eq!(n as u64, rows);
+        })
+    });
+    drop(t);
+    g.bench_function("flush", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+                load(&t, rows, u64::MAX);
+                (dir, t)
+            },
+            |(dir, t)| {
+                t.flush().unwrap();
+                (dir, t)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// Large-scale figures, printed as a table and as JSON.
+fn report() {
+    let n: u64 = std::env::var("NYALA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+    let start = Instant::now();
+    let mut flush_time = Duration::ZERO;
+    let mut r = 0;
+    while r < n {
+        let len = 1_000_000.min(n - r);
+        let mut w = 0;
+        while w < len {
+            let l = 10_000.min(len - w) as usize;
+            let b = traffic_rows(t.schema(), r + w, l, 1);
+            t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
+            w += l as u64;
+        }
+        let f = Instant::now();
+        t.flush().unwrap();
+        flush_time += f.elapsed();
+        r += len;
+    }
+    let load_time = start.elapsed();
+    let stats = t.stats();
+    let disk = t.disk_bytes();
+    // Full scan, 2 columns projected.
+    let req = ScanRequest { projection: Some(vec!["uid".into(), "speed_c1".into()]), ..Default::default() };
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let s = Instant::now();
+        let rows: usize = t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows as u64, n);
+        best = best.min(s.elapsed());
+    }
+    let rss = rss_bytes();
+    let values_per_s = (2 * n) as f64 / best.as_secs_f64();
+    let json = serde_json_like(&[
+        ("rows", n as f64),
+        ("ingest_rows_per_s", n as f64 / (load_time - flush_time).as_secs_f64()),
+        ("flush_rows_per_s", n as f64 / flush_time.as_secs_f64()),
+        ("segments", stats.segments as f64),
+        ("disk_mb", disk as f64 / 1e6),
+        ("segment_file_mb", stats.segment_file_bytes as f64 / 1e6),
+        ("scan_2col_values_per_s", values_per_s),
+        ("index_memory_mb", stats.index_memory_bytes as f64 / 1e6),
+        ("rss_mb", rss as f64 / 1e6),
+    ]);
+    println!("\nstorage report ({n} traffic rows, 1M-row flushes):\n{json}");
+}
+
+fn serde_json_like(kv: &[(&str, f64)]) -> String {
+    let body: Vec<String> = kv.iter().map(|(k, v)| format!("  \"{k}\": {v:.1}")).collect();
+    format!("{{\n{}\n}}", body.join(",\n"))
+}
+
+fn main() {
+    let only_report = std::env::args().any(|a| a == "--report-only");
+    if !only_report {
+        let mut c = Criterion::default().configure_from_args();
+        bench_upserts(&mut c);
+        bench_lookups(&mut c);
+        bench_buffer_scan_and_flush(&mut c);
+        c.final_summary();
+    }
+    report();
+}
