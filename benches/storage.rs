@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float32Array, Int16Array, Int32Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Float32Array, Int16Array, Int32Array, RecordBatch, TimestampMicrosecondArray,
+};
 use arrow_schema::{Field, Schema as ArrowSchema};
 use criterion::{BatchSize, Criterion, Throughput};
 use nyala_storage::{
@@ -31,10 +33,16 @@ fn traffic_schema() -> Schema {
         ColumnSchema::nullable("valid", DataType::Int16),
     ];
     for c in 1..=5 {
-        cols.push(ColumnSchema::nullable(format!("count_c{c}"), DataType::Int32));
+        cols.push(ColumnSchema::nullable(
+            format!("count_c{c}"),
+            DataType::Int32,
+        ));
     }
     for c in 1..=5 {
-        cols.push(ColumnSchema::nullable(format!("speed_c{c}"), DataType::Float32));
+        cols.push(ColumnSchema::nullable(
+            format!("speed_c{c}"),
+            DataType::Float32,
+        ));
     }
     Schema::new(cols, &["uid", "lane", "ts"]).unwrap()
 }
@@ -55,7 +63,11 @@ fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordBatch
         ts.push(T0 + minute * MINUTE);
         valid.push(if rng.random_ratio(98, 100) { 1i16 } else { 0 });
         for c in 0..5 {
-            let count = if c < 2 { rng.random_range(0..25) } else { rng.random_range(0..4) };
+            let count = if c < 2 {
+                rng.random_range(0..25)
+            } else {
+                rng.random_range(0..4)
+            };
             counts[c].push(Some(count));
             speeds[c].push(if count == 0 {
                 None
@@ -70,14 +82,30 @@ fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordBatch
         Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
         Arc::new(Int16Array::from(valid)),
     ];
-    arrays.extend(counts.into_iter().map(|c| Arc::new(Int32Array::from(c)) as ArrayRef));
-    arrays.extend(speeds.into_iter().map(|c| Arc::new(Float32Array::from(c)) as ArrayRef));
-    let fields: Vec<Field> = schema.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    arrays.extend(
+        counts
+            .into_iter()
+            .map(|c| Arc::new(Int32Array::from(c)) as ArrayRef),
+    );
+    arrays.extend(
+        speeds
+            .into_iter()
+            .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
+    );
+    let fields: Vec<Field> = schema
+        .arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays).unwrap()
 }
 
 fn opts() -> TabletOptions {
-    TabletOptions { flush_threshold_bytes: Some(256 << 20), ..TabletOptions::default() }
+    TabletOptions {
+        flush_threshold_bytes: Some(256 << 20),
+        ..TabletOptions::default()
+    }
 }
 
 /// Loads rows `0..n` in batches of 10,000 upserts, flushing every `flush_every` rows.
@@ -141,7 +169,8 @@ fn bench_upserts(c: &mut Criterion) {
                     let old = traffic_rows(t.schema(), old_start, 500, 3);
                     let new = traffic_rows(t.schema(), next, 500, 3);
                     next += 500;
-                    let batch = arrow::compute::concat_batches(old.schema_ref(), [&old, &new]).unwrap();
+                    let batch =
+                        arrow::compute::concat_batches(old.schema_ref(), [&old, &new]).unwrap();
                     WriteBatch::uniform(WriteOp::Upsert, batch)
                 },
                 |batch| t.write(&batch).unwrap(),
@@ -194,11 +223,23 @@ fn bench_buffer_scan_and_flush(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(rows));
     let dir = tempfile::tempdir().unwrap();
-    let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+    let t = Tablet::create(
+        dir.path(),
+        &traffic_schema(),
+        TabletOptions {
+            flush_threshold_bytes: None,
+            ..opts()
+        },
+    )
+    .unwrap();
     load(&t, rows, u64::MAX);
     g.bench_function("scan_all_columns", |b| {
         b.iter(|| {
-            let n: usize = t.scan(&ScanRequest::default()).unwrap().map(|b| b.unwrap().num_rows()).sum();
+            let n: usize = t
+                .scan(&ScanRequest::default())
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum();
             assert_eq!(n as u64, rows);
         })
     });
@@ -207,7 +248,15 @@ fn bench_buffer_scan_and_flush(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().unwrap();
-                let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+                let t = Tablet::create(
+                    dir.path(),
+                    &traffic_schema(),
+                    TabletOptions {
+                        flush_threshold_bytes: None,
+                        ..opts()
+                    },
+                )
+                .unwrap();
                 load(&t, rows, u64::MAX);
                 (dir, t)
             },
@@ -223,15 +272,30 @@ fn bench_buffer_scan_and_flush(c: &mut Criterion) {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 /// Large-scale figures, printed as a table and as JSON.
 fn report() {
-    let n: u64 = std::env::var("NYALA_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
+    let n: u64 = std::env::var("NYALA_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let t = Tablet::create(dir.path(), &traffic_schema(), TabletOptions { flush_threshold_bytes: None, ..opts() }).unwrap();
+    let t = Tablet::create(
+        dir.path(),
+        &traffic_schema(),
+        TabletOptions {
+            flush_threshold_bytes: None,
+            ..opts()
+        },
+    )
+    .unwrap();
     let start = Instant::now();
     let mut flush_time = Duration::ZERO;
     let mut r = 0;
@@ -253,7 +317,10 @@ fn report() {
     let stats = t.stats();
     let disk = t.disk_bytes();
     // Full scan, 2 columns projected.
-    let req = ScanRequest { projection: Some(vec!["uid".into(), "speed_c1".into()]), ..Default::default() };
+    let req = ScanRequest {
+        projection: Some(vec!["uid".into(), "speed_c1".into()]),
+        ..Default::default()
+    };
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let s = Instant::now();
@@ -265,7 +332,10 @@ fn report() {
     let values_per_s = (2 * n) as f64 / best.as_secs_f64();
     let json = serde_json_like(&[
         ("rows", n as f64),
-        ("ingest_rows_per_s", n as f64 / (load_time - flush_time).as_secs_f64()),
+        (
+            "ingest_rows_per_s",
+            n as f64 / (load_time - flush_time).as_secs_f64(),
+        ),
         ("flush_rows_per_s", n as f64 / flush_time.as_secs_f64()),
         ("segments", stats.segments as f64),
         ("disk_mb", disk as f64 / 1e6),
@@ -278,7 +348,10 @@ fn report() {
 }
 
 fn serde_json_like(kv: &[(&str, f64)]) -> String {
-    let body: Vec<String> = kv.iter().map(|(k, v)| format!("  \"{k}\": {v:.1}")).collect();
+    let body: Vec<String> = kv
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v:.1}"))
+        .collect();
     format!("{{\n{}\n}}", body.join(",\n"))
 }
 

@@ -61,15 +61,18 @@ impl KeyIndex {
             .is_none_or(|f| f.contains(&xxh3_64(key)))
     }
 
-    /// The rows that can hold `key`: rows with equal keys are contiguous and lie in this range.
-    pub fn candidate_rows(&self, key: &[u8]) -> Range<u64> {
+    /// The blocks that can hold `key`: rows with equal keys are contiguous and lie in them.
+    pub fn candidate_blocks(&self, key: &[u8]) -> Range<u64> {
         // Blocks whose first key is < key, and those whose first key is <= key.
         let lt = self.samples.partition_point(|s| &**s < key);
         let le = self.samples.partition_point(|s| &**s <= key);
-        let first_block = lt.saturating_sub(1) as u64;
-        let last_block = le.saturating_sub(1) as u64;
+        (lt.saturating_sub(1) as u64)..(le.max(1) as u64)
+    }
+
+    /// The rows of block `b`.
+    pub fn block_rows(&self, b: u64) -> Range<u64> {
         let stride = self.stride as u64;
-        (first_block * stride)..((last_block + 1) * stride).min(self.rows)
+        (b * stride).min(self.rows)..((b + 1) * stride).min(self.rows)
     }
 
     /// Rows of the blocks from the first whose successor's first key is not `below`, through the
@@ -160,15 +163,16 @@ mod tests {
             .map(|k| vec![*k])
             .collect();
         let idx = KeyIndex::build(keys.iter().map(|k| k.as_slice()), 2);
-        assert_eq!(idx.candidate_rows(&[3]), 2..6);
-        assert_eq!(idx.candidate_rows(&[0]), 0..2);
-        assert_eq!(idx.candidate_rows(&[5]), 6..8);
+        assert_eq!(idx.candidate_blocks(&[3]), 1..3);
+        assert_eq!(idx.candidate_blocks(&[0]), 0..1);
+        assert_eq!(idx.candidate_blocks(&[5]), 3..4);
+        assert_eq!(idx.block_rows(3), 6..8);
         assert!(idx.may_contain(&[4]));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.kix");
         idx.write_to(&p).unwrap();
         let back = KeyIndex::read_from(&p).unwrap();
-        assert_eq!(back.candidate_rows(&[3]), 2..6);
+        assert_eq!(back.candidate_blocks(&[3]), 1..3);
         assert!(back.may_contain(&[4]));
         std::fs::write(&p, b"NYKX\x01garbage").unwrap();
         assert!(KeyIndex::read_from(&p).is_err());

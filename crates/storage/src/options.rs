@@ -40,6 +40,8 @@ pub struct TabletOptions {
     pub zstd_level: i32,
     /// Size of the metadata store's page cache, in bytes.
     pub meta_cache_bytes: u64,
+    /// Memory for decoded key blocks of segments (presence checks and lookups), in bytes.
+    pub key_cache_bytes: u64,
 }
 
 impl Default for TabletOptions {
@@ -55,6 +57,7 @@ impl Default for TabletOptions {
             row_group_rows: 256 * 1024,
             zstd_level: 3,
             meta_cache_bytes: 64 * 1024 * 1024,
+            key_cache_bytes: 128 * 1024 * 1024,
         }
     }
 }

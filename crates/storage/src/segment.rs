@@ -57,6 +57,36 @@ pub(crate) struct SegmentMeta {
     pub file_bytes: u64,
 }
 
+/// Decoded key columns (encoded keys and commit timestamps) of one block of an on-disk
+/// segment: what presence checks and lookups search. Cached, so that hot blocks are decoded once.
+#[derive(Debug)]
+pub(crate) struct KeyBlock {
+    keys: KeyList,
+    ts: Vec<u64>,
+}
+
+/// Weighs cached key blocks by their memory.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockWeighter;
+
+impl quick_cache::Weighter<(u64, u64), Arc<KeyBlock>> for BlockWeighter {
+    fn weight(&self, _: &(u64, u64), b: &Arc<KeyBlock>) -> u64 {
+        (b.keys.data.len() + b.keys.offsets.len() * 8 + b.ts.len() * 8 + 64) as u64
+    }
+}
+
+/// Cache of decoded key blocks, keyed by (segment id, block number).
+pub(crate) type KeyBlockCache = quick_cache::sync::Cache<(u64, u64), Arc<KeyBlock>, BlockWeighter>;
+
+/// A key block cache holding about `bytes` bytes.
+pub(crate) fn new_key_block_cache(bytes: u64) -> KeyBlockCache {
+    KeyBlockCache::with_weighter(
+        (bytes / 16_384).max(16) as usize,
+        bytes.max(1),
+        BlockWeighter,
+    )
+}
+
 /// Encoded keys of an in-memory segment, one allocation for all.
 #[derive(Debug, Default)]
 struct KeyList {
@@ -296,6 +326,7 @@ impl Segment {
     pub fn rows_with_key(
         &self,
         codec: &RowCodec,
+        cache: &KeyBlockCache,
         key: &[u8],
     ) -> Result<(Range<u64>, Vec<Timestamp>)> {
         if key < self.meta.min_key.as_slice() || key > self.meta.max_key.as_slice() {
@@ -315,34 +346,47 @@ impl Segment {
                 if !d.index.may_contain(key) {
                     return Ok((0..0, vec![]));
                 }
-                let block = d.index.candidate_rows(key);
-                let key_cols = codec.schema().key_indices();
-                let mut proj: Vec<usize> = key_cols.to_vec();
-                proj.push(codec.schema().len());
-                let batch = self.read_range(block.clone(), &proj)?;
-                let cols: Vec<ArrayRef> = key_cols
-                    .iter()
-                    .map(|&c| batch.column(position_in(&proj, c)).clone())
-                    .collect();
-                let enc = codec.encode_keys(&cols)?;
-                let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
-                let mut first = None;
+                let mut found: Option<Range<u64>> = None;
                 let mut out_ts = Vec::new();
-                for i in 0..enc.num_rows() {
-                    if enc.row(i).as_ref() == key {
-                        first.get_or_insert(i);
-                        out_ts.push(ts.value(i) as u64);
+                for b in d.index.candidate_blocks(key) {
+                    let block = cache.get_or_insert_with(&(self.meta.id, b), || {
+                        self.decode_key_block(codec, d, b)
+                    })?;
+                    let lo = block.keys.partition_point(|k| k < key);
+                    let hi = block.keys.partition_point(|k| k <= key);
+                    if lo < hi {
+                        let start = d.index.block_rows(b).start;
+                        let r = found.get_or_insert(start + lo as u64..start + lo as u64);
+                        r.end = start + hi as u64;
+                        out_ts.extend_from_slice(&block.ts[lo..hi]);
                     }
                 }
-                Ok(match first {
-                    Some(f) => {
-                        let start = block.start + f as u64;
-                        (start..start + out_ts.len() as u64, out_ts)
-                    }
-                    None => (0..0, vec![]),
-                })
+                Ok((found.unwrap_or(0..0), out_ts))
             }
         }
+    }
+
+    /// Decodes the key columns and timestamps of block `b`.
+    fn decode_key_block(&self, codec: &RowCodec, d: &DiskSegment, b: u64) -> Result<Arc<KeyBlock>> {
+        let key_cols = codec.schema().key_indices();
+        let mut proj: Vec<usize> = key_cols.to_vec();
+        proj.sort_unstable();
+        proj.push(codec.schema().len());
+        let batch = self.read_range(d.index.block_rows(b), &proj)?;
+        let cols: Vec<ArrayRef> = key_cols
+            .iter()
+            .map(|&c| batch.column(position_in(&proj, c)).clone())
+            .collect();
+        let enc = codec.encode_keys(&cols)?;
+        let mut keys = KeyList::default();
+        for r in enc.iter() {
+            keys.push(r.as_ref());
+        }
+        let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
+        Ok(Arc::new(KeyBlock {
+            keys,
+            ts: ts.values().iter().map(|t| *t as u64).collect(),
+        }))
     }
 
     /// The row holding the version of `key` visible at `snapshot`, if any. With
@@ -350,10 +394,11 @@ impl Segment {
     pub fn find_visible(
         &self,
         codec: &RowCodec,
+        cache: &KeyBlockCache,
         key: &[u8],
         snapshot: Timestamp,
     ) -> Result<Option<u32>> {
-        let (rows, ts) = self.rows_with_key(codec, key)?;
+        let (rows, ts) = self.rows_with_key(codec, cache, key)?;
         for (row, t) in rows.zip(ts) {
             let row = row as u32;
             if t <= snapshot && !self.dv.is_deleted_at(row, snapshot) {

@@ -38,7 +38,7 @@ use crate::error::{Result, StorageError};
 use crate::memtable::{MemLookup, MemTable};
 use crate::options::{Durability, TabletOptions};
 use crate::scan::{ScanRequest, TabletScan};
-use crate::segment::Segment;
+use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
 use crate::store::{Manifest, MetaStore};
 use crate::write::{
     decode_wal_record, encode_wal_record, validate, RowError, RowErrorKind, ValidatedBatch,
@@ -114,6 +114,7 @@ struct Inner {
     flush_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     flush_signal: Arc<FlushSignal>,
+    key_blocks: KeyBlockCache,
 }
 
 #[derive(Default)]
@@ -204,6 +205,7 @@ impl Tablet {
             memtable: Arc::new(MemTable::default()),
             segments,
         };
+        let opts_key_cache = opts.key_cache_bytes;
         let inner = Arc::new(Inner {
             segment_dir: seg_dir,
             codec,
@@ -224,6 +226,7 @@ impl Tablet {
             flush_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             flush_signal: Arc::new(FlushSignal::default()),
+            key_blocks: new_key_block_cache(opts_key_cache),
         });
         inner.replay_wal(manifest.checkpoint_ts)?;
         let flusher = inner
@@ -511,7 +514,9 @@ impl Inner {
             MemLookup::Unknown => {}
         }
         for seg in v.segments.iter().rev() {
-            if let Some(row) = seg.find_visible(&self.codec, key, Timestamp::MAX)? {
+            if let Some(row) =
+                seg.find_visible(&self.codec, &self.key_blocks, key, Timestamp::MAX)?
+            {
                 return Ok(Location::Segment(seg.clone(), row));
             }
         }
@@ -527,7 +532,7 @@ impl Inner {
         }
         let all: Vec<usize> = (0..self.codec.schema().len()).collect();
         for seg in v.segments.iter().rev() {
-            if let Some(row) = seg.find_visible(&self.codec, key, snapshot)? {
+            if let Some(row) = seg.find_visible(&self.codec, &self.key_blocks, key, snapshot)? {
                 let r = row as u64;
                 return Ok(Some(
                     seg.read_range(r..r + 1, &all)?
