@@ -53,6 +53,14 @@ pub(crate) enum MemLookup {
     Unknown,
 }
 
+/// [`MemLookup`] without the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemState {
+    Live,
+    Deleted,
+    Unknown,
+}
+
 /// Per-entry bookkeeping cost added to key and row bytes when accounting memory.
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -90,6 +98,22 @@ impl MemTable {
                 None => MemLookup::Deleted,
             },
             _ => MemLookup::Unknown,
+        }
+    }
+
+    /// Whether the newest version of `key` visible at `snapshot` is live, a tombstone, or
+    /// absent, without copying the row.
+    pub fn probe(&self, key: &[u8], snapshot: Timestamp) -> MemState {
+        let probe = VersionKey {
+            key: key.into(),
+            ts: snapshot,
+        };
+        match self.map.lower_bound(Bound::Included(&probe)) {
+            Some(e) if *e.key().key == *key => match e.value() {
+                Some(_) => MemState::Live,
+                None => MemState::Deleted,
+            },
+            _ => MemState::Unknown,
         }
     }
 

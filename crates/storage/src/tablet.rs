@@ -35,7 +35,7 @@ use nyala_common::{RowCodec, Schema, Value};
 use crate::clock::{Clock, Timestamp};
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
-use crate::memtable::{MemLookup, MemTable};
+use crate::memtable::{MemLookup, MemState, MemTable};
 use crate::options::{Durability, TabletOptions};
 use crate::scan::{ScanRequest, TabletScan};
 use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
@@ -140,7 +140,7 @@ impl std::fmt::Debug for Tablet {
 
 /// Location of the live copy of a key, from the writer's point of view.
 enum Location {
-    Buffer(Vec<u8>),
+    Buffer,
     Segment(Arc<Segment>, u32),
     Absent,
 }
@@ -508,10 +508,10 @@ impl Inner {
 
     /// Where the live copy of `key` is, counting every applied write (writer lock held).
     fn locate(&self, v: &Version, key: &[u8]) -> Result<Location> {
-        match v.memtable.get(key, Timestamp::MAX) {
-            MemLookup::Live(row) => return Ok(Location::Buffer(row)),
-            MemLookup::Deleted => return Ok(Location::Absent),
-            MemLookup::Unknown => {}
+        match v.memtable.probe(key, Timestamp::MAX) {
+            MemState::Live => return Ok(Location::Buffer),
+            MemState::Deleted => return Ok(Location::Absent),
+            MemState::Unknown => {}
         }
         for seg in v.segments.iter().rev() {
             if let Some(row) =
@@ -561,10 +561,17 @@ impl Inner {
         Ok(self.codec.encode_rows(&cols)?.row(0).as_ref().into())
     }
 
-    fn old_row(&self, loc: &Location) -> Result<Option<RecordBatch>> {
+    fn old_row(&self, v: &Version, key: &[u8], loc: &Location) -> Result<Option<RecordBatch>> {
         let all: Vec<usize> = (0..self.codec.schema().len()).collect();
         Ok(match loc {
-            Location::Buffer(row) => Some(self.codec.decode_rows([row.as_slice()])?),
+            Location::Buffer => match v.memtable.get(key, Timestamp::MAX) {
+                MemLookup::Live(row) => Some(self.codec.decode_rows([row.as_slice()])?),
+                _ => {
+                    return Err(StorageError::Corrupt(
+                        "buffer row vanished under the writer".into(),
+                    ))
+                }
+            },
             Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
             Location::Absent => None,
         })
@@ -605,7 +612,11 @@ impl Inner {
                     out.applied += 1;
                 }
                 (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
-                    let old = if full { None } else { self.old_row(&loc)? };
+                    let old = if full {
+                        None
+                    } else {
+                        self.old_row(v, key, &loc)?
+                    };
                     let row = self.new_row(b, i, old)?;
                     if let Location::Segment(seg, r) = &loc {
                         seg.dv.delete(*r, ts);

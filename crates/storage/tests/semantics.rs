@@ -329,3 +329,31 @@ fn predicates_projection_and_limit() {
         .to_string()
         .contains("does not exist"));
 }
+
+#[test]
+fn async_durability_survives_a_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = nyala_storage::TabletOptions {
+        durability: nyala_storage::Durability::Async {
+            interval: std::time::Duration::from_millis(20),
+        },
+        ..test_opts()
+    };
+    let t = Tablet::create(dir.path(), &kv_schema(), opts.clone()).unwrap();
+    for i in 0..50 {
+        write1(&t, WriteOp::Insert, i, (s("x"), Some(i as i32)));
+    }
+    assert_eq!(scan_all(&t, None).len(), 50, "visible at once");
+    drop(t);
+    let t = Tablet::open(dir.path(), opts).unwrap();
+    assert_eq!(scan_all(&t, None).len(), 50);
+}
+
+#[test]
+fn scans_and_tablets_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    fn assert_sync<T: Sync>() {}
+    assert_send::<nyala_storage::TabletScan>();
+    assert_send::<Tablet>();
+    assert_sync::<Tablet>();
+}
