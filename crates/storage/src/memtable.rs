@@ -86,34 +86,38 @@ impl MemTable {
         );
     }
 
-    /// The newest version of `key` visible at `snapshot`.
-    pub fn get(&self, key: &[u8], snapshot: Timestamp) -> MemLookup {
+    /// The entry of the newest version of `key` visible at `snapshot`.
+    fn newest(
+        &self,
+        key: &[u8],
+        snapshot: Timestamp,
+    ) -> Option<crossbeam_skiplist::map::Entry<'_, VersionKey, VersionValue>> {
         let probe = VersionKey {
             key: key.into(),
             ts: snapshot,
         };
-        match self.map.lower_bound(Bound::Included(&probe)) {
-            Some(e) if *e.key().key == *key => match e.value() {
+        self.map
+            .lower_bound(Bound::Included(&probe))
+            .filter(|e| *e.key().key == *key)
+    }
+
+    /// The newest version of `key` visible at `snapshot`.
+    pub fn get(&self, key: &[u8], snapshot: Timestamp) -> MemLookup {
+        match self.newest(key, snapshot) {
+            Some(e) => match e.value() {
                 Some(row) => MemLookup::Live(row.to_vec()),
                 None => MemLookup::Deleted,
             },
-            _ => MemLookup::Unknown,
+            None => MemLookup::Unknown,
         }
     }
 
-    /// Whether the newest version of `key` visible at `snapshot` is live, a tombstone, or
-    /// absent, without copying the row.
+    /// Like [`MemTable::get`], without copying the row.
     pub fn probe(&self, key: &[u8], snapshot: Timestamp) -> MemState {
-        let probe = VersionKey {
-            key: key.into(),
-            ts: snapshot,
-        };
-        match self.map.lower_bound(Bound::Included(&probe)) {
-            Some(e) if *e.key().key == *key => match e.value() {
-                Some(_) => MemState::Live,
-                None => MemState::Deleted,
-            },
-            _ => MemState::Unknown,
+        match self.newest(key, snapshot) {
+            Some(e) if e.value().is_some() => MemState::Live,
+            Some(_) => MemState::Deleted,
+            None => MemState::Unknown,
         }
     }
 
