@@ -1,46 +1,103 @@
 //! The write buffer (Kudu's MemRowSet): rows in memory, ordered by key, with MVCC versions.
 //!
-//! A lock-free skip list maps (key, commit timestamp) to an encoded row or a tombstone. One
-//! writer at a time inserts (the tablet's write lock); any number of readers iterate at the same
-//! time without blocking it. A reader at snapshot `s` sees, for each key, the newest version with
-//! timestamp `<= s`; versions newer than the published snapshot are invisible, which is what lets
-//! the writer insert a batch entry by entry and publish it at once.
+//! A lock-free skip list maps each encoded key (stored inline in the node for keys up to
+//! [`INLINE_KEY`] bytes, so comparisons do not chase a pointer) to a chain of versions, newest
+//! first: (commit timestamp, encoded row or tombstone). One writer at a time (the tablet's
+//! writer lock) adds keys and pushes versions; any number of readers walk the list at the same
+//! time without blocking it. A reader at snapshot `s` sees, for each key, the newest version
+//! with timestamp `<= s`; versions newer than the published snapshot are invisible, which lets
+//! the writer apply a batch entry by entry and publish it at once.
 //!
-//! Invariant (with the tablet): a tombstone is written only over a live version in this buffer;
-//! a key whose live copy is in a segment is deleted through that segment's deletion vector.
+//! Invariants (with the tablet): versions are only ever added, never removed or changed, until
+//! the whole buffer is dropped (so a reader's reference stays valid while it holds the buffer);
+//! a tombstone is pushed only over a live version in this buffer (a key whose live copy is in a
+//! segment is deleted through that segment's deletion vector); a key may have an empty chain
+//! (the writer looked it up and then wrote nothing), which means the same as no entry.
 
-use std::cmp::Ordering as CmpOrdering;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
+use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
+use smallvec::SmallVec;
 
 use crate::clock::Timestamp;
 
-/// Skip-list key: encoded primary key ascending, then commit timestamp descending, so the newest
-/// version of a key comes first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VersionKey {
-    pub key: Box<[u8]>,
-    pub ts: Timestamp,
+/// Keys up to this many bytes live inside the skip-list node.
+pub(crate) const INLINE_KEY: usize = 24;
+
+type Key = SmallVec<[u8; INLINE_KEY]>;
+
+/// One version of a key.
+struct Version {
+    ts: Timestamp,
+    /// The encoded row, or `None` for a tombstone.
+    row: Option<Box<[u8]>>,
+    next: *mut Version,
 }
 
-impl Ord for VersionKey {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        self.key
-            .cmp(&other.key)
-            .then_with(|| other.ts.cmp(&self.ts))
+/// The versions of one key, newest first; a lock-free stack that only grows.
+#[derive(Default)]
+pub(crate) struct VersionChain {
+    head: AtomicPtr<Version>,
+}
+
+// SAFETY: versions are immutable once published (Release store of the head, Acquire loads by
+// readers) and freed only when the chain is dropped, i.e. when no reader can reach it.
+unsafe impl Send for VersionChain {}
+unsafe impl Sync for VersionChain {}
+
+impl VersionChain {
+    fn push(&self, ts: Timestamp, row: Option<Box<[u8]>>) {
+        let node = Box::into_raw(Box::new(Version {
+            ts,
+            row,
+            next: ptr::null_mut(),
+        }));
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            // SAFETY: `node` is ours until the exchange below publishes it.
+            unsafe { (*node).next = head };
+            match self
+                .head
+                .compare_exchange(head, node, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Versions, newest first.
+    fn iter(&self) -> impl Iterator<Item = (Timestamp, Option<&[u8]>)> {
+        let mut p = self.head.load(Ordering::Acquire);
+        std::iter::from_fn(move || {
+            // SAFETY: published versions live as long as the chain (module invariant), and the
+            // returned references borrow `self`.
+            let v = unsafe { p.as_ref()? };
+            p = v.next;
+            Some((v.ts, v.row.as_deref()))
+        })
+    }
+
+    /// The newest version visible at `snapshot`: `Some(Some(row))`, `Some(None)` (tombstone),
+    /// or `None`.
+    fn visible(&self, snapshot: Timestamp) -> Option<Option<&[u8]>> {
+        self.iter().find(|(ts, _)| *ts <= snapshot).map(|(_, r)| r)
     }
 }
 
-impl PartialOrd for VersionKey {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
+impl Drop for VersionChain {
+    fn drop(&mut self) {
+        let mut p = *self.head.get_mut();
+        while !p.is_null() {
+            // SAFETY: we own every node; each was created by `Box::into_raw` in `push`.
+            let v = unsafe { Box::from_raw(p) };
+            p = v.next;
+        }
     }
 }
-
-/// An encoded row, or `None` for a tombstone.
-pub(crate) type VersionValue = Option<Box<[u8]>>;
 
 /// What the buffer knows about a key at some snapshot.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,63 +118,87 @@ pub(crate) enum MemState {
     Unknown,
 }
 
-/// Per-entry bookkeeping cost added to key and row bytes when accounting memory.
-const ENTRY_OVERHEAD: usize = 96;
+/// Per-version bookkeeping cost added to row bytes when accounting memory.
+const VERSION_OVERHEAD: usize = 40;
+/// Per-key bookkeeping cost (skip-list node with inline key).
+const KEY_OVERHEAD: usize = 96;
+
+/// The writer's handle on one key of the buffer, from [`MemTable::entry`].
+pub(crate) struct KeyEntry<'a> {
+    entry: Entry<'a, Key, VersionChain>,
+    table: &'a MemTable,
+}
+
+impl KeyEntry<'_> {
+    /// The key's state counting every version written so far.
+    pub fn state(&self) -> MemState {
+        match self.entry.value().visible(Timestamp::MAX) {
+            Some(Some(_)) => MemState::Live,
+            Some(None) => MemState::Deleted,
+            None => MemState::Unknown,
+        }
+    }
+
+    /// The newest row, if the key is live.
+    pub fn row(&self) -> Option<&[u8]> {
+        self.entry.value().visible(Timestamp::MAX).flatten()
+    }
+
+    /// Adds a version. Adding two versions with the same timestamp keeps the later one visible:
+    /// within one batch, the last operation on a key wins.
+    pub fn push(&self, ts: Timestamp, row: Option<Box<[u8]>>) {
+        let size = row.as_ref().map_or(0, |r| r.len()) + VERSION_OVERHEAD;
+        self.table.bytes.fetch_add(size, Ordering::Relaxed);
+        self.table.versions.fetch_add(1, Ordering::Relaxed);
+        self.entry.value().push(ts, row);
+    }
+}
 
 /// The write buffer.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct MemTable {
-    map: SkipMap<VersionKey, VersionValue>,
+    map: SkipMap<Key, VersionChain>,
     bytes: AtomicUsize,
+    versions: AtomicUsize,
+}
+
+impl std::fmt::Debug for MemTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTable")
+            .field("versions", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemTable {
-    /// Inserts a version. Inserting the same (key, ts) twice keeps the later one: within one
-    /// batch, the last operation on a key wins.
-    pub fn put(&self, key: &[u8], ts: Timestamp, row: VersionValue) {
-        let size = key.len() + row.as_ref().map_or(0, |r| r.len()) + ENTRY_OVERHEAD;
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.map.insert(
-            VersionKey {
-                key: key.into(),
-                ts,
-            },
-            row,
-        );
+    /// The writer's handle on `key`, creating an empty entry if there is none: one search for
+    /// both the presence check and the write that follows.
+    pub fn entry(&self, key: &[u8]) -> KeyEntry<'_> {
+        let entry = self.map.get_or_insert_with(Key::from_slice(key), || {
+            self.bytes.fetch_add(
+                key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD,
+                Ordering::Relaxed,
+            );
+            VersionChain::default()
+        });
+        KeyEntry { entry, table: self }
     }
 
-    /// The entry of the newest version of `key` visible at `snapshot`.
-    fn newest(
-        &self,
-        key: &[u8],
-        snapshot: Timestamp,
-    ) -> Option<crossbeam_skiplist::map::Entry<'_, VersionKey, VersionValue>> {
-        let probe = VersionKey {
-            key: key.into(),
-            ts: snapshot,
-        };
-        self.map
-            .lower_bound(Bound::Included(&probe))
-            .filter(|e| *e.key().key == *key)
+    /// Adds a version of `key` (see [`KeyEntry::push`]).
+    #[cfg(test)]
+    pub fn put(&self, key: &[u8], ts: Timestamp, row: Option<Box<[u8]>>) {
+        self.entry(key).push(ts, row);
     }
 
     /// The newest version of `key` visible at `snapshot`.
     pub fn get(&self, key: &[u8], snapshot: Timestamp) -> MemLookup {
-        match self.newest(key, snapshot) {
-            Some(e) => match e.value() {
-                Some(row) => MemLookup::Live(row.to_vec()),
-                None => MemLookup::Deleted,
-            },
+        let Some(e) = self.map.get(key) else {
+            return MemLookup::Unknown;
+        };
+        match e.value().visible(snapshot) {
+            Some(Some(row)) => MemLookup::Live(row.to_vec()),
+            Some(None) => MemLookup::Deleted,
             None => MemLookup::Unknown,
-        }
-    }
-
-    /// Like [`MemTable::get`], without copying the row.
-    pub fn probe(&self, key: &[u8], snapshot: Timestamp) -> MemState {
-        match self.newest(key, snapshot) {
-            Some(e) if e.value().is_some() => MemState::Live,
-            Some(_) => MemState::Deleted,
-            None => MemState::Unknown,
         }
     }
 
@@ -128,57 +209,31 @@ impl MemTable {
 
     /// Number of versions held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.versions.load(Ordering::Relaxed)
     }
 
-    /// Whether the buffer holds nothing.
+    /// Whether the buffer holds no version.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
-    /// Visits, in key order, the newest version visible at `snapshot` of every key in
-    /// `[lower, upper]` whose newest visible version is live.
+    /// Visits, in key order from `lower`, the newest version visible at `snapshot` of every key
+    /// whose newest visible version is live, until `f` returns false.
     pub fn for_each_visible(
         &self,
         snapshot: Timestamp,
         lower: Bound<&[u8]>,
-        upper: Bound<&[u8]>,
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) {
-        let start = match lower {
-            Bound::Included(k) => Bound::Included(VersionKey {
-                key: k.into(),
-                ts: Timestamp::MAX,
-            }),
-            Bound::Excluded(k) => Bound::Excluded(VersionKey {
-                key: k.into(),
-                ts: 0,
-            }),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut last_key: Option<Box<[u8]>> = None;
-        let mut iter = match &start {
+        let mut iter = match lower {
             Bound::Included(k) => self.map.lower_bound(Bound::Included(k)),
             Bound::Excluded(k) => self.map.lower_bound(Bound::Excluded(k)),
             Bound::Unbounded => self.map.front(),
         };
         while let Some(e) = iter {
-            let vk = e.key();
-            let past_end = match upper {
-                Bound::Included(u) => &*vk.key > u,
-                Bound::Excluded(u) => &*vk.key >= u,
-                Bound::Unbounded => false,
-            };
-            if past_end {
-                break;
-            }
-            let same_as_last = last_key.as_deref() == Some(&*vk.key);
-            if !same_as_last && vk.ts <= snapshot {
-                last_key = Some(vk.key.clone());
-                if let Some(row) = e.value() {
-                    if !f(&vk.key, row) {
-                        break;
-                    }
+            if let Some(Some(row)) = e.value().visible(snapshot) {
+                if !f(e.key(), row) {
+                    break;
                 }
             }
             iter = e.next();
@@ -187,9 +242,11 @@ impl MemTable {
 
     /// Visits every version in (key ascending, timestamp descending) order. Used to freeze the
     /// buffer into a segment.
-    pub fn for_each_version(&self, mut f: impl FnMut(&VersionKey, &VersionValue)) {
+    pub fn for_each_version(&self, mut f: impl FnMut(&[u8], Timestamp, Option<&[u8]>)) {
         for e in self.map.iter() {
-            f(e.key(), e.value());
+            for (ts, row) in e.value().iter() {
+                f(e.key(), ts, row);
+            }
         }
     }
 }
@@ -198,8 +255,17 @@ impl MemTable {
 mod tests {
     use super::*;
 
-    fn row(b: u8) -> VersionValue {
+    fn row(b: u8) -> Option<Box<[u8]>> {
         Some(vec![b].into_boxed_slice())
+    }
+
+    fn visible(m: &MemTable, snap: Timestamp, lower: Bound<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut seen = vec![];
+        m.for_each_visible(snap, lower, |k, r| {
+            seen.push((k.to_vec(), r.to_vec()));
+            true
+        });
+        seen
     }
 
     #[test]
@@ -209,31 +275,49 @@ mod tests {
         m.put(b"a", 20, row(2));
         m.put(b"a", 30, None);
         m.put(b"b", 15, row(3));
+        let long = vec![200u8; 100];
+        m.put(&long, 5, row(4));
+        m.entry(b"c"); // looked up, never written
         assert_eq!(m.get(b"a", 5), MemLookup::Unknown);
         assert_eq!(m.get(b"a", 10), MemLookup::Live(vec![1]));
         assert_eq!(m.get(b"a", 25), MemLookup::Live(vec![2]));
         assert_eq!(m.get(b"a", 30), MemLookup::Deleted);
         assert_eq!(m.get(b"c", 100), MemLookup::Unknown);
-        let mut seen = vec![];
-        m.for_each_visible(25, Bound::Unbounded, Bound::Unbounded, |k, r| {
-            seen.push((k.to_vec(), r.to_vec()));
-            true
-        });
+        assert_eq!(m.get(&long, 100), MemLookup::Live(vec![4]));
+        assert_eq!(m.entry(b"a").state(), MemState::Deleted);
+        assert_eq!(m.entry(b"b").state(), MemState::Live);
+        assert_eq!(m.entry(b"c").state(), MemState::Unknown);
+        assert_eq!(m.len(), 5);
+        let l = (long.clone(), vec![4]);
         assert_eq!(
-            seen,
-            vec![(b"a".to_vec(), vec![2]), (b"b".to_vec(), vec![3])]
+            visible(&m, 25, Bound::Unbounded),
+            vec![
+                (b"a".to_vec(), vec![2]),
+                (b"b".to_vec(), vec![3]),
+                l.clone()
+            ]
         );
-        seen.clear();
-        m.for_each_visible(100, Bound::Unbounded, Bound::Unbounded, |k, r| {
-            seen.push((k.to_vec(), r.to_vec()));
-            true
-        });
-        assert_eq!(seen, vec![(b"b".to_vec(), vec![3])]);
-        seen.clear();
-        m.for_each_visible(25, Bound::Excluded(b"a"), Bound::Included(b"b"), |k, r| {
-            seen.push((k.to_vec(), r.to_vec()));
-            true
-        });
-        assert_eq!(seen, vec![(b"b".to_vec(), vec![3])]);
+        assert_eq!(
+            visible(&m, 100, Bound::Unbounded),
+            vec![(b"b".to_vec(), vec![3]), l.clone()]
+        );
+        assert_eq!(
+            visible(&m, 25, Bound::Excluded(b"a")),
+            vec![(b"b".to_vec(), vec![3]), l]
+        );
+        let mut all = vec![];
+        m.for_each_version(|k, ts, r| all.push((k.to_vec(), ts, r.map(|r| r.to_vec()))));
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[0], (b"a".to_vec(), 30, None));
+        assert_eq!(all[2], (b"a".to_vec(), 10, Some(vec![1])));
+    }
+
+    #[test]
+    fn same_timestamp_last_push_wins() {
+        let m = MemTable::default();
+        m.put(b"k", 7, row(1));
+        m.put(b"k", 7, None);
+        m.put(b"k", 7, row(2));
+        assert_eq!(m.get(b"k", 7), MemLookup::Live(vec![2]));
     }
 }

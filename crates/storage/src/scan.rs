@@ -215,7 +215,7 @@ impl TabletScan {
         };
         let range = &self.range;
         let limit = self.batch_size;
-        mem.for_each_visible(self.snapshot, lower, Bound::Unbounded, |k, r| {
+        mem.for_each_visible(self.snapshot, lower, |k, r| {
             if range.is_above(k) {
                 return false;
             }

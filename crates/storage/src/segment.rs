@@ -174,28 +174,28 @@ impl Segment {
     ) -> Result<Option<Segment>> {
         let mut rows: Vec<Box<[u8]>> = Vec::new();
         let mut keys = KeyList::default();
-        let mut ts: Vec<i64> = Vec::new();
+        let mut ts_col: Vec<i64> = Vec::new();
         let mut deletions: Vec<(Timestamp, u32)> = Vec::new();
         let mut current: Option<Box<[u8]>> = None;
         let mut superseded_at: Option<Timestamp> = None;
-        mem.for_each_version(|vk, value| {
-            if current.as_deref() != Some(&*vk.key) {
-                current = Some(vk.key.clone());
+        mem.for_each_version(|key, ts, value| {
+            if current.as_deref() != Some(key) {
+                current = Some(key.into());
                 superseded_at = None;
             }
-            if let Some(row) = value {
-                let keep = superseded_at.is_none_or(|s| s > horizon);
-                if keep {
+            // Versions superseded within their own batch (same timestamp) were never visible.
+            if let (Some(row), false) = (value, superseded_at == Some(ts)) {
+                if superseded_at.is_none_or(|s| s > horizon) {
                     let n = rows.len() as u32;
-                    rows.push(row.clone());
-                    keys.push(&vk.key);
-                    ts.push(vk.ts as i64);
+                    rows.push(row.into());
+                    keys.push(key);
+                    ts_col.push(ts as i64);
                     if let Some(s) = superseded_at {
                         deletions.push((s, n));
                     }
                 }
             }
-            superseded_at = Some(vk.ts);
+            superseded_at = Some(ts);
         });
         if rows.is_empty() {
             return Ok(None);
@@ -204,15 +204,18 @@ impl Segment {
         drop(rows);
         let schema = segment_schema(table.schema_ref());
         let mut cols = table.columns().to_vec();
-        cols.push(Arc::new(Int64Array::from(ts.clone())));
+        let (min_ts, max_ts) = ts_col
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
+        cols.push(Arc::new(Int64Array::from(ts_col)));
         let batch = RecordBatch::try_new(schema, cols)?;
         let meta = SegmentMeta {
             id,
             rows: keys.len() as u64,
             min_key: keys.get(0).to_vec(),
             max_key: keys.get(keys.len() - 1).to_vec(),
-            min_ts: *ts.iter().min().unwrap_or(&0) as u64,
-            max_ts: *ts.iter().max().unwrap_or(&0) as u64,
+            min_ts: min_ts as u64,
+            max_ts: max_ts as u64,
             file_bytes: 0,
         };
         let dv = Arc::new(DeleteVector::from_persisted(deletions, 0));

@@ -35,7 +35,7 @@ use nyala_common::{RowCodec, Schema, Value};
 use crate::clock::{Clock, Timestamp};
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
-use crate::memtable::{MemLookup, MemState, MemTable};
+use crate::memtable::{KeyEntry, MemLookup, MemState, MemTable};
 use crate::options::{Durability, TabletOptions};
 use crate::scan::{ScanRequest, TabletScan};
 use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
@@ -507,8 +507,8 @@ impl Inner {
     }
 
     /// Where the live copy of `key` is, counting every applied write (writer lock held).
-    fn locate(&self, v: &Version, key: &[u8]) -> Result<Location> {
-        match v.memtable.probe(key, Timestamp::MAX) {
+    fn locate(&self, v: &Version, entry: &KeyEntry<'_>, key: &[u8]) -> Result<Location> {
+        match entry.state() {
             MemState::Live => return Ok(Location::Buffer),
             MemState::Deleted => return Ok(Location::Absent),
             MemState::Unknown => {}
@@ -561,17 +561,15 @@ impl Inner {
         Ok(self.codec.encode_rows(&cols)?.row(0).as_ref().into())
     }
 
-    fn old_row(&self, v: &Version, key: &[u8], loc: &Location) -> Result<Option<RecordBatch>> {
+    fn old_row(&self, entry: &KeyEntry<'_>, loc: &Location) -> Result<Option<RecordBatch>> {
         let all: Vec<usize> = (0..self.codec.schema().len()).collect();
         Ok(match loc {
-            Location::Buffer => match v.memtable.get(key, Timestamp::MAX) {
-                MemLookup::Live(row) => Some(self.codec.decode_rows([row.as_slice()])?),
-                _ => {
-                    return Err(StorageError::Corrupt(
-                        "buffer row vanished under the writer".into(),
-                    ))
-                }
-            },
+            Location::Buffer => {
+                let row = entry.row().ok_or_else(|| {
+                    StorageError::Corrupt("buffer row vanished under the writer".into())
+                })?;
+                Some(self.codec.decode_rows([row])?)
+            }
             Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
             Location::Absent => None,
         })
@@ -587,7 +585,8 @@ impl Inner {
         for (i, &op) in b.ops.iter().enumerate() {
             let key = b.keys.row(i);
             let key = key.as_ref();
-            let loc = self.locate(v, key)?;
+            let entry = v.memtable.entry(key);
+            let loc = self.locate(v, &entry, key)?;
             let exists = !matches!(loc, Location::Absent);
             let row_error = |kind: RowErrorKind| {
                 let what = match kind {
@@ -608,26 +607,26 @@ impl Inner {
                 (WriteOp::InsertIgnore, true)
                 | (WriteOp::UpdateIgnore | WriteOp::DeleteIgnore, false) => out.ignored += 1,
                 (WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert, false) => {
-                    v.memtable.put(key, ts, Some(self.new_row(b, i, None)?));
+                    entry.push(ts, Some(self.new_row(b, i, None)?));
                     out.applied += 1;
                 }
                 (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
                     let old = if full {
                         None
                     } else {
-                        self.old_row(v, key, &loc)?
+                        self.old_row(&entry, &loc)?
                     };
                     let row = self.new_row(b, i, old)?;
                     if let Location::Segment(seg, r) = &loc {
                         seg.dv.delete(*r, ts);
                     }
-                    v.memtable.put(key, ts, Some(row));
+                    entry.push(ts, Some(row));
                     out.applied += 1;
                 }
                 (WriteOp::Delete | WriteOp::DeleteIgnore, true) => {
                     match &loc {
                         Location::Segment(seg, r) => seg.dv.delete(*r, ts),
-                        _ => v.memtable.put(key, ts, None),
+                        _ => entry.push(ts, None),
                     }
                     out.applied += 1;
                 }
