@@ -25,10 +25,9 @@ use parquet::arrow::arrow_reader::{
     RowSelector,
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +86,7 @@ pub(crate) fn new_key_block_cache(bytes: u64) -> KeyBlockCache {
     )
 }
 
-/// Encoded keys of an in-memory segment, one allocation for all.
+/// Variable-length byte strings (encoded keys or rows) in one allocation.
 #[derive(Debug, Default)]
 struct KeyList {
     data: Vec<u8>,
@@ -104,6 +103,9 @@ impl KeyList {
     }
     fn len(&self) -> usize {
         self.offsets.len().saturating_sub(1)
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     fn get(&self, i: usize) -> &[u8] {
         &self.data[self.offsets[i]..self.offsets[i + 1]]
@@ -172,7 +174,7 @@ impl Segment {
         codec: &RowCodec,
         horizon: Timestamp,
     ) -> Result<Option<Segment>> {
-        let mut rows: Vec<Box<[u8]>> = Vec::new();
+        let mut rows = KeyList::default();
         let mut keys = KeyList::default();
         let mut ts_col: Vec<i64> = Vec::new();
         let mut deletions: Vec<(Timestamp, u32)> = Vec::new();
@@ -187,7 +189,7 @@ impl Segment {
             if let (Some(row), false) = (value, superseded_at == Some(ts)) {
                 if superseded_at.is_none_or(|s| s > horizon) {
                     let n = rows.len() as u32;
-                    rows.push(row.into());
+                    rows.push(row);
                     keys.push(key);
                     ts_col.push(ts as i64);
                     if let Some(s) = superseded_at {
@@ -200,7 +202,7 @@ impl Segment {
         if rows.is_empty() {
             return Ok(None);
         }
-        let table = codec.decode_rows(rows.iter().map(|r| &**r))?;
+        let table = codec.decode_rows((0..rows.len()).map(|i| rows.get(i)))?;
         drop(rows);
         let schema = segment_schema(table.schema_ref());
         let mut cols = table.columns().to_vec();
@@ -247,8 +249,6 @@ impl Segment {
             .set_data_page_row_count_limit(opts.page_rows)
             .set_write_batch_size(opts.page_rows)
             .set_max_row_group_row_count(Some(opts.row_group_rows))
-            .set_column_dictionary_enabled(ColumnPath::from(TS_COLUMN), false)
-            .set_column_encoding(ColumnPath::from(TS_COLUMN), Encoding::DELTA_BINARY_PACKED)
             .build();
         let file = File::create(&tmp)?;
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
