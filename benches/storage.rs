@@ -320,7 +320,10 @@ fn report() {
         ("segments", stats.segments as f64),
         ("segment_file_mb", stats.segment_file_bytes as f64 / 1e6),
         ("disk_mb_all_files", dir_bytes(dir.path()) as f64 / 1e6),
-        ("wal_and_meta_mb", dir_bytes(&dir.path().join("meta")) as f64 / 1e6),
+        (
+            "wal_and_meta_mb",
+            dir_bytes(&dir.path().join("meta")) as f64 / 1e6,
+        ),
         (
             "scan_2col_values_per_s",
             (2 * n) as f64 / best.as_secs_f64(),
@@ -341,7 +344,11 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let md = e.metadata().unwrap();
-        total += if md.is_dir() { dir_bytes(&e.path()) } else { md.len() };
+        total += if md.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            md.len()
+        };
     }
     total
 }

@@ -10,7 +10,9 @@
 //! - `segment`: immutable sorted runs, in memory after a freeze and in Parquet after a flush;
 //! - `keyindex`: per-segment key samples and filter, for point lookups and presence checks;
 //! - `dv`: deletion vectors with timestamps;
-//! - `store`: the sled metadata store (WAL, manifest, persisted deletions);
+//! - `resolve`: finding a key's live copy and applying a batch (live writes and WAL replay);
+//! - `wal`: the write-ahead log files;
+//! - `store`: the sled metadata store (manifest, persisted deletions);
 //! - [`scan`] and [`predicate`]: snapshot scans, predicate evaluation and pruning.
 //!
 //! If you change the row or key encoding, also change the WAL and segment formats' versions;
@@ -24,10 +26,12 @@ mod keyindex;
 mod memtable;
 pub mod options;
 pub mod predicate;
+mod resolve;
 pub mod scan;
 mod segment;
 mod store;
 mod tablet;
+mod wal;
 pub mod write;
 
 pub use clock::Timestamp;

@@ -1,15 +1,14 @@
-//! The metadata store: WAL records, the manifest and persisted deletion vectors, in `sled`.
+//! The metadata store: the manifest and persisted deletion vectors, in `sled`.
 //!
 //! One sled tree per tablet; keys are prefixed by kind:
-//! - `w` + commit ts (big endian): one WAL record per write batch (see `write.rs`);
 //! - `m`: the manifest (JSON, with a format version);
 //! - `d` + segment id + checkpoint ts (big endian): deletions of one segment that became
 //!   durable at that checkpoint, as (ts, row) pairs.
 //!
 //! A checkpoint (after a flush) writes the new manifest and the deletion-vector entries it
 //! covers in one atomic sled batch, then syncs; only after that are WAL records up to the
-//! checkpoint removed. Recovery therefore always finds either the old manifest with the WAL
-//! records it needs, or the new one.
+//! checkpoint removed (see `wal.rs`). Recovery therefore always finds either the old manifest
+//! with the WAL records it needs, or the new one.
 
 use std::path::Path;
 
@@ -51,12 +50,6 @@ impl Manifest {
 
 const MANIFEST_KEY: &[u8] = b"m";
 
-fn wal_key(ts: Timestamp) -> [u8; 9] {
-    let mut k = [b'w'; 9];
-    k[1..].copy_from_slice(&ts.to_be_bytes());
-    k
-}
-
 fn dv_prefix(segment: u64) -> [u8; 9] {
     let mut k = [b'd'; 9];
     k[1..].copy_from_slice(&segment.to_be_bytes());
@@ -71,13 +64,12 @@ pub(crate) struct MetaStore {
 }
 
 impl MetaStore {
-    /// Opens (creating if needed) the store in `path`. With `flush_every_ms`, sled syncs in the
-    /// background (async durability); otherwise only [`MetaStore::sync`] syncs.
-    pub fn open(path: &Path, cache_bytes: u64, flush_every_ms: Option<u64>) -> Result<Self> {
+    /// Opens (creating if needed) the store in `path`. Only [`MetaStore::sync`] syncs.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(flush_every_ms)
+            .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
@@ -117,34 +109,10 @@ impl MetaStore {
         self.sync()
     }
 
-    /// Appends a WAL record (not yet durable: see [`MetaStore::sync`]).
-    pub fn append_wal(&self, ts: Timestamp, record: &[u8]) -> Result<()> {
-        self.tree.insert(wal_key(ts), record)?;
-        Ok(())
-    }
-
     /// Makes everything written so far durable.
     pub fn sync(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
-    }
-
-    /// WAL records with a timestamp above `after`, in commit order.
-    pub fn wal_after(
-        &self,
-        after: Timestamp,
-    ) -> impl Iterator<Item = Result<(Timestamp, sled::IVec)>> {
-        self.tree
-            .range(wal_key(after.saturating_add(1))..wal_key(u64::MAX))
-            .map(|r| {
-                let (k, v) = r?;
-                let ts = u64::from_be_bytes(
-                    k[1..9]
-                        .try_into()
-                        .map_err(|_| StorageError::Corrupt("WAL key".into()))?,
-                );
-                Ok((ts, v))
-            })
     }
 
     /// Atomically installs `manifest` with the deletion-vector entries it covers, and syncs.
@@ -167,16 +135,6 @@ impl MetaStore {
         }
         self.tree.apply_batch(batch)?;
         self.sync()
-    }
-
-    /// Removes WAL records up to `upto` (already covered by a durable checkpoint).
-    pub fn truncate_wal(&self, upto: Timestamp) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in self.tree.range(wal_key(0)..=wal_key(upto)).keys() {
-            batch.remove(k?);
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(())
     }
 
     /// Every persisted deletion of `segment`.

@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use arrow::array::{ArrayRef, RecordBatch};
 use parking_lot::{Condvar, Mutex};
 
 use nyala_common::{RowCodec, Schema, Value};
@@ -35,15 +34,14 @@ use nyala_common::{RowCodec, Schema, Value};
 use crate::clock::{Clock, Timestamp};
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
-use crate::memtable::{KeyEntry, MemLookup, MemState, MemTable};
+use crate::memtable::MemTable;
 use crate::options::{Durability, TabletOptions};
+use crate::resolve::Resolver;
 use crate::scan::{ScanRequest, TabletScan};
-use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
+use crate::segment::Segment;
 use crate::store::{Manifest, MetaStore};
-use crate::write::{
-    decode_wal_record, encode_wal_record, validate, RowError, RowErrorKind, ValidatedBatch,
-    WriteBatch, WriteOp, WriteOutcome,
-};
+use crate::wal::Wal;
+use crate::write::{decode_wal_record, encode_wal_record, validate, WriteBatch, WriteOutcome};
 
 /// What readers pin: the write buffer and the segments at one moment. Replaced (never
 /// mutated) when a flush freezes the buffer or installs a segment.
@@ -96,9 +94,10 @@ pub struct TabletStats {
 
 struct Inner {
     segment_dir: PathBuf,
-    codec: Arc<RowCodec>,
+    res: Resolver,
     opts: TabletOptions,
     store: MetaStore,
+    wal: Wal,
     clock: Clock,
     version: ArcSwap<Version>,
     /// Latest timestamp readers may use (invariant 2).
@@ -114,7 +113,6 @@ struct Inner {
     flush_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     flush_signal: Arc<FlushSignal>,
-    key_blocks: KeyBlockCache,
 }
 
 #[derive(Default)]
@@ -138,15 +136,12 @@ impl std::fmt::Debug for Tablet {
     }
 }
 
-/// Location of the live copy of a key, from the writer's point of view.
-enum Location {
-    Buffer,
-    Segment(Arc<Segment>, u32),
-    Absent,
-}
-
 fn meta_dir(dir: &Path) -> PathBuf {
     dir.join("meta")
+}
+
+fn wal_dir(dir: &Path) -> PathBuf {
+    dir.join("wal")
 }
 
 fn segment_dir(dir: &Path) -> PathBuf {
@@ -205,17 +200,43 @@ impl Tablet {
             memtable: Arc::new(MemTable::default()),
             segments,
         };
-        let opts_key_cache = opts.key_cache_bytes;
+        let res = Resolver::new(codec, opts.key_cache_bytes);
+        // Replay the WAL after the checkpoint through the write path. Limits may have been
+        // lowered since a record was accepted: replay must not refuse it.
+        let relaxed = TabletOptions {
+            max_cell_bytes: usize::MAX,
+            max_row_bytes: usize::MAX,
+            max_batch_rows: usize::MAX,
+            ..opts.clone()
+        };
+        let mut replayed = 0usize;
+        let mut last = manifest.checkpoint_ts;
+        let wal = Wal::open(&wal_dir(dir), manifest.checkpoint_ts, |rec| {
+            let batch = decode_wal_record(&rec.payload)?;
+            let vb = validate(&res.codec, &relaxed, &batch)?;
+            res.apply(&version, &vb, rec.ts)?;
+            last = rec.ts;
+            replayed += 1;
+            Ok(())
+        })?;
+        if replayed > 0 {
+            tracing::info!(records = replayed, "replayed WAL");
+        }
+        clock.observe(last);
+        // Start the readable timestamp at "now" (a timestamp no write has; later writes get
+        // larger ones), so that even an idle tablet's latest snapshot is within retention.
+        let now = clock.next();
         let inner = Arc::new(Inner {
             segment_dir: seg_dir,
-            codec,
+            res,
             opts,
             store,
+            wal,
             clock,
             version: ArcSwap::from_pointee(version),
-            visible: AtomicU64::new(manifest.checkpoint_ts),
-            applied: AtomicU64::new(manifest.checkpoint_ts),
-            durable: AtomicU64::new(manifest.checkpoint_ts),
+            visible: AtomicU64::new(now),
+            applied: AtomicU64::new(now),
+            durable: AtomicU64::new(now),
             horizon: AtomicU64::new(manifest.history_horizon),
             writer: Mutex::new(WriterState {
                 next_segment_id: manifest.next_segment_id,
@@ -226,19 +247,14 @@ impl Tablet {
             flush_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             flush_signal: Arc::new(FlushSignal::default()),
-            key_blocks: new_key_block_cache(opts_key_cache),
         });
-        inner.replay_wal(manifest.checkpoint_ts)?;
-        let flusher = inner
-            .opts
-            .flush_threshold_bytes
-            .map(|_| spawn_flusher(&inner));
+        let flusher = Some(spawn_flusher(&inner));
         Ok(Tablet { inner, flusher })
     }
 
     /// The table schema this tablet stores.
     pub fn schema(&self) -> &Schema {
-        self.inner.codec.schema()
+        self.inner.res.codec.schema()
     }
 
     /// The latest readable timestamp: a snapshot at it sees every acknowledged write.
@@ -262,9 +278,9 @@ impl Tablet {
     /// The row with this primary key as of `snapshot`.
     pub fn get_at(&self, key: &[Value], snapshot: Timestamp) -> Result<Option<Vec<Value>>> {
         self.inner.check_snapshot(snapshot)?;
-        let key = self.inner.codec.encode_key_values(key)?;
+        let key = self.inner.res.codec.encode_key_values(key)?;
         let version = self.inner.version.load_full();
-        match self.inner.lookup(&version, &key, snapshot)? {
+        match self.inner.res.lookup(&version, &key, snapshot)? {
             None => Ok(None),
             Some(batch) => Ok(Some(
                 batch
@@ -281,8 +297,8 @@ impl Tablet {
         let snapshot = req.snapshot.unwrap_or_else(|| self.latest_timestamp());
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
-        TabletScan::new(&self.inner.codec, version, snapshot, req, |v, k, s| {
-            self.inner.lookup(v, k, s)
+        TabletScan::new(&self.inner.res.codec, version, snapshot, req, |v, k, s| {
+            self.inner.res.lookup(v, k, s)
         })
     }
 
@@ -312,7 +328,9 @@ impl Tablet {
 
     /// Bytes on disk: segment files plus WAL and metadata.
     pub fn disk_bytes(&self) -> u64 {
-        self.stats().segment_file_bytes + self.inner.store.size_on_disk()
+        self.stats().segment_file_bytes
+            + self.inner.wal.size_on_disk()
+            + self.inner.store.size_on_disk()
     }
 }
 
@@ -326,16 +344,12 @@ impl Drop for Tablet {
             let _ = h.join();
         }
         // Make async-durability writes durable on a clean close.
-        let _ = self.inner.store.sync();
+        let _ = self.inner.wal.sync();
     }
 }
 
 fn open_store(dir: &Path, opts: &TabletOptions) -> Result<MetaStore> {
-    let flush_every = match opts.durability {
-        Durability::Sync => None,
-        Durability::Async { interval } => Some(interval.as_millis().max(1) as u64),
-    };
-    MetaStore::open(&meta_dir(dir), opts.meta_cache_bytes, flush_every)
+    MetaStore::open(&meta_dir(dir), opts.meta_cache_bytes)
 }
 
 /// Deletes segment files the manifest does not name: leftovers of a flush that crashed before
@@ -362,13 +376,19 @@ fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
 fn spawn_flusher(inner: &Arc<Inner>) -> JoinHandle<()> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let sig = inner.flush_signal.clone();
+    let tick = match inner.opts.durability {
+        Durability::Async { interval } => {
+            interval.clamp(Duration::from_millis(1), Duration::from_secs(1))
+        }
+        Durability::Sync => Duration::from_secs(1),
+    };
     std::thread::Builder::new()
         .name("nyala-flush".into())
         .spawn(move || loop {
             {
                 let mut wanted = sig.wanted.lock();
                 if !*wanted {
-                    sig.cv.wait_for(&mut wanted, Duration::from_secs(1));
+                    sig.cv.wait_for(&mut wanted, tick);
                 }
                 *wanted = false;
             }
@@ -376,7 +396,13 @@ fn spawn_flusher(inner: &Arc<Inner>) -> JoinHandle<()> {
                 return;
             }
             let Some(inner) = weak.upgrade() else { return };
-            if inner.needs_flush() {
+            if matches!(inner.opts.durability, Durability::Async { .. }) {
+                let applied = inner.applied.load(Ordering::Acquire);
+                if let Err(e) = inner.sync_upto(applied) {
+                    inner.poison(&e);
+                }
+            }
+            if inner.opts.flush_threshold_bytes.is_some() && inner.needs_flush() {
                 if let Err(e) = inner.flush() {
                     tracing::warn!(error = %e, "background flush failed; will retry");
                 }
@@ -425,7 +451,7 @@ impl Inner {
     }
 
     fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
-        let vb = validate(&self.codec, &self.opts, batch)?;
+        let vb = validate(&self.res.codec, &self.opts, batch)?;
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
                 timestamp: self.visible.load(Ordering::Acquire),
@@ -437,9 +463,10 @@ impl Inner {
             let _w = self.writer.lock();
             self.check_poisoned()?;
             let ts = self.clock.next();
-            self.store.append_wal(ts, &record)?;
+            self.wal.append(ts, &record)?;
             let version = self.version.load_full();
             let outcome = self
+                .res
                 .apply(&version, &vb, ts)
                 .inspect_err(|e| self.poison(e))?;
             self.applied.store(ts, Ordering::Release);
@@ -469,189 +496,9 @@ impl Inner {
             return Ok(());
         }
         let target = self.applied.load(Ordering::Acquire);
-        self.store.sync()?;
+        self.wal.sync()?;
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
-    }
-
-    fn replay_wal(&self, checkpoint: Timestamp) -> Result<()> {
-        // Limits may have been lowered since the record was accepted: replay must not refuse it.
-        let relaxed = TabletOptions {
-            max_cell_bytes: usize::MAX,
-            max_row_bytes: usize::MAX,
-            max_batch_rows: usize::MAX,
-            ..self.opts.clone()
-        };
-        let mut last = checkpoint;
-        let mut records = 0usize;
-        for rec in self.store.wal_after(checkpoint) {
-            let (ts, bytes) = rec?;
-            let batch = decode_wal_record(&bytes)?;
-            let vb = validate(&self.codec, &relaxed, &batch)?;
-            let version = self.version.load_full();
-            self.apply(&version, &vb, ts)?;
-            last = ts;
-            records += 1;
-        }
-        self.clock.observe(last);
-        // Start the readable timestamp at "now" (a timestamp no write has; later writes get
-        // larger ones), so that even an idle tablet's latest snapshot is within retention.
-        let now = self.clock.next();
-        self.applied.store(now, Ordering::Release);
-        self.durable.store(now, Ordering::Release);
-        self.visible.store(now, Ordering::Release);
-        if records > 0 {
-            tracing::info!(records, "replayed WAL");
-        }
-        Ok(())
-    }
-
-    /// Where the live copy of `key` is, counting every applied write (writer lock held).
-    fn locate(&self, v: &Version, entry: &KeyEntry<'_>, key: &[u8]) -> Result<Location> {
-        match entry.state() {
-            MemState::Live => return Ok(Location::Buffer),
-            MemState::Deleted => return Ok(Location::Absent),
-            MemState::Unknown => {}
-        }
-        for seg in v.segments.iter().rev() {
-            if let Some(row) =
-                seg.find_visible(&self.codec, &self.key_blocks, key, Timestamp::MAX)?
-            {
-                return Ok(Location::Segment(seg.clone(), row));
-            }
-        }
-        Ok(Location::Absent)
-    }
-
-    /// The row (all columns, one-row batch) with `key` visible at `snapshot`.
-    fn lookup(&self, v: &Version, key: &[u8], snapshot: Timestamp) -> Result<Option<RecordBatch>> {
-        match v.memtable.get(key, snapshot) {
-            MemLookup::Live(row) => return Ok(Some(self.codec.decode_rows([row.as_slice()])?)),
-            MemLookup::Deleted => return Ok(None),
-            MemLookup::Unknown => {}
-        }
-        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
-        for seg in v.segments.iter().rev() {
-            if let Some(row) = seg.find_visible(&self.codec, &self.key_blocks, key, snapshot)? {
-                let r = row as u64;
-                return Ok(Some(
-                    seg.read_range(r..r + 1, &all)?
-                        .with_schema(self.codec.schema().arrow_schema().clone())?,
-                ));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The new encoded row for row `i`: as given, or merged over `old` for partial batches.
-    fn new_row(&self, b: &ValidatedBatch, i: usize, old: Option<RecordBatch>) -> Result<Box<[u8]>> {
-        let old = match old {
-            Some(old) if !b.is_full_width() => old,
-            _ => return Ok(b.rows.row(i).as_ref().into()),
-        };
-        let cols: Vec<ArrayRef> = (0..b.columns.len())
-            .map(|c| {
-                if b.present[c] {
-                    b.columns[c].slice(i, 1)
-                } else {
-                    old.column(c).clone()
-                }
-            })
-            .collect();
-        Ok(self.codec.encode_rows(&cols)?.row(0).as_ref().into())
-    }
-
-    fn old_row(&self, entry: &KeyEntry<'_>, loc: &Location) -> Result<Option<RecordBatch>> {
-        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
-        Ok(match loc {
-            Location::Buffer => {
-                let row = entry.row().ok_or_else(|| {
-                    StorageError::Corrupt("buffer row vanished under the writer".into())
-                })?;
-                Some(self.codec.decode_rows([row])?)
-            }
-            Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
-            Location::Absent => None,
-        })
-    }
-
-    /// Applies every row of a validated batch at `ts` (writer lock held, or recovery).
-    fn apply(&self, v: &Version, b: &ValidatedBatch, ts: Timestamp) -> Result<WriteOutcome> {
-        let mut out = WriteOutcome {
-            timestamp: ts,
-            ..Default::default()
-        };
-        let full = b.is_full_width();
-        for (i, &op) in b.ops.iter().enumerate() {
-            let key = b.keys.row(i);
-            let key = key.as_ref();
-            let entry = v.memtable.entry(key);
-            let loc = self.locate(v, &entry, key)?;
-            let exists = !matches!(loc, Location::Absent);
-            let row_error = |kind: RowErrorKind| {
-                let what = match kind {
-                    RowErrorKind::DuplicateKey => "duplicate key",
-                    RowErrorKind::KeyNotFound => "key not found",
-                };
-                RowError {
-                    row: i,
-                    kind,
-                    message: format!("{what}: {}", self.describe_key(b, i)),
-                }
-            };
-            match (op, exists) {
-                (WriteOp::Insert, true) => out.errors.push(row_error(RowErrorKind::DuplicateKey)),
-                (WriteOp::Update | WriteOp::Delete, false) => {
-                    out.errors.push(row_error(RowErrorKind::KeyNotFound))
-                }
-                (WriteOp::InsertIgnore, true)
-                | (WriteOp::UpdateIgnore | WriteOp::DeleteIgnore, false) => out.ignored += 1,
-                (WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert, false) => {
-                    entry.push(ts, Some(self.new_row(b, i, None)?));
-                    out.applied += 1;
-                }
-                (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
-                    let old = if full {
-                        None
-                    } else {
-                        self.old_row(&entry, &loc)?
-                    };
-                    let row = self.new_row(b, i, old)?;
-                    if let Location::Segment(seg, r) = &loc {
-                        seg.dv.delete(*r, ts);
-                    }
-                    entry.push(ts, Some(row));
-                    out.applied += 1;
-                }
-                (WriteOp::Delete | WriteOp::DeleteIgnore, true) => {
-                    match &loc {
-                        Location::Segment(seg, r) => seg.dv.delete(*r, ts),
-                        _ => entry.push(ts, None),
-                    }
-                    out.applied += 1;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn describe_key(&self, b: &ValidatedBatch, i: usize) -> String {
-        let schema = self.codec.schema();
-        let names: Vec<&str> = schema
-            .key_indices()
-            .iter()
-            .map(|&k| schema.columns()[k].name.as_str())
-            .collect();
-        let vals: Vec<String> = schema
-            .key_indices()
-            .iter()
-            .map(|&k| {
-                Value::from_array(&b.columns[k], i)
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
-            })
-            .collect();
-        format!("({})=({})", names.join(", "), vals.join(", "))
     }
 
     fn history_cutoff(&self) -> Timestamp {
@@ -685,7 +532,7 @@ impl Inner {
                 }
             };
             self.install(written, upto)?;
-            self.store.truncate_wal(upto)?;
+            self.wal.remove_upto(upto)?;
         }
     }
 
@@ -703,7 +550,7 @@ impl Inner {
             .history_cutoff()
             .min(upto)
             .max(self.horizon.load(Ordering::Acquire));
-        let seg = Segment::freeze(id, &v.memtable, &self.codec, horizon)?;
+        let seg = Segment::freeze(id, &v.memtable, &self.res.codec, horizon)?;
         let mut segments = v.segments.clone();
         if let Some(seg) = seg {
             w.next_segment_id += 1;
@@ -719,6 +566,9 @@ impl Inner {
             });
         }
         // Versions superseded at or before `horizon` were dropped: older snapshots are gone.
+        // Records after the freeze go to a new file, so the old ones can be deleted once this
+        // flush is installed.
+        self.wal.rotate()?;
         self.horizon.fetch_max(horizon, Ordering::AcqRel);
         self.version.store(Arc::new(Version {
             memtable: Arc::new(MemTable::default()),
@@ -741,8 +591,8 @@ impl Inner {
             .collect();
         let on_disk: Vec<&Arc<Segment>> = segments.iter().filter(|s| !s.is_in_memory()).collect();
         let manifest = Manifest {
-            format: Manifest::new(self.codec.schema().def().clone()).format,
-            schema: self.codec.schema().def().clone(),
+            format: Manifest::new(self.res.codec.schema().def().clone()).format,
+            schema: self.res.codec.schema().def().clone(),
             next_segment_id: w.next_segment_id,
             checkpoint_ts: upto,
             history_horizon: self.horizon.load(Ordering::Acquire),

@@ -1,0 +1,191 @@
+//! Key resolution and the application of write batches: the heart of the write path, shared
+//! by live writes and WAL replay (so that recovery decides every row exactly as the original
+//! write did).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+
+use nyala_common::{RowCodec, Value};
+
+use crate::clock::Timestamp;
+use crate::error::{Result, StorageError};
+use crate::memtable::{KeyEntry, MemLookup, MemState};
+use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
+use crate::tablet::Version;
+use crate::write::{RowError, RowErrorKind, ValidatedBatch, WriteOp, WriteOutcome};
+
+/// Location of the live copy of a key, from the writer's point of view.
+enum Location {
+    Buffer,
+    Segment(Arc<Segment>, u32),
+    Absent,
+}
+
+/// Finds keys in a tablet's buffer and segments, and applies batches.
+pub(crate) struct Resolver {
+    pub codec: Arc<RowCodec>,
+    key_blocks: KeyBlockCache,
+}
+
+impl Resolver {
+    pub fn new(codec: Arc<RowCodec>, key_cache_bytes: u64) -> Self {
+        Resolver {
+            codec,
+            key_blocks: new_key_block_cache(key_cache_bytes),
+        }
+    }
+
+    /// Where the live copy of `key` is, counting every applied write (writer lock held).
+    fn locate(&self, v: &Version, entry: &KeyEntry<'_>, key: &[u8]) -> Result<Location> {
+        match entry.state() {
+            MemState::Live => return Ok(Location::Buffer),
+            MemState::Deleted => return Ok(Location::Absent),
+            MemState::Unknown => {}
+        }
+        for seg in v.segments.iter().rev() {
+            if let Some(row) =
+                seg.find_visible(&self.codec, &self.key_blocks, key, Timestamp::MAX)?
+            {
+                return Ok(Location::Segment(seg.clone(), row));
+            }
+        }
+        Ok(Location::Absent)
+    }
+
+    /// The row (all columns, one-row batch) with `key` visible at `snapshot`.
+    pub fn lookup(
+        &self,
+        v: &Version,
+        key: &[u8],
+        snapshot: Timestamp,
+    ) -> Result<Option<RecordBatch>> {
+        match v.memtable.get(key, snapshot) {
+            MemLookup::Live(row) => return Ok(Some(self.codec.decode_rows([row.as_slice()])?)),
+            MemLookup::Deleted => return Ok(None),
+            MemLookup::Unknown => {}
+        }
+        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
+        for seg in v.segments.iter().rev() {
+            if let Some(row) = seg.find_visible(&self.codec, &self.key_blocks, key, snapshot)? {
+                let r = row as u64;
+                return Ok(Some(
+                    seg.read_range(r..r + 1, &all)?
+                        .with_schema(self.codec.schema().arrow_schema().clone())?,
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The new encoded row for row `i`: as given, or merged over `old` for partial batches.
+    fn new_row(&self, b: &ValidatedBatch, i: usize, old: Option<RecordBatch>) -> Result<Box<[u8]>> {
+        let old = match old {
+            Some(old) if !b.is_full_width() => old,
+            _ => return Ok(b.rows.row(i).as_ref().into()),
+        };
+        let cols: Vec<ArrayRef> = (0..b.columns.len())
+            .map(|c| {
+                if b.present[c] {
+                    b.columns[c].slice(i, 1)
+                } else {
+                    old.column(c).clone()
+                }
+            })
+            .collect();
+        Ok(self.codec.encode_rows(&cols)?.row(0).as_ref().into())
+    }
+
+    fn old_row(&self, entry: &KeyEntry<'_>, loc: &Location) -> Result<Option<RecordBatch>> {
+        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
+        Ok(match loc {
+            Location::Buffer => {
+                let row = entry.row().ok_or_else(|| {
+                    StorageError::Corrupt("buffer row vanished under the writer".into())
+                })?;
+                Some(self.codec.decode_rows([row])?)
+            }
+            Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
+            Location::Absent => None,
+        })
+    }
+
+    /// Applies every row of a validated batch at `ts` (writer lock held, or recovery).
+    pub fn apply(&self, v: &Version, b: &ValidatedBatch, ts: Timestamp) -> Result<WriteOutcome> {
+        let mut out = WriteOutcome {
+            timestamp: ts,
+            ..Default::default()
+        };
+        let full = b.is_full_width();
+        for (i, &op) in b.ops.iter().enumerate() {
+            let key = b.keys.row(i);
+            let key = key.as_ref();
+            let entry = v.memtable.entry(key);
+            let loc = self.locate(v, &entry, key)?;
+            let exists = !matches!(loc, Location::Absent);
+            let row_error = |kind: RowErrorKind| {
+                let what = match kind {
+                    RowErrorKind::DuplicateKey => "duplicate key",
+                    RowErrorKind::KeyNotFound => "key not found",
+                };
+                RowError {
+                    row: i,
+                    kind,
+                    message: format!("{what}: {}", self.describe_key(b, i)),
+                }
+            };
+            match (op, exists) {
+                (WriteOp::Insert, true) => out.errors.push(row_error(RowErrorKind::DuplicateKey)),
+                (WriteOp::Update | WriteOp::Delete, false) => {
+                    out.errors.push(row_error(RowErrorKind::KeyNotFound))
+                }
+                (WriteOp::InsertIgnore, true)
+                | (WriteOp::UpdateIgnore | WriteOp::DeleteIgnore, false) => out.ignored += 1,
+                (WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert, false) => {
+                    entry.push(ts, Some(self.new_row(b, i, None)?));
+                    out.applied += 1;
+                }
+                (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
+                    let old = if full {
+                        None
+                    } else {
+                        self.old_row(&entry, &loc)?
+                    };
+                    let row = self.new_row(b, i, old)?;
+                    if let Location::Segment(seg, r) = &loc {
+                        seg.dv.delete(*r, ts);
+                    }
+                    entry.push(ts, Some(row));
+                    out.applied += 1;
+                }
+                (WriteOp::Delete | WriteOp::DeleteIgnore, true) => {
+                    match &loc {
+                        Location::Segment(seg, r) => seg.dv.delete(*r, ts),
+                        _ => entry.push(ts, None),
+                    }
+                    out.applied += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe_key(&self, b: &ValidatedBatch, i: usize) -> String {
+        let schema = self.codec.schema();
+        let names: Vec<&str> = schema
+            .key_indices()
+            .iter()
+            .map(|&k| schema.columns()[k].name.as_str())
+            .collect();
+        let vals: Vec<String> = schema
+            .key_indices()
+            .iter()
+            .map(|&k| {
+                Value::from_array(&b.columns[k], i)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        format!("({})=({})", names.join(", "), vals.join(", "))
+    }
+}
