@@ -20,6 +20,8 @@ use crate::{Schema, SchemaError, Value};
 pub struct RowCodec {
     schema: Schema,
     keys: RowConverter,
+    /// One converter per key column (key order), for per-column bounds.
+    key_columns: Vec<RowConverter>,
     rows: RowConverter,
     row_parser: RowParser,
 }
@@ -38,11 +40,21 @@ impl RowCodec {
             .map(|c| SortField::new(c.data_type.to_arrow()))
             .collect();
         let keys = RowConverter::new(key_fields)?;
+        let key_columns = schema
+            .key_indices()
+            .iter()
+            .map(|&i| {
+                RowConverter::new(vec![SortField::new(
+                    schema.columns()[i].data_type.to_arrow(),
+                )])
+            })
+            .collect::<Result<_, _>>()?;
         let rows = RowConverter::new(row_fields)?;
         let row_parser = rows.parser();
         Ok(RowCodec {
             schema: schema.clone(),
             keys,
+            key_columns,
             rows,
             row_parser,
         })
@@ -67,6 +79,12 @@ impl RowCodec {
     /// Encodes key columns given in key order.
     pub fn encode_keys(&self, key_columns: &[ArrayRef]) -> Result<Rows, SchemaError> {
         Ok(self.keys.convert_columns(key_columns)?)
+    }
+
+    /// Encodes key column `k` (position in key order) on its own, memcomparably: the basis of
+    /// per-column key bounds, which prune segments for keys that lead with another column.
+    pub fn encode_key_column(&self, k: usize, array: &ArrayRef) -> Result<Rows, SchemaError> {
+        Ok(self.key_columns[k].convert_columns(std::slice::from_ref(array))?)
     }
 
     /// Encodes one key given as values in key order, checking their types.

@@ -11,7 +11,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt64Array};
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::compute::{is_not_null, is_null};
 
-use nyala_common::{RowCodec, Schema, SchemaError, Value};
+use nyala_common::{RowCodec, SchemaError, Value};
 
 use crate::error::{Result, StorageError};
 
@@ -88,10 +88,14 @@ pub(crate) struct BoundPredicate {
     /// Table column index.
     pub column: usize,
     test: Test,
+    /// For a key column: its position in the key and the constants encoded like
+    /// `RowCodec::encode_key_column` (in the order of the test's constants).
+    key: Option<(usize, Vec<Vec<u8>>)>,
 }
 
 /// Checks predicates against the schema (unknown columns, NULL or mistyped constants).
-pub(crate) fn bind(schema: &Schema, preds: &[Predicate]) -> Result<Vec<BoundPredicate>> {
+pub(crate) fn bind(codec: &RowCodec, preds: &[Predicate]) -> Result<Vec<BoundPredicate>> {
+    let schema = codec.schema();
     preds
         .iter()
         .map(|p| {
@@ -123,7 +127,26 @@ pub(crate) fn bind(schema: &Schema, preds: &[Predicate]) -> Result<Vec<BoundPred
                 Predicate::IsNull(_) => Test::IsNull,
                 Predicate::IsNotNull(_) => Test::IsNotNull,
             };
-            Ok(BoundPredicate { column, test })
+            let key = match schema.key_indices().iter().position(|&k| k == column) {
+                None => None,
+                Some(k) => {
+                    let consts: Vec<&Value> = match &test {
+                        Test::Compare(_, _, v) => vec![v],
+                        Test::In(list) => list.iter().map(|(_, v)| v).collect(),
+                        Test::IsNull | Test::IsNotNull => vec![],
+                    };
+                    let enc = consts
+                        .into_iter()
+                        .map(|v| {
+                            let a =
+                                Value::to_array(&col.name, col.data_type, std::slice::from_ref(v))?;
+                            Ok(codec.encode_key_column(k, &a)?.row(0).as_ref().to_vec())
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Some((k, enc))
+                }
+            };
+            Ok(BoundPredicate { column, test, key })
         })
         .collect()
 }
@@ -143,6 +166,33 @@ fn compare(
 }
 
 impl BoundPredicate {
+    /// Whether a segment with these per-key-column bounds may hold a matching row.
+    pub fn may_match_bounds(&self, bounds: &[(Vec<u8>, Vec<u8>)]) -> bool {
+        let Some((k, enc)) = &self.key else {
+            return true;
+        };
+        let Some((lo, hi)) = bounds.get(*k) else {
+            return true;
+        };
+        let (lo, hi) = (lo.as_slice(), hi.as_slice());
+        match &self.test {
+            Test::Compare(op, _, _) => {
+                let v = enc[0].as_slice();
+                match op {
+                    CmpOp::Eq => lo <= v && v <= hi,
+                    CmpOp::Lt => lo < v,
+                    CmpOp::Le => lo <= v,
+                    CmpOp::Gt => hi > v,
+                    CmpOp::Ge => hi >= v,
+                }
+            }
+            Test::In(_) => enc.iter().any(|v| lo <= v.as_slice() && v.as_slice() <= hi),
+            // Key columns are never null.
+            Test::IsNull => false,
+            Test::IsNotNull => true,
+        }
+    }
+
     /// Which rows of `array` (this predicate's column) satisfy it; NULL counts as false.
     pub fn evaluate(&self, array: &ArrayRef) -> Result<BooleanArray> {
         Ok(match &self.test {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
+use arrow::row::Rows;
 
 use nyala_common::{RowCodec, Value};
 
@@ -37,13 +38,28 @@ impl Resolver {
     }
 
     /// Where the live copy of `key` is, counting every applied write (writer lock held).
-    fn locate(&self, v: &Version, entry: &KeyEntry<'_>, key: &[u8]) -> Result<Location> {
+    ///
+    /// `key_columns` are the batch's key columns encoded one by one, and `i` the row: segments
+    /// whose per-column key bounds exclude the row are skipped without touching their filter.
+    fn locate(
+        &self,
+        v: &Version,
+        entry: &KeyEntry<'_>,
+        key: &[u8],
+        key_columns: &[Rows],
+        i: usize,
+    ) -> Result<Location> {
         match entry.state() {
             MemState::Live => return Ok(Location::Buffer),
             MemState::Deleted => return Ok(Location::Absent),
             MemState::Unknown => {}
         }
-        for seg in v.segments.iter().rev() {
+        for seg in v
+            .segments
+            .iter()
+            .rev()
+            .filter(|s| s.meta.may_hold(key_columns, i))
+        {
             if let Some(row) =
                 seg.find_visible(&self.codec, &self.key_blocks, key, Timestamp::MAX)?
             {
@@ -117,11 +133,22 @@ impl Resolver {
             ..Default::default()
         };
         let full = b.is_full_width();
+        let key_columns = if v.segments.is_empty() {
+            vec![]
+        } else {
+            self.codec
+                .schema()
+                .key_indices()
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| self.codec.encode_key_column(k, &b.columns[c]))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        };
         for (i, &op) in b.ops.iter().enumerate() {
             let key = b.keys.row(i);
             let key = key.as_ref();
             let entry = v.memtable.entry(key);
-            let loc = self.locate(v, &entry, key)?;
+            let loc = self.locate(v, &entry, key, &key_columns, i)?;
             let exists = !matches!(loc, Location::Absent);
             let row_error = |kind: RowErrorKind| {
                 let what = match kind {

@@ -60,6 +60,7 @@ pub struct TabletScan {
     current: Option<(BatchIter, Option<usize>)>,
     buffer_resume: Option<Vec<u8>>,
     ready: VecDeque<RecordBatch>,
+    segments_read: usize,
 }
 
 impl std::fmt::Debug for TabletScan {
@@ -86,7 +87,7 @@ impl TabletScan {
                 .map(|n| schema.index_of(n))
                 .collect::<Result<_, _>>()?,
         };
-        let preds = bind(schema, &req.predicates)?;
+        let preds = bind(codec, &req.predicates)?;
         let range = KeyRange::from_predicates(codec, &preds)?;
         let mut read: Vec<usize> = output
             .iter()
@@ -114,6 +115,7 @@ impl TabletScan {
             current: None,
             buffer_resume: None,
             ready: VecDeque::new(),
+            segments_read: 0,
         };
         if scan.range.point {
             // Every key column is pinned: a point lookup, no scan.
@@ -141,6 +143,11 @@ impl TabletScan {
     /// The snapshot this scan reads.
     pub fn snapshot(&self) -> Timestamp {
         self.snapshot
+    }
+
+    /// Segments this scan has read so far (the others were pruned or not reached yet).
+    pub fn segments_read(&self) -> usize {
+        self.segments_read
     }
 
     /// Schema of the returned batches.
@@ -255,12 +262,22 @@ impl TabletScan {
             }
             match self.sources.pop_front()? {
                 Source::Segment(seg) => {
+                    if !self
+                        .preds
+                        .iter()
+                        .all(|p| p.may_match_bounds(&seg.meta.key_bounds))
+                    {
+                        continue;
+                    }
                     let need_ts = seg.meta.max_ts > self.snapshot;
                     let mut proj = self.read.clone();
                     if need_ts {
                         proj.push(self.codec.schema().len());
                     }
                     let ts_col = need_ts.then_some(proj.len() - 1);
+                    if seg.meta.overlaps(&self.range) {
+                        self.segments_read += 1;
+                    }
                     match seg.scan(
                         &proj,
                         &self.preds,

@@ -54,6 +54,52 @@ pub(crate) struct SegmentMeta {
     pub min_ts: Timestamp,
     pub max_ts: Timestamp,
     pub file_bytes: u64,
+    /// Per key column (key order): the smallest and largest value, each encoded on its own
+    /// (see `RowCodec::encode_key_column`). Time-series keys lead with an id, so whole-key
+    /// ranges of time-ordered segments all overlap; these bounds still tell them apart.
+    #[serde(default)]
+    pub key_bounds: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl SegmentMeta {
+    /// Whether the segment's key range meets `range`.
+    pub fn overlaps(&self, range: &KeyRange) -> bool {
+        range.overlaps(&self.min_key, &self.max_key)
+    }
+
+    /// Whether row `i` of a batch, given its key columns encoded one by one, may be here.
+    pub fn may_hold(&self, key_columns: &[arrow::row::Rows], i: usize) -> bool {
+        self.key_bounds
+            .iter()
+            .zip(key_columns)
+            .all(|((lo, hi), col)| {
+                let v = col.row(i);
+                let v = v.as_ref();
+                lo.as_slice() <= v && v <= hi.as_slice()
+            })
+    }
+}
+
+/// Per key column min/max of `table` (every column, table order), encoded column by column.
+fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (k, &c) in codec.schema().key_indices().iter().enumerate() {
+        let rows = codec.encode_key_column(k, table.column(c))?;
+        let (lo, hi) = rows.iter().fold(
+            (None, None),
+            |(lo, hi): (Option<arrow::row::Row>, Option<arrow::row::Row>), r| {
+                (
+                    Some(lo.map_or(r, |l| l.min(r))),
+                    Some(hi.map_or(r, |h| h.max(r))),
+                )
+            },
+        );
+        match (lo, hi) {
+            (Some(lo), Some(hi)) => out.push((lo.as_ref().to_vec(), hi.as_ref().to_vec())),
+            _ => return Ok(vec![]),
+        }
+    }
+    Ok(out)
 }
 
 /// Decoded key columns (encoded keys and commit timestamps) of one block of an on-disk
@@ -219,6 +265,7 @@ impl Segment {
             min_ts: min_ts as u64,
             max_ts: max_ts as u64,
             file_bytes: 0,
+            key_bounds: key_bounds(codec, &table)?,
         };
         let dv = Arc::new(DeleteVector::from_persisted(deletions, 0));
         Ok(Some(Segment {
