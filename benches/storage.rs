@@ -15,7 +15,8 @@ use arrow::compute::concat_batches;
 use arrow_schema::{Field, Schema as ArrowSchema};
 use criterion::{BatchSize, Criterion, Throughput};
 use nyala_storage::{
-    ColumnSchema, DataType, ScanRequest, Schema, Tablet, TabletOptions, Value, WriteBatch, WriteOp,
+    ColumnSchema, DataType, ScanRequest, Schema, SegmentCompression, Tablet, TabletOptions, Value,
+    WriteBatch, WriteOp,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -107,8 +108,14 @@ fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordBatch
 }
 
 fn opts() -> TabletOptions {
+    let compression = match std::env::var("NYALA_BENCH_COMPRESSION").as_deref() {
+        Ok("zstd") => SegmentCompression::Zstd(3),
+        Ok("none") => SegmentCompression::None,
+        _ => SegmentCompression::Lz4,
+    };
     TabletOptions {
         flush_threshold_bytes: Some(256 << 20),
+        compression,
         ..TabletOptions::default()
     }
 }
@@ -277,6 +284,21 @@ fn bench_buffer_scan_and_flush(c: &mut Criterion) {
     g.finish();
 }
 
+/// p50 and p99 of `n` point lookups, in microseconds (the first `n / 10` warm the caches).
+fn lookup_latencies(t: &Tablet, n: usize, mut key: impl FnMut() -> Vec<Value>) -> (f64, f64) {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let k = key();
+        let s = Instant::now();
+        assert!(t.get(&k).unwrap().is_some());
+        if i >= n / 10 {
+            lat.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -310,6 +332,12 @@ fn report() {
         assert_eq!(rows as u64, n);
         best = best.min(s.elapsed());
     }
+    // Point lookups of random keys, all in segments; then of keys in the write buffer.
+    let mut rng = StdRng::seed_from_u64(11);
+    let seg = lookup_latencies(&t, 20_000, || key_of(rng.random_range(0..n)));
+    upsert_all(&t, n, 200_000);
+    let mut rng = StdRng::seed_from_u64(12);
+    let buf = lookup_latencies(&t, 20_000, || key_of(n + rng.random_range(0..200_000)));
     let json = serde_json_like(&[
         ("rows", n as f64),
         (
@@ -330,6 +358,10 @@ fn report() {
         ),
         ("index_memory_mb", stats.index_memory_bytes as f64 / 1e6),
         ("rss_mb", rss_bytes() as f64 / 1e6),
+        ("lookup_segment_p50_us", seg.0),
+        ("lookup_segment_p99_us", seg.1),
+        ("lookup_buffer_p50_us", buf.0),
+        ("lookup_buffer_p99_us", buf.1),
     ]);
     println!("\nstorage report ({n} traffic rows, 1M-row flushes):\n{json}");
     let cols: Vec<String> = column_bytes(dir.path())

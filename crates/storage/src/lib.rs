@@ -19,6 +19,7 @@
 //! if you change how a batch is applied, recovery replays through the same code (good), but
 //! old WAL records must still decide the same way.
 
+mod bytelist;
 pub mod clock;
 mod dv;
 pub mod error;
@@ -36,7 +37,7 @@ pub mod write;
 
 pub use clock::Timestamp;
 pub use error::{Result, StorageError};
-pub use options::{Durability, TabletOptions};
+pub use options::{Durability, SegmentCompression, TabletOptions};
 pub use predicate::{CmpOp, Predicate};
 pub use scan::{ScanRequest, TabletScan};
 pub use tablet::{Tablet, TabletStats};

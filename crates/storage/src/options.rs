@@ -16,6 +16,22 @@ pub enum Durability {
     },
 }
 
+/// Page compression of segments.
+///
+/// LZ4 is the default: a point lookup decompresses one page per column, and zstd's
+/// decompression context costs more to set up (per column, per lookup) than the page costs to
+/// decode; dictionary and run-length encodings already do most of the shrinking for typical
+/// data. zstd suits archival tables that are scanned, not probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentCompression {
+    /// No compression beyond Parquet's encodings.
+    None,
+    /// LZ4 (raw block format).
+    Lz4,
+    /// zstd at this level (1..=22).
+    Zstd(i32),
+}
+
 /// Settings of one tablet. The defaults suit a server; tests shrink the thresholds.
 #[derive(Clone, Debug)]
 pub struct TabletOptions {
@@ -36,8 +52,8 @@ pub struct TabletOptions {
     pub page_rows: usize,
     /// Rows per Parquet row group: the unit of statistics pruning and of scan parallelism.
     pub row_group_rows: usize,
-    /// zstd level for segments.
-    pub zstd_level: i32,
+    /// How segment pages are compressed.
+    pub compression: SegmentCompression,
     /// Size of the metadata store's page cache, in bytes.
     pub meta_cache_bytes: u64,
     /// Memory for decoded key blocks of segments (presence checks and lookups), in bytes.
@@ -55,7 +71,7 @@ impl Default for TabletOptions {
             history_retention: Duration::from_secs(15 * 60),
             page_rows: 1024,
             row_group_rows: 256 * 1024,
-            zstd_level: 3,
+            compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,
             key_cache_bytes: 128 * 1024 * 1024,
         }

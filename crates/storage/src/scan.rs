@@ -11,6 +11,7 @@ use arrow_schema::SchemaRef;
 
 use nyala_common::RowCodec;
 
+use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::memtable::MemTable;
@@ -44,6 +45,13 @@ enum Source {
     Buffer(Arc<MemTable>),
 }
 
+/// Where the next chunk of the write buffer starts.
+enum BufferCursor {
+    Start,
+    After(Vec<u8>),
+    Done,
+}
+
 /// A running scan: an iterator of batches, all read at [`TabletScan::snapshot`]. Rows come in
 /// no particular order. Holding it pins the segments it reads.
 pub struct TabletScan {
@@ -58,7 +66,7 @@ pub struct TabletScan {
     remaining: Option<usize>,
     sources: VecDeque<Source>,
     current: Option<(BatchIter, Option<usize>)>,
-    buffer_resume: Option<Vec<u8>>,
+    buffer_cursor: BufferCursor,
     ready: VecDeque<RecordBatch>,
     segments_read: usize,
 }
@@ -113,7 +121,7 @@ impl TabletScan {
             remaining: req.limit,
             sources: VecDeque::new(),
             current: None,
-            buffer_resume: None,
+            buffer_cursor: BufferCursor::Start,
             ready: VecDeque::new(),
             segments_read: 0,
         };
@@ -209,34 +217,38 @@ impl TabletScan {
 
     /// The next chunk of visible buffer rows in range, or `None` when the buffer is done.
     fn next_buffer_chunk(&mut self, mem: &MemTable) -> Result<Option<RecordBatch>> {
-        let mut rows: Vec<Vec<u8>> = Vec::with_capacity(self.batch_size.min(65536));
-        let mut last: Option<Vec<u8>> = None;
         let lower_owned;
-        let lower = match (&self.buffer_resume, &self.range.lower) {
-            (Some(k), _) => Bound::Excluded(k.as_slice()),
-            (None, Some(b)) => {
+        let lower = match (&self.buffer_cursor, &self.range.lower) {
+            (BufferCursor::Done, _) => return Ok(None),
+            (BufferCursor::After(k), _) => Bound::Excluded(k.as_slice()),
+            (BufferCursor::Start, Some(b)) => {
                 lower_owned = b.prefix.clone();
                 Bound::Included(lower_owned.as_slice())
             }
-            (None, None) => Bound::Unbounded,
+            (BufferCursor::Start, None) => Bound::Unbounded,
         };
         let range = &self.range;
         let limit = self.batch_size;
+        let mut rows = ByteList::with_capacity(limit.min(1 << 16), limit.min(1 << 16) * 64);
+        let mut next = BufferCursor::Done;
         mem.for_each_visible(self.snapshot, lower, |k, r| {
             if range.is_above(k) {
                 return false;
             }
             if !range.is_below(k) {
-                rows.push(r.to_vec());
+                rows.push(r);
+                if rows.len() == limit {
+                    next = BufferCursor::After(k.to_vec());
+                    return false;
+                }
             }
-            last = Some(k.to_vec());
-            rows.len() < limit
+            true
         });
+        self.buffer_cursor = next;
         if rows.is_empty() {
             return Ok(None);
         }
-        self.buffer_resume = last;
-        let batch = self.codec.decode_rows(rows.iter().map(|r| r.as_slice()))?;
+        let batch = self.codec.decode_rows(rows.iter())?;
         Ok(Some(batch.project(&self.read)?))
     }
 

@@ -25,20 +25,22 @@ use parquet::arrow::arrow_reader::{
     RowSelector,
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use nyala_common::RowCodec;
+use nyala_common::{DataType, RowCodec, Schema};
 
+use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
 use crate::keyindex::KeyIndex;
 use crate::memtable::MemTable;
-use crate::options::TabletOptions;
+use crate::options::{SegmentCompression, TabletOptions};
 use crate::predicate::{BoundPredicate, KeyRange};
 
 /// Name of the hidden column holding each row version's commit timestamp.
@@ -106,7 +108,7 @@ fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec
 /// segment: what presence checks and lookups search. Cached, so that hot blocks are decoded once.
 #[derive(Debug)]
 pub(crate) struct KeyBlock {
-    keys: KeyList,
+    keys: ByteList,
     ts: Vec<u64>,
 }
 
@@ -116,7 +118,7 @@ pub(crate) struct BlockWeighter;
 
 impl quick_cache::Weighter<(u64, u64), Arc<KeyBlock>> for BlockWeighter {
     fn weight(&self, _: &(u64, u64), b: &Arc<KeyBlock>) -> u64 {
-        (b.keys.data.len() + b.keys.offsets.len() * 8 + b.ts.len() * 8 + 64) as u64
+        (b.keys.memory_bytes() + b.ts.len() * 8 + 64) as u64
     }
 }
 
@@ -132,44 +134,6 @@ pub(crate) fn new_key_block_cache(bytes: u64) -> KeyBlockCache {
     )
 }
 
-/// Variable-length byte strings (encoded keys or rows) in one allocation.
-#[derive(Debug, Default)]
-struct KeyList {
-    data: Vec<u8>,
-    offsets: Vec<usize>,
-}
-
-impl KeyList {
-    fn push(&mut self, k: &[u8]) {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        self.data.extend_from_slice(k);
-        self.offsets.push(self.data.len());
-    }
-    fn len(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
-    }
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn get(&self, i: usize) -> &[u8] {
-        &self.data[self.offsets[i]..self.offsets[i + 1]]
-    }
-    fn partition_point(&self, pred: impl Fn(&[u8]) -> bool) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if pred(self.get(mid)) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
-    }
-}
-
 #[derive(Debug)]
 struct DiskSegment {
     bytes: Bytes,
@@ -182,7 +146,7 @@ struct DiskSegment {
 #[derive(Debug)]
 enum SegmentData {
     /// Frozen write buffer awaiting its flush: every column plus the timestamp column.
-    Memory { batch: RecordBatch, keys: KeyList },
+    Memory { batch: RecordBatch, keys: ByteList },
     /// A Parquet file mapped into memory, with its key index.
     Disk(DiskSegment),
 }
@@ -220,8 +184,8 @@ impl Segment {
         codec: &RowCodec,
         horizon: Timestamp,
     ) -> Result<Option<Segment>> {
-        let mut rows = KeyList::default();
-        let mut keys = KeyList::default();
+        let mut rows = ByteList::default();
+        let mut keys = ByteList::default();
         let mut ts_col: Vec<i64> = Vec::new();
         let mut deletions: Vec<(Timestamp, u32)> = Vec::new();
         let mut current: Option<Box<[u8]>> = None;
@@ -284,19 +248,18 @@ impl Segment {
     /// row numbers and deletion vector. Files are synced and renamed into place, so a crash
     /// leaves either complete files or leftovers that recovery deletes (the manifest names
     /// only complete ones).
-    pub fn write_to_disk(&self, dir: &Path, opts: &TabletOptions) -> Result<Segment> {
+    pub fn write_to_disk(
+        &self,
+        dir: &Path,
+        schema: &Schema,
+        opts: &TabletOptions,
+    ) -> Result<Segment> {
         let SegmentData::Memory { batch, keys } = &self.data else {
             return Err(StorageError::Corrupt("segment is already on disk".into()));
         };
         let (pq, kix) = segment_paths(dir, self.meta.id);
         let tmp = pq.with_extension("parquet.tmp");
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_data_page_row_count_limit(opts.page_rows)
-            .set_write_batch_size(opts.page_rows)
-            .set_max_row_group_row_count(Some(opts.row_group_rows))
-            .build();
+        let props = writer_properties(schema, opts)?;
         let file = File::create(&tmp)?;
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
         w.write(batch)?;
@@ -365,7 +328,7 @@ impl Segment {
     pub fn memory_bytes(&self) -> usize {
         match &self.data {
             SegmentData::Memory { batch, keys } => {
-                batch.get_array_memory_size() + keys.data.len() + keys.offsets.len() * 8
+                batch.get_array_memory_size() + keys.memory_bytes()
             }
             SegmentData::Disk(d) => d.index.memory_bytes(),
         }
@@ -428,7 +391,7 @@ impl Segment {
             .map(|&c| batch.column(position_in(&proj, c)).clone())
             .collect();
         let enc = codec.encode_keys(&cols)?;
-        let mut keys = KeyList::default();
+        let mut keys = ByteList::default();
         for r in enc.iter() {
             keys.push(r.as_ref());
         }
@@ -559,6 +522,36 @@ impl Segment {
             }
         }
     }
+}
+
+/// Parquet settings of a segment.
+fn writer_properties(schema: &Schema, opts: &TabletOptions) -> Result<WriterProperties> {
+    let mut b = WriterProperties::builder()
+        .set_compression(match opts.compression {
+            SegmentCompression::None => Compression::UNCOMPRESSED,
+            SegmentCompression::Lz4 => Compression::LZ4_RAW,
+            SegmentCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level)?),
+        })
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(opts.page_rows)
+        .set_write_batch_size(opts.page_rows)
+        .set_max_row_group_row_count(Some(opts.row_group_rows));
+    // Rows are sorted by key, so a later integer or time key column (the `ts` of `(id, ts)`)
+    // grows steadily within each run of equal leading columns: delta encoding stores it in a
+    // few bits per value, where a dictionary needs about ten.
+    for &k in schema.key_indices().iter().skip(1) {
+        let c = &schema.columns()[k];
+        if matches!(
+            c.data_type,
+            DataType::Int32 | DataType::Int64 | DataType::Timestamp | DataType::Date
+        ) {
+            let path = ColumnPath::from(c.name.as_str());
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    Ok(b.build())
 }
 
 /// Index of `col` within the ascending `projection`.

@@ -528,7 +528,11 @@ impl Inner {
                     let mem = v.segments.iter().find(|s| s.meta.id == id).ok_or_else(|| {
                         StorageError::Corrupt(format!("pending segment {id} vanished"))
                     })?;
-                    Some(Arc::new(mem.write_to_disk(&self.segment_dir, &self.opts)?))
+                    Some(Arc::new(mem.write_to_disk(
+                        &self.segment_dir,
+                        self.res.codec.schema(),
+                        &self.opts,
+                    )?))
                 }
             };
             self.install(written, upto)?;
