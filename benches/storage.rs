@@ -315,6 +315,9 @@ fn report() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
+    if n == 0 {
+        return;
+    }
     let (dir, t) = fresh(no_auto_flush());
     let start = Instant::now();
     let flush_time = load(&t, n, 1_000_000);
