@@ -144,10 +144,11 @@ impl Resolver {
                 .map(|(k, &c)| self.codec.encode_key_column(k, &b.columns[c]))
                 .collect::<std::result::Result<Vec<_>, _>>()?
         };
+        let guard = scc::Guard::new();
         for (i, &op) in b.ops.iter().enumerate() {
             let key = b.keys.row(i);
             let key = key.as_ref();
-            let entry = v.memtable.entry(key);
+            let entry = v.memtable.entry(key, &guard);
             let loc = self.locate(v, &entry, key, &key_columns, i)?;
             let exists = !matches!(loc, Location::Absent);
             let row_error = |kind: RowErrorKind| {
