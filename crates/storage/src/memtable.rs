@@ -302,7 +302,7 @@ mod tests {
         let long = vec![200u8; 100];
         m.put(&long, 5, row(4));
         let g = Guard::new();
-        drop(m.entry(b"c", &g)); // looked up, never written
+        let _looked_up_never_written = m.entry(b"c", &g);
         assert_eq!(m.get(b"a", 5), MemLookup::Unknown);
         assert_eq!(m.get(b"a", 10), MemLookup::Live(vec![1]));
         assert_eq!(m.get(b"a", 25), MemLookup::Live(vec![2]));
