@@ -42,9 +42,12 @@ struct Version {
     next: *mut Version,
 }
 
-/// The versions of one key, newest first; a lock-free stack that only grows.
-#[derive(Default)]
+/// The versions of one key: the first one inline (most keys have only one, and reading it then
+/// costs no extra pointer chase), later ones on a lock-free stack that only grows.
 pub(crate) struct VersionChain {
+    first_ts: Timestamp,
+    first_row: Option<Box<[u8]>>,
+    /// Versions after the first, newest first.
     head: AtomicPtr<Version>,
 }
 
@@ -55,9 +58,11 @@ unsafe impl Sync for VersionChain {}
 
 impl VersionChain {
     fn with(ts: Timestamp, row: Option<Box<[u8]>>) -> Self {
-        let c = VersionChain::default();
-        c.push(ts, row);
-        c
+        VersionChain {
+            first_ts: ts,
+            first_row: row,
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
     }
 
     fn push(&self, ts: Timestamp, row: Option<Box<[u8]>>) {
@@ -83,12 +88,17 @@ impl VersionChain {
     /// Versions, newest first.
     fn iter(&self) -> impl Iterator<Item = (Timestamp, Option<&[u8]>)> {
         let mut p = self.head.load(Ordering::Acquire);
+        let mut first = Some((self.first_ts, self.first_row.as_deref()));
         std::iter::from_fn(move || {
             // SAFETY: published versions live as long as the chain (module invariant), and the
             // returned references borrow `self`.
-            let v = unsafe { p.as_ref()? };
-            p = v.next;
-            Some((v.ts, v.row.as_deref()))
+            match unsafe { p.as_ref() } {
+                Some(v) => {
+                    p = v.next;
+                    Some((v.ts, v.row.as_deref()))
+                }
+                None => first.take(),
+            }
         })
     }
 

@@ -24,6 +24,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::PageIndexPolicy;
@@ -260,10 +261,7 @@ impl Segment {
         let (pq, kix) = segment_paths(dir, self.meta.id);
         let tmp = pq.with_extension("parquet.tmp");
         let props = writer_properties(schema, opts)?;
-        let file = File::create(&tmp)?;
-        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-        w.write(batch)?;
-        let file = w.into_inner()?;
+        let file = write_parquet(File::create(&tmp)?, batch, props, opts.row_group_rows)?;
         file.sync_all()?;
         drop(file);
         let ktmp = kix.with_extension("kix.tmp");
@@ -522,6 +520,83 @@ impl Segment {
             }
         }
     }
+}
+
+/// Writes `batch` as Parquet, encoding the columns of each row group on all cores (the flush
+/// is otherwise bound by one core's encoding and compression speed).
+fn write_parquet(
+    file: File,
+    batch: &RecordBatch,
+    props: WriterProperties,
+    row_group_rows: usize,
+) -> Result<File> {
+    let schema = batch.schema();
+    let (mut writer, factory) =
+        ArrowWriter::try_new(file, schema.clone(), Some(props))?.into_serialized_writer()?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut start = 0;
+    let mut row_group = 0;
+    while start < batch.num_rows() {
+        let len = row_group_rows.max(1).min(batch.num_rows() - start);
+        let slice = batch.slice(start, len);
+        // Every Nyala type is a flat column: one Parquet leaf per Arrow column.
+        let mut groups: Vec<Vec<(usize, ArrowColumnWriter)>> =
+            (0..threads).map(|_| vec![]).collect();
+        for (i, w) in factory
+            .create_column_writers(row_group)?
+            .into_iter()
+            .enumerate()
+        {
+            groups[i % threads].push((i, w));
+        }
+        let encoded: Vec<Result<Vec<(usize, ArrowColumnChunk)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|group| {
+                    let (slice, schema) = (&slice, &schema);
+                    scope.spawn(move || -> Result<Vec<(usize, ArrowColumnChunk)>> {
+                        let mut out = Vec::with_capacity(group.len());
+                        for (i, mut w) in group {
+                            for leaf in compute_leaves(schema.field(i), slice.column(i))? {
+                                w.write(&leaf)?;
+                            }
+                            out.push((i, w.close()?));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StorageError::Corrupt(
+                            "a column encoder thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut chunks: Vec<Option<ArrowColumnChunk>> =
+            (0..schema.fields().len()).map(|_| None).collect();
+        for group in encoded {
+            for (i, chunk) in group? {
+                chunks[i] = Some(chunk);
+            }
+        }
+        let mut rg = writer.next_row_group()?;
+        for chunk in chunks {
+            chunk
+                .ok_or_else(|| StorageError::Corrupt("a column was not encoded".into()))?
+                .append_to_row_group(&mut rg)?;
+        }
+        rg.close()?;
+        start += len;
+        row_group += 1;
+    }
+    Ok(writer.into_inner()?)
 }
 
 /// Parquet settings of a segment.
