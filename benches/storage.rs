@@ -335,6 +335,8 @@ fn report() {
         assert_eq!(rows as u64, n);
         best = best.min(s.elapsed());
     }
+    let disk_all = dir_bytes(dir.path());
+    let disk_meta = dir_bytes(&dir.path().join("meta"));
     // Point lookups of random keys, all in segments; then of keys in the write buffer.
     let mut rng = StdRng::seed_from_u64(11);
     let seg = lookup_latencies(&t, 20_000, || key_of(rng.random_range(0..n)));
@@ -350,11 +352,8 @@ fn report() {
         ("flush_rows_per_s", n as f64 / flush_time.as_secs_f64()),
         ("segments", stats.segments as f64),
         ("segment_file_mb", stats.segment_file_bytes as f64 / 1e6),
-        ("disk_mb_all_files", dir_bytes(dir.path()) as f64 / 1e6),
-        (
-            "wal_and_meta_mb",
-            dir_bytes(&dir.path().join("meta")) as f64 / 1e6,
-        ),
+        ("disk_mb_all_files", disk_all as f64 / 1e6),
+        ("meta_mb", disk_meta as f64 / 1e6),
         (
             "scan_2col_values_per_s",
             (2 * n) as f64 / best.as_secs_f64(),
@@ -372,6 +371,13 @@ fn report() {
         .map(|(c, b)| format!("{c}={:.1}MB", *b as f64 / 1e6))
         .collect();
     println!("segment bytes by column: {}", cols.join(" "));
+    // Keep the tablet for side-by-side comparisons (e.g. load the segments into DuckDB).
+    if let Ok(keep) = std::env::var("NYALA_BENCH_KEEP") {
+        drop(t);
+        let kept = dir.keep();
+        std::fs::rename(&kept, &keep).unwrap_or_else(|e| panic!("moving {kept:?} to {keep}: {e}"));
+        println!("tablet kept in {keep}");
+    }
 }
 
 /// Bytes of every file under `dir`.
