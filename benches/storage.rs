@@ -113,9 +113,14 @@ fn opts() -> TabletOptions {
         Ok("none") => SegmentCompression::None,
         _ => SegmentCompression::Lz4,
     };
+    let page_rows = std::env::var("NYALA_BENCH_PAGE_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(TabletOptions::default().page_rows);
     TabletOptions {
         flush_threshold_bytes: Some(256 << 20),
         compression,
+        page_rows,
         ..TabletOptions::default()
     }
 }

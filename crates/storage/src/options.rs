@@ -69,7 +69,7 @@ impl Default for TabletOptions {
             max_batch_rows: 1_000_000,
             flush_threshold_bytes: Some(128 * 1024 * 1024),
             history_retention: Duration::from_secs(15 * 60),
-            page_rows: 1024,
+            page_rows: 4096,
             row_group_rows: 256 * 1024,
             compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,
