@@ -181,11 +181,15 @@ impl KeyEntry<'_> {
             None => {
                 let key_cost = self.key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD;
                 t.bytes.fetch_add(key_cost, Ordering::Relaxed);
-                // Only the writer inserts, and it found no entry: the insert cannot collide.
-                let inserted = t
-                    .tree
-                    .insert_sync(Key::from_slice(self.key), VersionChain::with(ts, row));
-                debug_assert!(inserted.is_ok(), "a second writer inserted into the buffer");
+                // Only the writer inserts, and it found no entry, so the insert cannot collide;
+                // if it ever did, the version goes onto the chain that won instead of being lost.
+                let chain = VersionChain::with(ts, row);
+                if let Err((_, mut chain)) = t.tree.insert_sync(Key::from_slice(self.key), chain) {
+                    let guard = Guard::new();
+                    if let Some(existing) = t.tree.peek(self.key, &guard) {
+                        existing.push(chain.first_ts, chain.first_row.take());
+                    }
+                }
             }
         }
     }

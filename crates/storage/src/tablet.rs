@@ -248,7 +248,7 @@ impl Tablet {
             poisoned: Mutex::new(None),
             flush_signal: Arc::new(FlushSignal::default()),
         });
-        let flusher = Some(spawn_flusher(&inner));
+        let flusher = Some(spawn_flusher(&inner)?);
         Ok(Tablet { inner, flusher })
     }
 
@@ -373,7 +373,7 @@ fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn spawn_flusher(inner: &Arc<Inner>) -> JoinHandle<()> {
+fn spawn_flusher(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
     let sig = inner.flush_signal.clone();
     let tick = match inner.opts.durability {
@@ -408,7 +408,7 @@ fn spawn_flusher(inner: &Arc<Inner>) -> JoinHandle<()> {
                 }
             }
         })
-        .expect("spawning the flush thread")
+        .map_err(StorageError::Io)
 }
 
 impl Inner {
