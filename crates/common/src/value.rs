@@ -121,12 +121,20 @@ impl Value {
                     .with_timezone(TIMESTAMP_TZ),
             ),
             DataType::Date => build!(Date, Date32Array),
-            DataType::Decimal { precision, scale } => Arc::new(
-                build!(Decimal, Decimal128Array)
+            DataType::Decimal { precision, scale } => {
+                let arr = build!(Decimal, Decimal128Array)
                     .as_primitive::<adt::Decimal128Type>()
                     .clone()
-                    .with_precision_and_scale(precision, scale)?,
-            ),
+                    .with_precision_and_scale(precision, scale)?;
+                arr.validate_decimal_precision(precision).map_err(|e| {
+                    SchemaError::TypeMismatch {
+                        column: column.to_string(),
+                        expected: data_type.to_string(),
+                        got: e.to_string(),
+                    }
+                })?;
+                Arc::new(arr)
+            }
         })
     }
 
@@ -214,6 +222,13 @@ mod tests {
             assert_eq!(Value::from_array(&arr, 0).unwrap(), v);
             assert_eq!(Value::from_array(&arr, 1).unwrap(), Value::Null);
         }
+    }
+
+    #[test]
+    fn decimal_beyond_precision_is_an_error() {
+        let t = DataType::decimal(5, 2).unwrap();
+        assert!(Value::to_array("d", t, &[Value::Decimal(99_999)]).is_ok());
+        assert!(Value::to_array("d", t, &[Value::Decimal(100_000)]).is_err());
     }
 
     #[test]

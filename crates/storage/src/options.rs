@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::error::StorageError;
+
 /// When a write counts as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -58,6 +60,30 @@ pub struct TabletOptions {
     pub meta_cache_bytes: u64,
     /// Memory for decoded key blocks of segments (presence checks and lookups), in bytes.
     pub key_cache_bytes: u64,
+}
+
+impl TabletOptions {
+    /// Checks that the settings make sense (sizes at least 1, within their encodings).
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = |what: &str| Err(StorageError::InvalidInput(format!("tablet option {what}")));
+        if self.page_rows == 0 || self.page_rows > u32::MAX as usize {
+            return bad("page_rows must be between 1 and 2^32 - 1");
+        }
+        if self.row_group_rows == 0 {
+            return bad("row_group_rows must be at least 1");
+        }
+        if self.max_cell_bytes == 0 || self.max_row_bytes == 0 || self.max_batch_rows == 0 {
+            return bad(
+                "limits (max_cell_bytes, max_row_bytes, max_batch_rows) must be at least 1",
+            );
+        }
+        if let SegmentCompression::Zstd(level) = self.compression {
+            if !(1..=22).contains(&level) {
+                return bad("zstd level must be between 1 and 22");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TabletOptions {

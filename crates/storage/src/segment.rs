@@ -648,7 +648,13 @@ fn row_groups_matching(d: &DiskSegment, preds: &[BoundPredicate]) -> Result<Vec<
     let arrow_schema = d.reader_meta.schema();
     let pq_schema = d.reader_meta.parquet_schema();
     for p in preds {
-        let name = arrow_schema.field(p.column).name();
+        let field = arrow_schema.field(p.column);
+        if field.data_type().is_floating() {
+            // Parquet leaves NaN out of float statistics, while comparisons order NaN above
+            // every number: pruning on them could drop rows a predicate matches.
+            continue;
+        }
+        let name = field.name();
         let conv = StatisticsConverter::try_new(name, arrow_schema, pq_schema)?;
         let mins = conv.row_group_mins(md.row_groups().iter())?;
         let maxes = conv.row_group_maxes(md.row_groups().iter())?;

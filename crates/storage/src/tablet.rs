@@ -151,6 +151,7 @@ fn segment_dir(dir: &Path) -> PathBuf {
 impl Tablet {
     /// Creates a new, empty tablet in `dir` (which must not hold one already).
     pub fn create(dir: &Path, schema: &Schema, opts: TabletOptions) -> Result<Tablet> {
+        opts.validate()?;
         std::fs::create_dir_all(segment_dir(dir))?;
         let store = open_store(dir, &opts)?;
         if store.load_manifest()?.is_some() {
@@ -166,6 +167,7 @@ impl Tablet {
 
     /// Opens the tablet in `dir`, recovering every acknowledged write.
     pub fn open(dir: &Path, opts: TabletOptions) -> Result<Tablet> {
+        opts.validate()?;
         if !meta_dir(dir).exists() {
             return Err(StorageError::NotFound(format!(
                 "no tablet in {}",
@@ -280,6 +282,8 @@ impl Tablet {
         self.inner.check_snapshot(snapshot)?;
         let key = self.inner.res.codec.encode_key_values(key)?;
         let version = self.inner.version.load_full();
+        // A freeze may have purged history past the snapshot since the first check.
+        self.inner.check_snapshot(snapshot)?;
         match self.inner.res.lookup(&version, &key, snapshot)? {
             None => Ok(None),
             Some(batch) => Ok(Some(
@@ -297,6 +301,7 @@ impl Tablet {
         let snapshot = req.snapshot.unwrap_or_else(|| self.latest_timestamp());
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
+        self.inner.check_snapshot(snapshot)?;
         TabletScan::new(&self.inner.res.codec, version, snapshot, req, |v, k, s| {
             self.inner.res.lookup(v, k, s)
         })
@@ -396,22 +401,37 @@ fn spawn_flusher(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
                 return;
             }
             let Some(inner) = weak.upgrade() else { return };
-            if matches!(inner.opts.durability, Durability::Async { .. }) {
-                let applied = inner.applied.load(Ordering::Acquire);
-                if let Err(e) = inner.sync_upto(applied) {
-                    inner.poison(&e);
-                }
-            }
-            if inner.opts.flush_threshold_bytes.is_some() && inner.needs_flush() {
-                if let Err(e) = inner.flush() {
-                    tracing::warn!(error = %e, "background flush failed; will retry");
-                }
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.background_tick()));
+            if outcome.is_err() {
+                inner.poison(&StorageError::Corrupt(
+                    "the background flush thread panicked".into(),
+                ));
+                return;
             }
         })
         .map_err(StorageError::Io)
 }
 
 impl Inner {
+    /// One round of background work: the async-durability sync, and a flush when needed.
+    fn background_tick(&self) {
+        if self.poisoned.lock().is_some() {
+            return;
+        }
+        if matches!(self.opts.durability, Durability::Async { .. }) {
+            let applied = self.applied.load(Ordering::Acquire);
+            if let Err(e) = self.sync_upto(applied) {
+                self.poison(&e);
+            }
+        }
+        if self.opts.flush_threshold_bytes.is_some() && self.needs_flush() {
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "background flush failed; will retry");
+            }
+        }
+    }
+
     fn check_snapshot(&self, snapshot: Timestamp) -> Result<()> {
         let horizon = self.horizon.load(Ordering::Acquire);
         if snapshot < horizon {
@@ -463,12 +483,23 @@ impl Inner {
             let _w = self.writer.lock();
             self.check_poisoned()?;
             let ts = self.clock.next();
-            self.wal.append(ts, &record)?;
-            let version = self.version.load_full();
-            let outcome = self
-                .res
-                .apply(&version, &vb, ts)
+            // A failed append is cut off again by the WAL; should even that fail, a torn record
+            // would sit before later ones, so no further write may follow it.
+            self.wal
+                .append(ts, &record)
                 .inspect_err(|e| self.poison(e))?;
+            let version = self.version.load_full();
+            // A failure (or a bug's panic) halfway through leaves part of the batch applied in
+            // memory: poison, so that neither a later write nor a flush builds on it.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.res.apply(&version, &vb, ts)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StorageError::Corrupt(
+                    "internal error while applying a batch".into(),
+                ))
+            });
+            let outcome = applied.inspect_err(|e| self.poison(e))?;
             self.applied.store(ts, Ordering::Release);
             outcome
         };
@@ -495,8 +526,11 @@ impl Inner {
         if self.durable.load(Ordering::Acquire) >= ts {
             return Ok(());
         }
+        // After a failed sync, a later one may "succeed" without the lost pages (Linux reports
+        // a writeback error once): never count anything as durable again.
+        self.check_poisoned()?;
         let target = self.applied.load(Ordering::Acquire);
-        self.wal.sync()?;
+        self.wal.sync().inspect_err(|e| self.poison(e))?;
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
     }
@@ -543,18 +577,23 @@ impl Inner {
     /// Turns the write buffer into an in-memory segment and starts a fresh buffer.
     fn freeze(&self) -> Result<()> {
         let mut w = self.writer.lock();
+        self.check_poisoned()?;
         let v = self.version.load_full();
         if v.memtable.is_empty() {
             return Ok(());
         }
         let upto = self.applied.load(Ordering::Acquire);
         let id = w.next_segment_id;
-        // Never past the latest write: the latest snapshot must stay readable.
+        // Never past the latest published snapshot: it must stay readable (`applied` may be
+        // ahead of it while a batch waits for its sync).
         let horizon = self
             .history_cutoff()
-            .min(upto)
+            .min(self.visible.load(Ordering::Acquire))
             .max(self.horizon.load(Ordering::Acquire));
         let seg = Segment::freeze(id, &v.memtable, &self.res.codec, horizon)?;
+        // Records after the freeze go to a new file, so the old ones can be deleted once this
+        // flush is installed. Done before any state changes, so a failure leaves none.
+        self.wal.rotate()?;
         let mut segments = v.segments.clone();
         if let Some(seg) = seg {
             w.next_segment_id += 1;
@@ -570,9 +609,7 @@ impl Inner {
             });
         }
         // Versions superseded at or before `horizon` were dropped: older snapshots are gone.
-        // Records after the freeze go to a new file, so the old ones can be deleted once this
-        // flush is installed.
-        self.wal.rotate()?;
+        // (Raised before the new version is published: readers re-check after loading it.)
         self.horizon.fetch_max(horizon, Ordering::AcqRel);
         self.version.store(Arc::new(Version {
             memtable: Arc::new(MemTable::default()),
@@ -584,6 +621,7 @@ impl Inner {
     /// Makes the first pending flush durable: new manifest + deletions, then the new version.
     fn install(&self, written: Option<Arc<Segment>>, upto: Timestamp) -> Result<()> {
         let mut w = self.writer.lock();
+        self.check_poisoned()?;
         let v = self.version.load_full();
         let segments: Vec<Arc<Segment>> = v
             .segments

@@ -41,6 +41,8 @@ struct WalFile {
 struct Active {
     file: Arc<File>,
     buf: Vec<u8>,
+    /// Bytes of complete records in `file`.
+    len: u64,
 }
 
 /// The log of one tablet.
@@ -123,6 +125,7 @@ impl Wal {
             active: Mutex::new(Active {
                 file,
                 buf: Vec::new(),
+                len: 0,
             }),
         })
     }
@@ -143,8 +146,13 @@ impl Wal {
         a.buf.extend_from_slice(&crc.finalize().to_le_bytes());
         a.buf.extend_from_slice(&ts.to_le_bytes());
         a.buf.extend_from_slice(payload);
-        let Active { file, buf } = &mut *a;
-        (&**file).write_all(buf)?;
+        let Active { file, buf, len } = &mut *a;
+        if let Err(e) = (&**file).write_all(buf) {
+            // Cut off the partial record so that later records do not follow a torn one.
+            file.set_len(*len)?;
+            return Err(e.into());
+        }
+        *len += buf.len() as u64;
         if let Some(f) = self.files.lock().last_mut() {
             f.max_ts = ts;
         }
@@ -165,6 +173,7 @@ impl Wal {
         let mut files = self.files.lock();
         let seq = files.last().map_or(1, |f| f.seq + 1);
         a.file = Arc::new(create_file(&self.dir, seq)?);
+        a.len = 0;
         files.push(WalFile {
             seq,
             path: file_path(&self.dir, seq),

@@ -10,14 +10,14 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{Decimal128Type, TimestampMicrosecondType};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::Rows;
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 
 use nyala_common::types::TIMESTAMP_TZ;
-use nyala_common::{RowCodec, SchemaError, Value};
+use nyala_common::{DataType, RowCodec, SchemaError, Value};
 
 use crate::error::{Result, StorageError};
 use crate::options::TabletOptions;
@@ -272,6 +272,14 @@ pub(crate) fn validate(
         let array = normalise(array);
         if col.data_type.is_variable_width() {
             check_cell_sizes(&col.name, &array, opts.max_cell_bytes)?;
+        }
+        if let DataType::Decimal { precision, .. } = col.data_type {
+            // Arrow does not check that values fit the declared precision; Parquet would
+            // silently truncate those that do not.
+            array
+                .as_primitive::<Decimal128Type>()
+                .validate_decimal_precision(precision)
+                .map_err(|e| StorageError::InvalidInput(format!("column \"{}\": {e}", col.name)))?;
         }
         present[idx] = true;
         fields.push(Field::new(name, array.data_type().clone(), true));

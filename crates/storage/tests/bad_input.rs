@@ -191,3 +191,40 @@ fn invalid_schemas_and_missing_tablets() {
         .to_string()
         .contains("cannot have type DOUBLE PRECISION"));
 }
+
+#[test]
+fn decimals_beyond_their_precision_and_bad_options_are_refused() {
+    use arrow::array::Decimal128Array;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new(
+        vec![ColumnSchema::not_null(
+            "d",
+            DataType::decimal(5, 2).unwrap(),
+        )],
+        &["d"],
+    )
+    .unwrap();
+    let t = Tablet::create(dir.path(), &schema, test_opts()).unwrap();
+    let arr = Decimal128Array::from(vec![5_000_000_000_000i128])
+        .with_precision_and_scale(5, 2)
+        .unwrap();
+    let err = t
+        .write(&WriteBatch::uniform(
+            WriteOp::Insert,
+            batch(vec![("d", Arc::new(arr))]),
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("column \"d\""), "{err}");
+    assert!(
+        t.get(&[Value::Decimal(100_000)]).is_err(),
+        "a lookup key beyond the precision is an error"
+    );
+    assert_eq!(t.scan(&Default::default()).unwrap().count(), 0);
+    drop(t);
+    let bad = TabletOptions {
+        page_rows: 0,
+        ..test_opts()
+    };
+    let err = Tablet::open(dir.path(), bad).unwrap_err();
+    assert!(err.to_string().contains("page_rows"), "{err}");
+}

@@ -357,3 +357,83 @@ fn scans_and_tablets_can_move_between_threads() {
     assert_send::<Tablet>();
     assert_sync::<Tablet>();
 }
+
+#[test]
+fn float_predicates_agree_before_and_after_flush_even_with_nan() {
+    use nyala_storage::{ColumnSchema, DataType, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new(
+        vec![
+            ColumnSchema::not_null("id", DataType::Int64),
+            ColumnSchema::nullable("f", DataType::Float64),
+        ],
+        &["id"],
+    )
+    .unwrap();
+    let t = Tablet::create(dir.path(), &schema, test_opts()).unwrap();
+    let mut b = BatchBuilder::new(["id", "f"]);
+    b.push(WriteOp::Insert, vec![Value::Int64(1), Value::Float64(1.0)]);
+    b.push(
+        WriteOp::Insert,
+        vec![Value::Int64(2), Value::Float64(f64::NAN)],
+    );
+    t.write(&b.build(t.schema()).unwrap()).unwrap();
+    let count = |t: &Tablet, op, v: f64| -> usize {
+        let req = ScanRequest {
+            predicates: vec![Predicate::cmp("f", op, Value::Float64(v))],
+            ..Default::default()
+        };
+        t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum()
+    };
+    let cases = [
+        (CmpOp::Gt, 5.0),
+        (CmpOp::Eq, f64::NAN),
+        (CmpOp::Lt, 2.0),
+        (CmpOp::Ge, 1.0),
+    ];
+    let before: Vec<usize> = cases.iter().map(|(op, v)| count(&t, *op, *v)).collect();
+    t.flush().unwrap();
+    let after: Vec<usize> = cases.iter().map(|(op, v)| count(&t, *op, *v)).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn latest_reads_never_fail_with_zero_retention_while_writing_and_flushing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = nyala_storage::TabletOptions {
+        history_retention: std::time::Duration::ZERO,
+        ..test_opts()
+    };
+    let t = Arc::new(Tablet::create(dir.path(), &kv_schema(), opts).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hs = vec![];
+    for w in 0..2i64 {
+        let (t, stop) = (t.clone(), stop.clone());
+        hs.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                write1(&t, WriteOp::Upsert, w, (s("x"), Some(i)));
+                i += 1;
+            }
+        }));
+    }
+    {
+        let (t, stop) = (t.clone(), stop.clone());
+        hs.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                t.flush().unwrap();
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(700);
+    while std::time::Instant::now() < deadline {
+        t.get(&[Value::Int64(0)]).unwrap();
+        scan_all(&t, None);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+}
