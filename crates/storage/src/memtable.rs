@@ -51,11 +51,6 @@ pub(crate) struct VersionChain {
     head: AtomicPtr<Version>,
 }
 
-// SAFETY: versions are immutable once published (Release store of the head, Acquire loads by
-// readers) and freed only when the chain is dropped, i.e. when no reader can reach it.
-unsafe impl Send for VersionChain {}
-unsafe impl Sync for VersionChain {}
-
 impl VersionChain {
     fn with(ts: Timestamp, row: Option<Box<[u8]>>) -> Self {
         VersionChain {
