@@ -291,24 +291,12 @@ fn predicates_projection_and_limit() {
         limit: Some(5),
         ..Default::default()
     };
-    assert_eq!(
-        t.scan(&req)
-            .unwrap()
-            .map(|b| b.unwrap().num_rows())
-            .sum::<usize>(),
-        5
-    );
+    assert_eq!(count_rows(&t, &req), 5);
     let req = ScanRequest {
         projection: Some(vec![]),
         ..Default::default()
     };
-    assert_eq!(
-        t.scan(&req)
-            .unwrap()
-            .map(|b| b.unwrap().num_rows())
-            .sum::<usize>(),
-        99
-    );
+    assert_eq!(count_rows(&t, &req), 99);
     // Bad predicates are clear errors.
     let bad = ScanRequest {
         predicates: vec![Predicate::cmp("n", CmpOp::Eq, Value::Utf8("x".into()))],
@@ -383,7 +371,7 @@ fn float_predicates_agree_before_and_after_flush_even_with_nan() {
             predicates: vec![Predicate::cmp("f", op, Value::Float64(v))],
             ..Default::default()
         };
-        t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum()
+        count_rows(t, &req)
     };
     let cases = [
         (CmpOp::Gt, 5.0),

@@ -100,3 +100,8 @@ pub fn scan_all(t: &Tablet, snapshot: Option<Timestamp>) -> BTreeMap<i64, KvRow>
     }
     out
 }
+
+/// Rows a scan returns.
+pub fn count_rows(t: &Tablet, req: &ScanRequest) -> usize {
+    t.scan(req).unwrap().map(|b| b.unwrap().num_rows()).sum()
+}
