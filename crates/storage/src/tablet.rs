@@ -274,7 +274,20 @@ impl Tablet {
 
     /// The live row with this primary key (values in key order), at the latest snapshot.
     pub fn get(&self, key: &[Value]) -> Result<Option<Vec<Value>>> {
-        self.get_at(key, self.latest_timestamp())
+        self.at_latest(|ts| self.get_at(key, ts))
+    }
+
+    /// Runs a read at the latest snapshot. With a very short history retention, a concurrent
+    /// flush may purge the history behind a snapshot between choosing and reading it; a read
+    /// that asked for "the latest" then simply takes the new latest.
+    fn at_latest<T>(&self, read: impl Fn(Timestamp) -> Result<T>) -> Result<T> {
+        let mut attempts = 0;
+        loop {
+            match read(self.latest_timestamp()) {
+                Err(StorageError::SnapshotTooOld { .. }) if attempts < 100 => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
     /// The row with this primary key as of `snapshot`.
@@ -298,7 +311,13 @@ impl Tablet {
 
     /// Starts a scan: batches of the rows matching the request at one snapshot.
     pub fn scan(&self, req: &ScanRequest) -> Result<TabletScan> {
-        let snapshot = req.snapshot.unwrap_or_else(|| self.latest_timestamp());
+        match req.snapshot {
+            Some(snapshot) => self.scan_at(req, snapshot),
+            None => self.at_latest(|ts| self.scan_at(req, ts)),
+        }
+    }
+
+    fn scan_at(&self, req: &ScanRequest, snapshot: Timestamp) -> Result<TabletScan> {
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
         self.inner.check_snapshot(snapshot)?;
