@@ -102,7 +102,7 @@ impl Default for TabletOptions {
             compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,
             key_cache_bytes: 128 * 1024 * 1024,
-            row_cache_bytes: 64 * 1024 * 1024,
+            row_cache_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
@@ -167,10 +166,6 @@ struct DiskSegment {
     index: KeyIndex,
     /// First row number of each row group, plus the total at the end.
     rg_starts: Vec<u64>,
-    /// Point lookups per block (saturating): a block is decoded whole into the row block cache
-    /// only from its second lookup on, so that lookups spread over more data than the cache
-    /// holds do not pay for decoding whole blocks they never reuse.
-    block_touches: Vec<AtomicU8>,
 }
 
 #[derive(Debug)]
@@ -339,16 +334,12 @@ impl Segment {
                 meta.rows
             )));
         }
-        let block_touches = (0..=index.block_of(meta.rows))
-            .map(|_| AtomicU8::new(0))
-            .collect();
         Ok(Segment {
             meta,
             dv,
             data: SegmentData::Disk(DiskSegment {
                 bytes,
                 reader_meta,
-                block_touches,
                 index,
                 rg_starts,
             }),
@@ -467,17 +458,6 @@ impl Segment {
             SegmentData::Disk(d) => {
                 let b = d.index.block_of(row);
                 let rows = d.index.block_rows(b);
-                if let Some(block) = cache.get(&(self.meta.id, b)) {
-                    return Ok(block.slice((row - rows.start) as usize, 1));
-                }
-                let touched_before = d.block_touches[b as usize]
-                    .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |t| {
-                        Some(t.saturating_add(1))
-                    })
-                    .unwrap_or(u8::MAX);
-                if touched_before == 0 {
-                    return self.read_range(row..row + 1, &all);
-                }
                 let block = cache.get_or_insert_with(&(self.meta.id, b), || {
                     self.read_range(rows.clone(), &all)
                 })?;
