@@ -69,11 +69,6 @@ impl KeyIndex {
         (lt.saturating_sub(1) as u64)..(le.max(1) as u64)
     }
 
-    /// The block holding row `row`.
-    pub fn block_of(&self, row: u64) -> u64 {
-        row / self.stride as u64
-    }
-
     /// The rows of block `b`.
     pub fn block_rows(&self, b: u64) -> Range<u64> {
         let stride = self.stride as u64;

@@ -60,8 +60,6 @@ pub struct TabletOptions {
     pub meta_cache_bytes: u64,
     /// Memory for decoded key blocks of segments (presence checks and lookups), in bytes.
     pub key_cache_bytes: u64,
-    /// Memory for decoded row blocks of segments (point lookups, partial updates), in bytes.
-    pub row_cache_bytes: u64,
 }
 
 impl TabletOptions {
@@ -102,7 +100,6 @@ impl Default for TabletOptions {
             compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,
             key_cache_bytes: 128 * 1024 * 1024,
-            row_cache_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -12,9 +12,7 @@ use nyala_common::{RowCodec, Value};
 use crate::clock::Timestamp;
 use crate::error::{Result, StorageError};
 use crate::memtable::{KeyEntry, MemLookup, MemState};
-use crate::segment::{
-    new_key_block_cache, new_row_block_cache, KeyBlockCache, RowBlockCache, Segment,
-};
+use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
 use crate::tablet::Version;
 use crate::write::{RowError, RowErrorKind, ValidatedBatch, WriteOp, WriteOutcome};
 
@@ -29,15 +27,13 @@ enum Location {
 pub(crate) struct Resolver {
     pub codec: Arc<RowCodec>,
     key_blocks: KeyBlockCache,
-    row_blocks: RowBlockCache,
 }
 
 impl Resolver {
-    pub fn new(codec: Arc<RowCodec>, key_cache_bytes: u64, row_cache_bytes: u64) -> Self {
+    pub fn new(codec: Arc<RowCodec>, key_cache_bytes: u64) -> Self {
         Resolver {
             codec,
             key_blocks: new_key_block_cache(key_cache_bytes),
-            row_blocks: new_row_block_cache(row_cache_bytes),
         }
     }
 
@@ -85,11 +81,12 @@ impl Resolver {
             MemLookup::Deleted => return Ok(None),
             MemLookup::Unknown => {}
         }
-        let ncols = self.codec.schema().len();
+        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
         for seg in v.segments.iter().rev() {
             if let Some(row) = seg.find_visible(&self.codec, &self.key_blocks, key, snapshot)? {
+                let r = row as u64;
                 return Ok(Some(
-                    seg.read_row(ncols, &self.row_blocks, row)?
+                    seg.read_range(r..r + 1, &all)?
                         .with_schema(self.codec.schema().arrow_schema().clone())?,
                 ));
             }
@@ -124,7 +121,7 @@ impl Resolver {
                 })?;
                 Some(self.codec.decode_rows([row])?)
             }
-            Location::Segment(seg, r) => Some(seg.read_row(all.len(), &self.row_blocks, *r)?),
+            Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
             Location::Absent => None,
         })
     }

@@ -126,30 +126,6 @@ impl quick_cache::Weighter<(u64, u64), Arc<KeyBlock>> for BlockWeighter {
 /// Cache of decoded key blocks, keyed by (segment id, block number).
 pub(crate) type KeyBlockCache = quick_cache::sync::Cache<(u64, u64), Arc<KeyBlock>, BlockWeighter>;
 
-/// Weighs cached row blocks by their memory.
-#[derive(Clone, Debug)]
-pub(crate) struct RowBlockWeighter;
-
-impl quick_cache::Weighter<(u64, u64), RecordBatch> for RowBlockWeighter {
-    fn weight(&self, _: &(u64, u64), b: &RecordBatch) -> u64 {
-        b.get_array_memory_size() as u64 + 64
-    }
-}
-
-/// Cache of decoded row blocks (every table column of one block of an on-disk segment), keyed
-/// by (segment id, block number): point lookups decode a block once, not once per lookup
-/// (parquet-rs sets up a reader and decodes a page per column for every read).
-pub(crate) type RowBlockCache = quick_cache::sync::Cache<(u64, u64), RecordBatch, RowBlockWeighter>;
-
-/// A row block cache holding about `bytes` bytes.
-pub(crate) fn new_row_block_cache(bytes: u64) -> RowBlockCache {
-    RowBlockCache::with_weighter(
-        (bytes / 262_144).max(16) as usize,
-        bytes.max(1),
-        RowBlockWeighter,
-    )
-}
-
 /// A key block cache holding about `bytes` bytes.
 pub(crate) fn new_key_block_cache(bytes: u64) -> KeyBlockCache {
     KeyBlockCache::with_weighter(
@@ -441,29 +417,6 @@ impl Segment {
             }
         }
         Ok(None)
-    }
-
-    /// Row `row` with every table column (a one-row batch), through the row block cache for
-    /// on-disk segments.
-    pub fn read_row(
-        &self,
-        table_columns: usize,
-        cache: &RowBlockCache,
-        row: u32,
-    ) -> Result<RecordBatch> {
-        let row = row as u64;
-        let all: Vec<usize> = (0..table_columns).collect();
-        match &self.data {
-            SegmentData::Memory { .. } => self.read_range(row..row + 1, &all),
-            SegmentData::Disk(d) => {
-                let b = d.index.block_of(row);
-                let rows = d.index.block_rows(b);
-                let block = cache.get_or_insert_with(&(self.meta.id, b), || {
-                    self.read_range(rows.clone(), &all)
-                })?;
-                Ok(block.slice((row - rows.start) as usize, 1))
-            }
-        }
     }
 
     /// Reads rows `rows` with the given columns (segment column indices, ascending; the

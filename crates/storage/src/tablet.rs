@@ -202,7 +202,7 @@ impl Tablet {
             memtable: Arc::new(MemTable::default()),
             segments,
         };
-        let res = Resolver::new(codec, opts.key_cache_bytes, opts.row_cache_bytes);
+        let res = Resolver::new(codec, opts.key_cache_bytes);
         // Replay the WAL after the checkpoint through the write path. Limits may have been
         // lowered since a record was accepted: replay must not refuse it.
         let relaxed = TabletOptions {
