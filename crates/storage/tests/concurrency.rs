@@ -69,7 +69,8 @@ fn writers_scanners_and_flushes_at_once() {
         let stop = stop.clone();
         checkers.push(std::thread::spawn(move || {
             let mut scans = 0;
-            while !stop.load(Ordering::Relaxed) {
+            // At least one round, however late this thread is scheduled.
+            while scans == 0 || !stop.load(Ordering::Relaxed) {
                 let snap = t.latest_timestamp();
                 let rows = scan_all(&t, Some(snap)); // panics on a duplicate key
                 for w in 0..3i64 {
