@@ -58,8 +58,12 @@ pub struct TabletScan {
     codec: Arc<RowCodec>,
     snapshot: Timestamp,
     schema: SchemaRef,
-    output: Vec<usize>,
+    /// Columns read from every source (table indices, ascending).
     read: Vec<usize>,
+    /// Position in `read` of each output column, in output order.
+    output_pos: Vec<usize>,
+    /// Position in `read` of each predicate's column.
+    pred_pos: Vec<usize>,
     preds: Vec<BoundPredicate>,
     range: KeyRange,
     batch_size: usize,
@@ -109,11 +113,15 @@ impl TabletScan {
             read.push(schema.key_indices()[0]);
         }
         let out_schema = Arc::new(schema.arrow_schema().project(&output)?);
+        let pos_in_read = |c: &usize| read.iter().position(|r| r == c).expect("column is read");
+        let output_pos = output.iter().map(pos_in_read).collect();
+        let pred_pos = preds.iter().map(|p| pos_in_read(&p.column)).collect();
         let mut scan = TabletScan {
             codec: codec.clone(),
             snapshot,
             schema: out_schema,
-            output,
+            output_pos,
+            pred_pos,
             read,
             preds,
             range,
@@ -179,12 +187,7 @@ impl TabletScan {
             None => batch,
         };
         let mut mask: Option<BooleanArray> = None;
-        for p in &self.preds {
-            let pos = self
-                .read
-                .iter()
-                .position(|&c| c == p.column)
-                .expect("predicate column is read");
+        for (p, &pos) in self.preds.iter().zip(&self.pred_pos) {
             let m = p.evaluate(batch.column(pos))?;
             mask = Some(match mask {
                 None => m,
@@ -198,19 +201,9 @@ impl TabletScan {
         if batch.num_rows() == 0 {
             return Ok(None);
         }
-        let positions: Vec<usize> = self
-            .output
-            .iter()
-            .map(|c| {
-                self.read
-                    .iter()
-                    .position(|r| r == c)
-                    .expect("output column is read")
-            })
-            .collect();
         Ok(Some(
             batch
-                .project(&positions)?
+                .project(&self.output_pos)?
                 .with_schema(self.schema.clone())?,
         ))
     }
