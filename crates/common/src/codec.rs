@@ -12,6 +12,18 @@ use arrow::row::{RowConverter, RowParser, Rows, SortField};
 
 use crate::{Schema, SchemaError, Value};
 
+fn take(conv: &RowConverter, rows: &Rows, indices: &[u32]) -> Rows {
+    let bytes = indices
+        .iter()
+        .map(|&i| rows.row(i as usize).as_ref().len())
+        .sum();
+    let mut out = conv.empty_rows(indices.len(), bytes);
+    for &i in indices {
+        out.push(rows.row(i as usize));
+    }
+    out
+}
+
 /// Encodes keys and rows of one schema.
 ///
 /// Invariant: row bytes handed to [`RowCodec::decode_rows`] were produced by
@@ -144,6 +156,17 @@ impl RowCodec {
         let parser = self.keys.parser();
         let parsed: Vec<_> = keys.into_iter().map(|k| parser.parse(k)).collect();
         Ok(self.keys.convert_rows(parsed)?)
+    }
+
+    /// The keys at `indices` of `keys` (encoded by this codec), in that order: splits a
+    /// batch's encoded keys without encoding them again.
+    pub fn take_keys(&self, keys: &Rows, indices: &[u32]) -> Rows {
+        take(&self.keys, keys, indices)
+    }
+
+    /// The rows at `indices` of `rows` (encoded by this codec), in that order.
+    pub fn take_rows(&self, rows: &Rows, indices: &[u32]) -> Rows {
+        take(&self.rows, rows, indices)
     }
 
     /// Encodes full rows (every column, table order).

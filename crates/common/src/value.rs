@@ -17,7 +17,7 @@ use crate::{DataType, SchemaError};
 ///
 /// Bulk data travels as Arrow arrays; `Value` is for the places where one value at a time is
 /// natural: a point lookup's key, a predicate's constant, a test's expectation.
-#[derive(Clone, Debug, PartialEq, PartialOrd)]
+#[derive(Clone, Debug, PartialEq, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// SQL NULL.
     Null,

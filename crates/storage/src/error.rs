@@ -44,6 +44,18 @@ pub enum StorageError {
     /// The tablet's files are held by another open handle (in this or another process).
     #[error("{0}")]
     InUse(String),
+    /// No table of this name exists.
+    #[error("table {0} does not exist")]
+    UndefinedTable(String),
+    /// A table of this name exists already.
+    #[error("table {0} already exists")]
+    DuplicateTable(String),
+    /// No namespace (schema) of this name exists.
+    #[error("schema \"{0}\" does not exist")]
+    UndefinedNamespace(String),
+    /// A namespace (schema) of this name exists already.
+    #[error("schema \"{0}\" already exists")]
+    DuplicateNamespace(String),
     /// A file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

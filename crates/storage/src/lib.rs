@@ -1,7 +1,8 @@
 //! Nyala's storage engine: tablets.
 //!
-//! A [`Tablet`] stores the rows of (a partition of) a table with a primary key. Module map,
-//! following a write and then a read:
+//! A [`Database`] holds named tables, each split into tablets ([`db`]); a [`Tablet`] stores
+//! the rows of one partition of a table. Module map of the tablet, following a write and then
+//! a read:
 //!
 //! - [`write`]: batches of row operations, validation, WAL record encoding;
 //! - `tablet`: the write path (locate key, decide, apply, group commit, publish), flushes,
@@ -21,6 +22,7 @@
 
 mod bytelist;
 pub mod clock;
+pub mod db;
 mod dv;
 pub mod error;
 mod keyindex;
@@ -36,6 +38,9 @@ mod wal;
 pub mod write;
 
 pub use clock::Timestamp;
+pub use db::names::TableName;
+pub use db::partition::{PartitionSpec, RangeBounds};
+pub use db::{Database, DatabaseOptions, IfExists, Table, TableInfo, TableScan};
 pub use error::{Result, StorageError};
 pub use options::{Durability, SegmentCompression, TabletOptions};
 pub use predicate::{CmpOp, Predicate};

@@ -155,6 +155,7 @@ impl Resolver {
                 let what = match kind {
                     RowErrorKind::DuplicateKey => "duplicate key",
                     RowErrorKind::KeyNotFound => "key not found",
+                    RowErrorKind::NoPartition => "no partition",
                 };
                 RowError {
                     row: i,

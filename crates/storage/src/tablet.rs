@@ -41,7 +41,9 @@ use crate::scan::{ScanRequest, TabletScan};
 use crate::segment::Segment;
 use crate::store::{Manifest, MetaStore};
 use crate::wal::Wal;
-use crate::write::{decode_wal_record, encode_wal_record, validate, WriteBatch, WriteOutcome};
+use crate::write::{
+    decode_wal_record, encode_wal_record, validate, ValidatedBatch, WriteBatch, WriteOutcome,
+};
 
 /// What readers pin: the write buffer and the segments at one moment. Replaced (never
 /// mutated) when a flush freezes the buffer or installs a segment.
@@ -98,7 +100,8 @@ struct Inner {
     opts: TabletOptions,
     store: MetaStore,
     wal: Wal,
-    clock: Clock,
+    /// Shared by every tablet of a database, so one timestamp names one moment in all of them.
+    clock: Arc<Clock>,
     version: ArcSwap<Version>,
     /// Latest timestamp readers may use (invariant 2).
     visible: AtomicU64,
@@ -151,6 +154,16 @@ fn segment_dir(dir: &Path) -> PathBuf {
 impl Tablet {
     /// Creates a new, empty tablet in `dir` (which must not hold one already).
     pub fn create(dir: &Path, schema: &Schema, opts: TabletOptions) -> Result<Tablet> {
+        Tablet::create_with_clock(dir, schema, opts, Arc::default())
+    }
+
+    /// [`Tablet::create`] with timestamps from a clock shared with other tablets.
+    pub(crate) fn create_with_clock(
+        dir: &Path,
+        schema: &Schema,
+        opts: TabletOptions,
+        clock: Arc<Clock>,
+    ) -> Result<Tablet> {
         opts.validate()?;
         std::fs::create_dir_all(segment_dir(dir))?;
         let store = open_store(dir, &opts)?;
@@ -162,11 +175,20 @@ impl Tablet {
         }
         store.create(&Manifest::new(schema.def().clone()))?;
         drop(store);
-        Tablet::open(dir, opts)
+        Tablet::open_with_clock(dir, opts, clock)
     }
 
     /// Opens the tablet in `dir`, recovering every acknowledged write.
     pub fn open(dir: &Path, opts: TabletOptions) -> Result<Tablet> {
+        Tablet::open_with_clock(dir, opts, Arc::default())
+    }
+
+    /// [`Tablet::open`] with timestamps from a clock shared with other tablets.
+    pub(crate) fn open_with_clock(
+        dir: &Path,
+        opts: TabletOptions,
+        clock: Arc<Clock>,
+    ) -> Result<Tablet> {
         opts.validate()?;
         if !meta_dir(dir).exists() {
             return Err(StorageError::NotFound(format!(
@@ -183,7 +205,6 @@ impl Tablet {
         let seg_dir = segment_dir(dir);
         std::fs::create_dir_all(&seg_dir)?;
         remove_unlisted_files(&seg_dir, &manifest)?;
-        let clock = Clock::default();
         clock.observe(manifest.checkpoint_ts);
         let mut segments = Vec::with_capacity(manifest.segments.len());
         for meta in &manifest.segments {
@@ -269,7 +290,42 @@ impl Tablet {
     /// missing key) are reported by row index while the rest applies. Returns once the batch is
     /// durable (per the durability setting) and visible.
     pub fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
+        let vb = self.validate(batch)?;
+        self.inner.write(vb)
+    }
+
+    /// The first half of [`Tablet::write`]: checks a batch without writing anything, so that a
+    /// table can check every tablet's part of a batch before applying any.
+    pub(crate) fn validate(&self, batch: &WriteBatch) -> Result<ValidatedBatch> {
+        validate(&self.inner.res.codec, &self.inner.opts, batch)
+    }
+
+    /// The second half of [`Tablet::write`].
+    pub(crate) fn write_validated(&self, batch: ValidatedBatch) -> Result<WriteOutcome> {
         self.inner.write(batch)
+    }
+
+    /// Makes `ts` readable here: returns once every write with a timestamp `<= ts` is visible.
+    ///
+    /// For snapshots across the tablets of a database: `ts` must come from the shared clock
+    /// (so later writes get larger timestamps). Writes take their timestamp and apply under the
+    /// writer lock, so once we hold it every write at or before `ts` is applied; with sync
+    /// durability we then wait for those to be durable (joining the group commit).
+    pub(crate) fn make_visible(&self, ts: Timestamp) -> Result<()> {
+        let inner = &self.inner;
+        if inner.visible.load(Ordering::Acquire) >= ts {
+            return Ok(());
+        }
+        let applied = {
+            let _w = inner.writer.lock();
+            inner.clock.observe(ts);
+            inner.applied.load(Ordering::Acquire)
+        };
+        if inner.opts.durability == Durability::Sync {
+            inner.sync_upto(applied.min(ts))?;
+        }
+        inner.visible.fetch_max(ts, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The live row with this primary key (values in key order), at the latest snapshot.
@@ -489,8 +545,7 @@ impl Inner {
             || v.segments.iter().any(|s| s.is_in_memory())
     }
 
-    fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
-        let vb = validate(&self.res.codec, &self.opts, batch)?;
+    fn write(&self, vb: ValidatedBatch) -> Result<WriteOutcome> {
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
                 timestamp: self.visible.load(Ordering::Acquire),

@@ -180,6 +180,8 @@ pub enum RowErrorKind {
     DuplicateKey,
     /// `Update` or `Delete` of a key that is not present.
     KeyNotFound,
+    /// The key falls in no range partition of the table (add one, or fix the key).
+    NoPartition,
 }
 
 /// A per-row failure; the rest of the batch still applies.
@@ -223,6 +225,22 @@ pub(crate) struct ValidatedBatch {
 }
 
 impl ValidatedBatch {
+    /// The rows at `indices`, in that order: one tablet's part of a table's batch.
+    pub fn take(&self, codec: &RowCodec, indices: &[u32]) -> Result<ValidatedBatch> {
+        let idx = arrow::array::UInt32Array::from(indices.to_vec());
+        let take = |a: &ArrayRef| arrow::compute::take(a, &idx, None);
+        let columns = self.columns.iter().map(take).collect::<Result<Vec<_>, _>>()?;
+        let original = arrow::compute::take_record_batch(&self.original, &idx)?;
+        Ok(ValidatedBatch {
+            original,
+            ops: indices.iter().map(|&i| self.ops[i as usize]).collect(),
+            columns,
+            present: self.present.clone(),
+            keys: codec.take_keys(&self.keys, indices),
+            rows: codec.take_rows(&self.rows, indices),
+        })
+    }
+
     /// Whether the batch carries every column (then no row needs reading before it is written).
     pub fn is_full_width(&self) -> bool {
         self.present.iter().all(|p| *p)

@@ -1,0 +1,606 @@
+//! A table: its tablets, how rows are routed to them, and scans across them.
+//!
+//! # Consistency
+//! - A batch is validated as a whole first (any batch-level problem rejects it and writes
+//!   nothing), then split by tablet and applied to the tablets in parallel. Each tablet's part
+//!   is atomic; the batch as a whole is not (as in Kudu): a reader may see one tablet's part
+//!   before another's, and a failure in one tablet leaves the others applied.
+//! - A scan reads every tablet at one timestamp from the database's shared clock. Before
+//!   reading, each tablet makes that timestamp visible (every write at or before it applied
+//!   and durable), so a scan sees exactly the writes acknowledged before it started, plus
+//!   possibly concurrent ones, in all tablets alike.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use parking_lot::{Mutex, RwLock};
+
+use nyala_common::{RowCodec, Schema, Value};
+
+use super::names::TableName;
+use super::partition::{PartitionSpec, Partitioner, RangeBounds};
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Result, StorageError};
+use crate::options::TabletOptions;
+use crate::predicate::bind;
+use crate::scan::{ScanRequest, TabletScan};
+use crate::tablet::{Tablet, TabletStats};
+use crate::write::{validate, RowError, RowErrorKind, WriteBatch, WriteOutcome};
+
+/// An open tablet of a table, and what to do with its files when it is closed.
+#[derive(Debug)]
+pub(crate) struct TabletHandle {
+    pub id: u64,
+    pub range: RangeBounds,
+    pub bucket: u32,
+    dir: PathBuf,
+    tablet: Option<Tablet>,
+    /// Set when the catalog no longer names the tablet: its files go once nobody uses it.
+    remove_on_drop: AtomicBool,
+}
+
+impl TabletHandle {
+    pub fn new(id: u64, range: RangeBounds, bucket: u32, dir: PathBuf, tablet: Tablet) -> Self {
+        TabletHandle {
+            id,
+            range,
+            bucket,
+            dir,
+            tablet: Some(tablet),
+            remove_on_drop: AtomicBool::new(false),
+        }
+    }
+
+    pub fn tablet(&self) -> &Tablet {
+        self.tablet.as_ref().expect("the tablet is open until drop")
+    }
+
+    /// Deletes the tablet's files once the last user lets go.
+    pub fn remove_when_unused(&self) {
+        self.remove_on_drop.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for TabletHandle {
+    fn drop(&mut self) {
+        // Close first (stops its background thread), then delete.
+        drop(self.tablet.take());
+        if self.remove_on_drop.load(Ordering::Acquire) {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), error = %e,
+                    "could not remove a dropped tablet's files; the next open will");
+            }
+        }
+    }
+}
+
+/// The tablets of a table at one moment, with the partitioner that maps rows to them.
+/// Replaced (never mutated) when range partitions are added or dropped.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    pub partitioner: Partitioner,
+    /// Tablet `r * buckets + b` holds range `r`, bucket `b` (the partitioner's numbering).
+    pub tablets: Vec<Arc<TabletHandle>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TableInner {
+    pub id: u64,
+    pub name: RwLock<TableName>,
+    pub schema: Schema,
+    pub partitioning: RwLock<PartitionSpec>,
+    pub codec: Arc<RowCodec>,
+    pub layout: ArcSwap<Layout>,
+    pub clock: Arc<Clock>,
+    pub opts: TabletOptions,
+    pub scan_threads: usize,
+    pub dropped: AtomicBool,
+}
+
+/// A table of the database: write batches, look up keys, scan. Cheap to clone; a handle stays
+/// usable for reads it has started after the table is dropped, and reports the drop to new
+/// operations.
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub(crate) inner: Arc<TableInner>,
+}
+
+/// What [`Table::describe`] reports about one tablet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TabletInfo {
+    /// The tablet's id (names its directory under `tablets/`).
+    pub id: u64,
+    /// Its range partition (unbounded without range partitioning).
+    pub range: RangeBounds,
+    /// Its hash bucket.
+    pub bucket: u32,
+    /// Its counters and gauges.
+    pub stats: TabletStats,
+}
+
+/// A table's definition and state, for `DESCRIBE` and monitoring.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: TableName,
+    /// Stable id (survives renames).
+    pub id: u64,
+    /// Its schema.
+    pub schema: Schema,
+    /// How it is partitioned (range partitions sorted by lower bound).
+    pub partitioning: PartitionSpec,
+    /// Its tablets, in partition order.
+    pub tablets: Vec<TabletInfo>,
+}
+
+impl Table {
+    /// The table's current name.
+    pub fn name(&self) -> TableName {
+        self.inner.name.read().clone()
+    }
+
+    /// The table's schema.
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    /// Number of tablets.
+    pub fn tablet_count(&self) -> usize {
+        self.inner.layout.load().tablets.len()
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.inner.dropped.load(Ordering::Acquire) {
+            return Err(StorageError::UndefinedTable(format!(
+                "{} (it was dropped)",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Definition, partitions and per-tablet counters.
+    pub fn describe(&self) -> TableInfo {
+        let layout = self.inner.layout.load_full();
+        TableInfo {
+            name: self.name(),
+            id: self.inner.id,
+            schema: self.inner.schema.clone(),
+            partitioning: self.inner.partitioning.read().clone(),
+            tablets: layout
+                .tablets
+                .iter()
+                .map(|h| TabletInfo {
+                    id: h.id,
+                    range: h.range.clone(),
+                    bucket: h.bucket,
+                    stats: h.tablet().stats(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies a batch of row operations. Batch-level problems reject the whole batch; rows
+    /// are then routed to their tablets and applied there in parallel, with per-row errors
+    /// (including keys outside every range partition) reported by row index. See the module
+    /// docs for what is atomic.
+    pub fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
+        self.check_live()?;
+        let inner = &self.inner;
+        let vb = validate(&inner.codec, &inner.opts, batch)?;
+        let layout = inner.layout.load_full();
+        if vb.ops.is_empty() {
+            return Ok(WriteOutcome {
+                timestamp: inner.clock.next(),
+                ..Default::default()
+            });
+        }
+        if layout.tablets.len() == 1 && layout.partitioner.range.is_none() {
+            return layout.tablets[0].tablet().write_validated(vb);
+        }
+        let routes = layout.partitioner.route(&vb.columns)?;
+        let mut parts: Vec<Vec<u32>> = vec![vec![]; layout.tablets.len()];
+        let mut errors = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match r {
+                Some(t) => parts[*t as usize].push(i as u32),
+                None => errors.push(self.no_partition_error(&vb.columns, i)?),
+            }
+        }
+        let mut work = Vec::new();
+        for (t, rows) in parts.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let sub = if rows.len() == vb.ops.len() {
+                None
+            } else {
+                Some(vb.take(&inner.codec, &rows)?)
+            };
+            work.push((t, rows, sub));
+        }
+        let mut outcome = WriteOutcome {
+            errors,
+            ..Default::default()
+        };
+        if work.len() == 1 && work[0].2.is_none() {
+            let t = work[0].0;
+            let o = layout.tablets[t].tablet().write_validated(vb)?;
+            outcome.merge(o, None);
+            return Ok(outcome);
+        }
+        let results: Vec<(Vec<u32>, Result<WriteOutcome>)> = std::thread::scope(|s| {
+            let mut jobs = work.into_iter();
+            let first = jobs.next();
+            let handles: Vec<_> = jobs
+                .map(|(t, rows, sub)| {
+                    let tablet = layout.tablets[t].clone();
+                    s.spawn(move || {
+                        let r = tablet.tablet().write_validated(sub.expect("split"));
+                        (rows, r)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(handles.len() + 1);
+            if let Some((t, rows, sub)) = first {
+                let r = layout.tablets[t]
+                    .tablet()
+                    .write_validated(sub.expect("split"));
+                out.push((rows, r));
+            }
+            for h in handles {
+                out.push(h.join().unwrap_or_else(|_| {
+                    (
+                        vec![],
+                        Err(StorageError::Corrupt("a tablet write panicked".into())),
+                    )
+                }));
+            }
+            out
+        });
+        let mut first_err = None;
+        for (rows, r) in results {
+            match r {
+                Ok(o) => outcome.merge(o, Some(&rows)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        outcome.errors.sort_by_key(|e| e.row);
+        Ok(outcome)
+    }
+
+    fn no_partition_error(&self, columns: &[ArrayRef], row: usize) -> Result<RowError> {
+        let layout = self.inner.layout.load();
+        let rc = layout
+            .partitioner
+            .range
+            .as_ref()
+            .expect("only range partitioning leaves rows unrouted");
+        let name = &self.inner.schema.columns()[rc.column].name;
+        let value = Value::from_array(&columns[rc.column], row)?;
+        Ok(RowError {
+            row,
+            kind: RowErrorKind::NoPartition,
+            message: format!("no range partition of the table holds {name} = {value}"),
+        })
+    }
+
+    fn tablet_of_key(&self, layout: &Layout, key: &[Value]) -> Result<Option<usize>> {
+        let schema = &self.inner.schema;
+        if layout.tablets.len() == 1 && layout.partitioner.range.is_none() {
+            return Ok(Some(0));
+        }
+        let idx = schema.key_indices();
+        if key.len() != idx.len() {
+            return Err(StorageError::InvalidInput(format!(
+                "a key of this table has {} columns, got {} values",
+                idx.len(),
+                key.len()
+            )));
+        }
+        // The partitioner reads only key columns; the others are filled with any array.
+        let mut columns: Vec<Option<ArrayRef>> = vec![None; schema.len()];
+        for (v, &i) in key.iter().zip(idx) {
+            let c = &schema.columns()[i];
+            if v.is_null() {
+                return Ok(None);
+            }
+            columns[i] = Some(Value::to_array(&c.name, c.data_type, std::slice::from_ref(v))?);
+        }
+        let filler = columns[idx[0]].clone().expect("key column set");
+        let columns: Vec<ArrayRef> = columns
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|| filler.clone()))
+            .collect();
+        Ok(layout.partitioner.route(&columns)?[0].map(|t| t as usize))
+    }
+
+    /// The live row with this primary key (values in key order), with every column in table
+    /// order; `None` if there is none.
+    pub fn get(&self, key: &[Value]) -> Result<Option<Vec<Value>>> {
+        self.check_live()?;
+        let layout = self.inner.layout.load_full();
+        match self.tablet_of_key(&layout, key)? {
+            None => {
+                // A NULL key or a key outside every range holds no row; still report mistyped
+                // values as the tablet would.
+                self.inner.codec.encode_key_values(key).map(|_| None).or_else(|e| {
+                    if key.iter().any(Value::is_null) {
+                        Ok(None)
+                    } else {
+                        Err(e.into())
+                    }
+                })
+            }
+            Some(t) => layout.tablets[t].tablet().get(key),
+        }
+    }
+
+    /// Starts a scan of every tablet that may hold matching rows, at one snapshot, as one
+    /// stream of batches produced by up to `scan_threads` tablets in parallel.
+    pub fn scan(&self, req: &ScanRequest) -> Result<TableScan> {
+        let parts = self.scan_tablets(req)?;
+        Ok(TableScan::start(
+            parts,
+            req.limit,
+            self.inner.scan_threads.max(1),
+        ))
+    }
+
+    /// Starts one scan per tablet that may hold matching rows, all at one snapshot: for
+    /// consumers that run their own parallelism (e.g. one query partition per tablet).
+    pub fn scan_tablets(&self, req: &ScanRequest) -> Result<TabletScans> {
+        self.check_live()?;
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        // Check the request even when every tablet is pruned.
+        let output: Vec<usize> = match &req.projection {
+            None => (0..schema.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| schema.index_of(n))
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        bind(&inner.codec, &req.predicates)?;
+        let out_schema = Arc::new(schema.arrow_schema().project(&output)?);
+        let layout = inner.layout.load_full();
+        let chosen = layout.partitioner.prune(schema, &req.predicates)?;
+        let snapshot = match req.snapshot {
+            Some(ts) => {
+                let now = inner.clock.next();
+                if ts > now {
+                    return Err(StorageError::SnapshotInFuture {
+                        requested: ts,
+                        latest: now,
+                    });
+                }
+                ts
+            }
+            None if chosen.len() == 1 => {
+                // One tablet: its own latest snapshot sees every acknowledged write.
+                layout.tablets[chosen[0] as usize]
+                    .tablet()
+                    .latest_timestamp()
+            }
+            None => inner.clock.next(),
+        };
+        let mut scans = Vec::with_capacity(chosen.len());
+        let mut pins = Vec::with_capacity(chosen.len());
+        for &t in &chosen {
+            let handle = layout.tablets[t as usize].clone();
+            let tablet = handle.tablet();
+            tablet.make_visible(snapshot)?;
+            scans.push(tablet.scan(&ScanRequest {
+                snapshot: Some(snapshot),
+                ..req.clone()
+            })?);
+            pins.push(handle);
+        }
+        Ok(TabletScans {
+            schema: out_schema,
+            snapshot,
+            scans,
+            pins,
+        })
+    }
+}
+
+/// One scan per tablet, all at one snapshot (see [`Table::scan_tablets`]).
+pub struct TabletScans {
+    /// Schema of every scan's batches.
+    pub schema: SchemaRef,
+    /// The snapshot all of them read.
+    pub snapshot: Timestamp,
+    /// The scans, one per tablet not pruned.
+    pub scans: Vec<TabletScan>,
+    /// Keeps the tablets (and their files) alive while the scans run.
+    pins: Vec<Arc<TabletHandle>>,
+}
+
+impl std::fmt::Debug for TabletScans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TabletScans")
+            .field("snapshot", &self.snapshot)
+            .field("tablets", &self.scans.len())
+            .finish()
+    }
+}
+
+/// A running scan over a table's tablets: an iterator of batches, all read at
+/// [`TableScan::snapshot`], in no particular order. Dropping it stops the work.
+pub struct TableScan {
+    schema: SchemaRef,
+    snapshot: Timestamp,
+    tablets: usize,
+    remaining: Option<usize>,
+    source: ScanSource,
+}
+
+enum ScanSource {
+    /// Zero or one tablet: read on the caller's thread.
+    Inline {
+        scan: Option<TabletScan>,
+        _pins: Vec<Arc<TabletHandle>>,
+    },
+    /// Several tablets: worker threads feed a bounded channel.
+    Parallel {
+        rx: Option<Receiver<Result<RecordBatch>>>,
+        workers: Vec<JoinHandle<()>>,
+    },
+}
+
+impl TableScan {
+    fn start(parts: TabletScans, limit: Option<usize>, threads: usize) -> TableScan {
+        let TabletScans {
+            schema,
+            snapshot,
+            scans,
+            pins,
+        } = parts;
+        let tablets = scans.len();
+        let source = if tablets <= 1 {
+            ScanSource::Inline {
+                scan: scans.into_iter().next(),
+                _pins: pins,
+            }
+        } else {
+            let workers_n = threads.min(tablets);
+            let (tx, rx) = sync_channel(workers_n * 2);
+            let queue = Arc::new(Mutex::new(VecDeque::from(scans)));
+            let pins = Arc::new(pins);
+            let workers = (0..workers_n)
+                .map(|_| {
+                    let tx = tx.clone();
+                    let queue = queue.clone();
+                    let pins = pins.clone();
+                    std::thread::Builder::new()
+                        .name("nyala-scan".into())
+                        .spawn(move || {
+                            let _pins = pins;
+                            loop {
+                                let Some(scan) = queue.lock().pop_front() else {
+                                    return;
+                                };
+                                for batch in scan {
+                                    let failed = batch.is_err();
+                                    if tx.send(batch).is_err() || failed {
+                                        return;
+                                    }
+                                }
+                            }
+                        })
+                        .expect("spawn a scan thread")
+                })
+                .collect();
+            ScanSource::Parallel {
+                rx: Some(rx),
+                workers,
+            }
+        };
+        TableScan {
+            schema,
+            snapshot,
+            tablets,
+            remaining: limit,
+            source,
+        }
+    }
+
+    /// Schema of the returned batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The snapshot every tablet is read at: pass it as [`ScanRequest::snapshot`] to read the
+    /// same state again.
+    pub fn snapshot(&self) -> Timestamp {
+        self.snapshot
+    }
+
+    /// Tablets this scan reads (the others were pruned by the predicates).
+    pub fn tablets_scanned(&self) -> usize {
+        self.tablets
+    }
+
+    fn stop(&mut self) {
+        if let ScanSource::Parallel { rx, workers } = &mut self.source {
+            // Disconnect: each worker stops at its next send.
+            drop(rx.take());
+            for w in workers.drain(..) {
+                let _ = w.join();
+            }
+        }
+        if let ScanSource::Inline { scan, .. } = &mut self.source {
+            scan.take();
+        }
+    }
+}
+
+impl Iterator for TableScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == Some(0) {
+            self.stop();
+            return None;
+        }
+        let next = match &mut self.source {
+            ScanSource::Inline { scan, .. } => scan.as_mut()?.next(),
+            ScanSource::Parallel { rx, .. } => rx.as_ref()?.recv().ok(),
+        };
+        match next {
+            None => {
+                self.stop();
+                None
+            }
+            Some(Err(e)) => {
+                self.stop();
+                Some(Err(e))
+            }
+            Some(Ok(batch)) => {
+                let batch = match &mut self.remaining {
+                    None => batch,
+                    Some(left) => {
+                        let take = batch.num_rows().min(*left);
+                        *left -= take;
+                        batch.slice(0, take)
+                    }
+                };
+                Some(Ok(batch))
+            }
+        }
+    }
+}
+
+impl Drop for TableScan {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl WriteOutcome {
+    /// Adds a tablet's outcome; `rows` maps its row indices back to the table's batch.
+    fn merge(&mut self, o: WriteOutcome, rows: Option<&[u32]>) {
+        self.timestamp = self.timestamp.max(o.timestamp);
+        self.applied += o.applied;
+        self.ignored += o.ignored;
+        self.errors.extend(o.errors.into_iter().map(|mut e| {
+            if let Some(rows) = rows {
+                e.row = rows[e.row] as usize;
+            }
+            e
+        }));
+    }
+}
