@@ -229,7 +229,11 @@ impl ValidatedBatch {
     pub fn take(&self, codec: &RowCodec, indices: &[u32]) -> Result<ValidatedBatch> {
         let idx = arrow::array::UInt32Array::from(indices.to_vec());
         let take = |a: &ArrayRef| arrow::compute::take(a, &idx, None);
-        let columns = self.columns.iter().map(take).collect::<Result<Vec<_>, _>>()?;
+        let columns = self
+            .columns
+            .iter()
+            .map(take)
+            .collect::<Result<Vec<_>, _>>()?;
         let original = arrow::compute::take_record_batch(&self.original, &idx)?;
         Ok(ValidatedBatch {
             original,

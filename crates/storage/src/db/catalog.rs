@@ -138,9 +138,7 @@ impl CatalogFiles {
         let _ = std::fs::remove_file(self.dir.join(CATALOG_TMP));
         let bytes = match std::fs::read(self.dir.join(CATALOG_FILE)) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(CatalogState::empty())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CatalogState::empty()),
             Err(e) => return Err(e.into()),
         };
         let state: CatalogState = serde_json::from_slice(&bytes)

@@ -244,7 +244,10 @@ impl Database {
         self.files.save(&next)?;
         let table = build_table(
             &meta,
-            handles.into_iter().map(PendingTablet::into_handle).collect(),
+            handles
+                .into_iter()
+                .map(PendingTablet::into_handle)
+                .collect(),
             &self.clock,
             &self.opts,
         )?;
@@ -312,7 +315,11 @@ impl Database {
         let layout = inner.layout.load_full();
         let (at, _) = layout.partitioner.insertion_point(bounds)?;
         let mut next = cat.clone();
-        let metas = allocate_tablets(&mut next, std::slice::from_ref(bounds), layout.partitioner.buckets);
+        let metas = allocate_tablets(
+            &mut next,
+            std::slice::from_ref(bounds),
+            layout.partitioner.buckets,
+        );
         let handles = self.create_tablets(&inner.schema, &metas)?;
         let meta = next.table_mut(name).expect("table exists");
         let range = meta.partitioning.range.as_mut().expect("range partitioned");
@@ -446,7 +453,11 @@ impl Drop for PendingTablet {
 }
 
 /// Gives the tablets of `ranges x buckets` fresh ids, in partition order.
-fn allocate_tablets(state: &mut CatalogState, ranges: &[RangeBounds], buckets: u32) -> Vec<TabletMeta> {
+fn allocate_tablets(
+    state: &mut CatalogState,
+    ranges: &[RangeBounds],
+    buckets: u32,
+) -> Vec<TabletMeta> {
     let mut out = Vec::with_capacity(ranges.len() * buckets as usize);
     for r in ranges {
         for b in 0..buckets {

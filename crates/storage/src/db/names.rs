@@ -114,7 +114,9 @@ fn split_identifiers(text: &str) -> Result<Vec<String>> {
                     break;
                 }
                 if c == '"' || c.is_whitespace() {
-                    return Err(bad("unexpected character; quote names with spaces or quotes"));
+                    return Err(bad(
+                        "unexpected character; quote names with spaces or quotes",
+                    ));
                 }
                 part.extend(c.to_lowercase());
                 chars.next();

@@ -171,7 +171,9 @@ pub(crate) struct RangeColumn {
 impl RangeColumn {
     fn encode_value(&self, v: &Value, what: &str) -> Result<Vec<u8>> {
         if v.is_null() {
-            return Err(invalid(format!("{what} of a range partition cannot be NULL")));
+            return Err(invalid(format!(
+                "{what} of a range partition cannot be NULL"
+            )));
         }
         let a = Value::to_array(&self.name, self.data_type, std::slice::from_ref(v))?;
         Ok(self.conv.convert_columns(&[a])?.row(0).as_ref().to_vec())
@@ -239,7 +241,9 @@ impl Partitioner {
         let mut buckets = 1;
         if let Some(h) = &spec.hash {
             if h.columns.is_empty() {
-                return Err(invalid("HASH partitioning needs at least one column".into()));
+                return Err(invalid(
+                    "HASH partitioning needs at least one column".into(),
+                ));
             }
             if h.partitions == 0 || h.partitions > MAX_BUCKETS {
                 return Err(invalid(format!(
@@ -446,10 +450,13 @@ impl Partitioner {
                     }
                     let v = rc.encode_value(value, "a predicate constant")?;
                     let lower_ok = |strict: bool| {
-                        range
-                            .lower
-                            .as_deref()
-                            .is_none_or(|l| if strict { l < &v[..] } else { l <= &v[..] })
+                        range.lower.as_deref().is_none_or(|l| {
+                            if strict {
+                                l < &v[..]
+                            } else {
+                                l <= &v[..]
+                            }
+                        })
                     };
                     let upper_ok = || range.upper.as_deref().is_none_or(|u| &v[..] < u);
                     match op {

@@ -156,6 +156,28 @@ impl Table {
         self.inner.layout.load().tablets.len()
     }
 
+    /// Flushes every tablet's write buffer to segments (tablets in parallel).
+    pub fn flush(&self) -> Result<()> {
+        self.check_live()?;
+        let layout = self.inner.layout.load_full();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = layout
+                .tablets
+                .iter()
+                .map(|h| s.spawn(move || h.tablet().flush()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StorageError::Corrupt("a tablet flush panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+
     fn check_live(&self) -> Result<()> {
         if self.inner.dropped.load(Ordering::Acquire) {
             return Err(StorageError::UndefinedTable(format!(
@@ -317,7 +339,11 @@ impl Table {
             if v.is_null() {
                 return Ok(None);
             }
-            columns[i] = Some(Value::to_array(&c.name, c.data_type, std::slice::from_ref(v))?);
+            columns[i] = Some(Value::to_array(
+                &c.name,
+                c.data_type,
+                std::slice::from_ref(v),
+            )?);
         }
         let filler = columns[idx[0]].clone().expect("key column set");
         let columns: Vec<ArrayRef> = columns
@@ -336,13 +362,17 @@ impl Table {
             None => {
                 // A NULL key or a key outside every range holds no row; still report mistyped
                 // values as the tablet would.
-                self.inner.codec.encode_key_values(key).map(|_| None).or_else(|e| {
-                    if key.iter().any(Value::is_null) {
-                        Ok(None)
-                    } else {
-                        Err(e.into())
-                    }
-                })
+                self.inner
+                    .codec
+                    .encode_key_values(key)
+                    .map(|_| None)
+                    .or_else(|e| {
+                        if key.iter().any(Value::is_null) {
+                            Ok(None)
+                        } else {
+                            Err(e.into())
+                        }
+                    })
             }
             Some(t) => layout.tablets[t].tablet().get(key),
         }
@@ -412,6 +442,10 @@ impl Table {
             schema: out_schema,
             snapshot,
             scans,
+            tablet_ids: chosen
+                .iter()
+                .map(|&t| layout.tablets[t as usize].id)
+                .collect(),
             pins,
         })
     }
@@ -425,6 +459,8 @@ pub struct TabletScans {
     pub snapshot: Timestamp,
     /// The scans, one per tablet not pruned.
     pub scans: Vec<TabletScan>,
+    /// The id of each scan's tablet (as [`TableInfo::tablets`] lists them).
+    pub tablet_ids: Vec<u64>,
     /// Keeps the tablets (and their files) alive while the scans run.
     pins: Vec<Arc<TabletHandle>>,
 }
@@ -451,7 +487,7 @@ pub struct TableScan {
 enum ScanSource {
     /// Zero or one tablet: read on the caller's thread.
     Inline {
-        scan: Option<TabletScan>,
+        scan: Option<Box<TabletScan>>,
         _pins: Vec<Arc<TabletHandle>>,
     },
     /// Several tablets: worker threads feed a bounded channel.
@@ -461,6 +497,15 @@ enum ScanSource {
     },
 }
 
+impl std::fmt::Debug for TableScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableScan")
+            .field("snapshot", &self.snapshot)
+            .field("tablets", &self.tablets)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TableScan {
     fn start(parts: TabletScans, limit: Option<usize>, threads: usize) -> TableScan {
         let TabletScans {
@@ -468,11 +513,12 @@ impl TableScan {
             snapshot,
             scans,
             pins,
+            ..
         } = parts;
         let tablets = scans.len();
         let source = if tablets <= 1 {
             ScanSource::Inline {
-                scan: scans.into_iter().next(),
+                scan: scans.into_iter().next().map(Box::new),
                 _pins: pins,
             }
         } else {
