@@ -5,18 +5,12 @@
 //! loading, flushing and scanning 10M rows, on-disk size and resident memory.
 //! `NYALA_BENCH_ROWS` changes the 10M.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    ArrayRef, Float32Array, Int16Array, Int32Array, RecordBatch, TimestampMicrosecondArray,
-};
 use arrow::compute::concat_batches;
-use arrow_schema::{Field, Schema as ArrowSchema};
 use criterion::{BatchSize, Criterion, Throughput};
 use nyala_storage::{
-    ColumnSchema, DataType, ScanRequest, Schema, SegmentCompression, Tablet, TabletOptions, Value,
-    WriteBatch, WriteOp,
+    ScanRequest, SegmentCompression, Tablet, TabletOptions, Value, WriteBatch, WriteOp,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,87 +19,8 @@ use rand::{Rng, SeedableRng};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const POINTS: i32 = 1000;
-const LANES: i16 = 2;
-/// 2023-01-01T00:00:00Z in microseconds.
-const T0: i64 = 1_672_531_200_000_000;
-const MINUTE: i64 = 60_000_000;
-
-fn traffic_schema() -> Schema {
-    let mut cols = vec![
-        ColumnSchema::not_null("uid", DataType::Int32),
-        ColumnSchema::not_null("lane", DataType::Int16),
-        ColumnSchema::not_null("ts", DataType::Timestamp),
-        ColumnSchema::nullable("valid", DataType::Int16),
-    ];
-    for c in 1..=5 {
-        cols.push(ColumnSchema::nullable(
-            format!("count_c{c}"),
-            DataType::Int32,
-        ));
-    }
-    for c in 1..=5 {
-        cols.push(ColumnSchema::nullable(
-            format!("speed_c{c}"),
-            DataType::Float32,
-        ));
-    }
-    Schema::new(cols, &["uid", "lane", "ts"]).unwrap()
-}
-
-/// Readings for rows `start..start+n` in ingestion order: minute by minute, every point and
-/// lane. Row r is (minute r / (POINTS*LANES), point, lane).
-fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordBatch {
-    let mut rng = StdRng::seed_from_u64(seed ^ start);
-    let per_minute = (POINTS as u64) * (LANES as u64);
-    let (mut uid, mut lane, mut ts, mut valid) = (vec![], vec![], vec![], vec![]);
-    let mut counts: Vec<Vec<Option<i32>>> = vec![vec![]; 5];
-    let mut speeds: Vec<Vec<Option<f32>>> = vec![vec![]; 5];
-    for r in start..start + n as u64 {
-        let minute = (r / per_minute) as i64;
-        let within = r % per_minute;
-        uid.push((within / LANES as u64) as i32);
-        lane.push((within % LANES as u64) as i16);
-        ts.push(T0 + minute * MINUTE);
-        valid.push(if rng.random_ratio(98, 100) { 1i16 } else { 0 });
-        for c in 0..5 {
-            let count = if c < 2 {
-                rng.random_range(0..25)
-            } else {
-                rng.random_range(0..4)
-            };
-            counts[c].push(Some(count));
-            speeds[c].push(if count == 0 {
-                None
-            } else {
-                Some((rng.random_range(300..1300) as f32) / 10.0)
-            });
-        }
-    }
-    let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from(uid)),
-        Arc::new(Int16Array::from(lane)),
-        Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
-        Arc::new(Int16Array::from(valid)),
-    ];
-    arrays.extend(
-        counts
-            .into_iter()
-            .map(|c| Arc::new(Int32Array::from(c)) as ArrayRef),
-    );
-    arrays.extend(
-        speeds
-            .into_iter()
-            .map(|c| Arc::new(Float32Array::from(c)) as ArrayRef),
-    );
-    let fields: Vec<Field> = schema
-        .arrow_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays).unwrap()
-}
+mod traffic;
+use traffic::*;
 
 fn opts() -> TabletOptions {
     let compression = match std::env::var("NYALA_BENCH_COMPRESSION").as_deref() {
