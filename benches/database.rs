@@ -47,7 +47,7 @@ fn ingest(t: &Table, n: u64, batch: usize, clients: u64) -> Duration {
         .map(|&b| {
             let start = b * batch as u64;
             let len = (batch as u64).min(n - start) as usize;
-            WriteBatch::uniform(WriteOp::Upsert, traffic_rows(t.schema(), start, len, 1))
+            WriteBatch::uniform(WriteOp::Upsert, traffic_rows(&t.schema(), start, len, 1))
         })
         .collect();
     let start = Instant::now();
@@ -117,7 +117,7 @@ fn main() {
                 let mut w = 0;
                 while w < len {
                     let l = 10_000.min(len - w) as usize;
-                    let b = traffic_rows(t.schema(), r + w, l, 1);
+                    let b = traffic_rows(&t.schema(), r + w, l, 1);
                     t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
                     w += l as u64;
                 }

@@ -59,7 +59,7 @@ fn upsert_all(t: &Tablet, start: u64, rows: u64) {
     let mut w = 0;
     while w < rows {
         let l = 10_000.min(rows - w) as usize;
-        let b = traffic_rows(t.schema(), start + w, l, 1);
+        let b = traffic_rows(&t.schema(), start + w, l, 1);
         t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
         w += l as u64;
     }
@@ -102,7 +102,7 @@ fn bench_upserts(c: &mut Criterion) {
         g.bench_function("all_new", |b| {
             b.iter_batched(
                 || {
-                    let batch = traffic_rows(t.schema(), next, 1000, 2);
+                    let batch = traffic_rows(&t.schema(), next, 1000, 2);
                     next += 1000;
                     WriteBatch::uniform(WriteOp::Upsert, batch)
                 },
@@ -121,8 +121,8 @@ fn bench_upserts(c: &mut Criterion) {
         g.bench_function("half_flushed", |b| {
             b.iter_batched(
                 || {
-                    let old = traffic_rows(t.schema(), rng.random_range(0..flushed - 500), 500, 3);
-                    let new = traffic_rows(t.schema(), next, 500, 3);
+                    let old = traffic_rows(&t.schema(), rng.random_range(0..flushed - 500), 500, 3);
+                    let new = traffic_rows(&t.schema(), next, 500, 3);
                     next += 500;
                     let batch = concat_batches(old.schema_ref(), [&old, &new]).unwrap();
                     WriteBatch::uniform(WriteOp::Upsert, batch)

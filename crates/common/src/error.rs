@@ -62,6 +62,22 @@ pub enum SchemaError {
     /// A column name that the schema does not have.
     #[error("column \"{0}\" does not exist")]
     UnknownColumn(String),
+    /// A default value does not suit its column.
+    #[error("invalid default for column \"{column}\": {reason}")]
+    InvalidDefault {
+        /// The column.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An attempt to drop, rename or retype a primary key column.
+    #[error("column \"{column}\" is part of the primary key and cannot be {change}")]
+    KeyColumnChange {
+        /// The column.
+        column: String,
+        /// What was attempted ("dropped", "renamed").
+        change: String,
+    },
     /// Arrow rejected an encoding or decoding step; indicates a bug or corrupt input.
     #[error("arrow: {0}")]
     Arrow(String),

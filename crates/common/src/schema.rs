@@ -6,13 +6,13 @@ use std::sync::Arc;
 use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::{DataType, SchemaError};
+use crate::{DataType, SchemaError, Value};
 
 /// Longest column name accepted, in bytes (PostgreSQL allows 63; we are a little more generous).
 pub const MAX_NAME_LEN: usize = 128;
 
 /// One column of a table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnSchema {
     /// The column's name, unique within its table.
     pub name: String,
@@ -20,6 +20,14 @@ pub struct ColumnSchema {
     pub data_type: DataType,
     /// Whether the column may hold NULL (never true for key columns).
     pub nullable: bool,
+    /// Stable identity, assigned by [`Schema`]: segments name their columns by id, so a rename
+    /// changes nothing on disk and a dropped column's data is never mistaken for a new one's.
+    #[serde(default)]
+    pub id: u32,
+    /// Value of the column in rows written before it was added, and in inserted rows that
+    /// leave it out (`None`: NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
 }
 
 impl ColumnSchema {
@@ -29,6 +37,8 @@ impl ColumnSchema {
             name: name.into(),
             data_type,
             nullable: true,
+            id: 0,
+            default: None,
         }
     }
 
@@ -38,24 +48,42 @@ impl ColumnSchema {
             name: name.into(),
             data_type,
             nullable: false,
+            id: 0,
+            default: None,
         }
+    }
+
+    /// The same column with a default value.
+    pub fn with_default(mut self, value: Value) -> Self {
+        self.default = Some(value);
+        self
     }
 }
 
 /// The on-disk form of a schema (what [`Schema`] is built from and saved as).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SchemaDef {
     /// Columns in table order.
     pub columns: Vec<ColumnSchema>,
     /// Names of the primary key columns, in key order.
     pub primary_key: Vec<String>,
+    /// The id the next added column gets (ids are never reused).
+    #[serde(default)]
+    pub next_column_id: u32,
+    /// Bumped by every change (add, drop, rename column), so holders of a schema can tell
+    /// whether theirs is still current.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A validated table schema.
 ///
 /// Invariants (checked by [`Schema::new`], relied on everywhere else): at least one column,
-/// unique non-empty names, a non-empty primary key of distinct existing columns, and every key
-/// column is `NOT NULL` and of a type that [`DataType::can_be_key`].
+/// unique non-empty names, a non-empty primary key of distinct existing columns, every key
+/// column is `NOT NULL`, of a type that [`DataType::can_be_key`] and without a default;
+/// defaults have the column's type (and are not NULL for `NOT NULL` columns); column ids
+/// increase strictly in table order and stay below `next_column_id` (columns are only ever
+/// appended, so table order is id order).
 #[derive(Clone, Debug)]
 pub struct Schema {
     def: SchemaDef,
@@ -72,17 +100,54 @@ impl PartialEq for Schema {
 impl Schema {
     /// Builds and validates a schema. Key columns given as nullable are an error rather than
     /// silently made `NOT NULL`, so that a client's mistake is visible.
-    pub fn new(columns: Vec<ColumnSchema>, primary_key: &[&str]) -> Result<Self, SchemaError> {
+    /// Column ids are assigned here (0, 1, ...), whatever the given columns say.
+    pub fn new(mut columns: Vec<ColumnSchema>, primary_key: &[&str]) -> Result<Self, SchemaError> {
+        for (i, c) in columns.iter_mut().enumerate() {
+            c.id = i as u32;
+        }
         Self::from_def(SchemaDef {
+            next_column_id: columns.len() as u32,
             columns,
             primary_key: primary_key.iter().map(|s| s.to_string()).collect(),
+            version: 0,
         })
     }
 
     /// Validates a schema definition (e.g. one read back from disk).
-    pub fn from_def(def: SchemaDef) -> Result<Self, SchemaError> {
+    pub fn from_def(mut def: SchemaDef) -> Result<Self, SchemaError> {
         if def.columns.is_empty() {
             return Err(SchemaError::NoColumns);
+        }
+        if def.next_column_id == 0 {
+            // Written before columns had ids: their positions are their ids.
+            for (i, c) in def.columns.iter_mut().enumerate() {
+                c.id = i as u32;
+            }
+            def.next_column_id = def.columns.len() as u32;
+        }
+        let mut last_id = None;
+        for c in &def.columns {
+            if last_id.is_some_and(|l| c.id <= l) || c.id >= def.next_column_id {
+                return Err(SchemaError::Arrow(format!(
+                    "column ids must increase in table order (column \"{}\")",
+                    c.name
+                )));
+            }
+            last_id = Some(c.id);
+            if let Some(d) = &c.default {
+                if d.is_null() && !c.nullable {
+                    return Err(SchemaError::InvalidDefault {
+                        column: c.name.clone(),
+                        reason: "NULL is not allowed in a NOT NULL column".into(),
+                    });
+                }
+                Value::to_array(&c.name, c.data_type, std::slice::from_ref(d)).map_err(|e| {
+                    SchemaError::InvalidDefault {
+                        column: c.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
         }
         let mut seen = HashSet::new();
         for c in &def.columns {
@@ -117,6 +182,12 @@ impl Schema {
                 return Err(SchemaError::InvalidKeyType {
                     column: name.clone(),
                     data_type: col.data_type.to_string(),
+                });
+            }
+            if col.default.is_some() {
+                return Err(SchemaError::InvalidDefault {
+                    column: name.clone(),
+                    reason: "primary key columns have no default".into(),
                 });
             }
             key.push(idx);
@@ -172,6 +243,70 @@ impl Schema {
     /// The Arrow schema of a full row, as scans return it.
     pub fn arrow_schema(&self) -> &SchemaRef {
         &self.arrow
+    }
+
+    /// The schema's version: bumped by every change.
+    pub fn version(&self) -> u64 {
+        self.def.version
+    }
+
+    /// Position of the column with id `id`, if the schema still has it.
+    pub fn index_of_id(&self, id: u32) -> Option<usize> {
+        self.def.columns.binary_search_by_key(&id, |c| c.id).ok()
+    }
+
+    fn changed(&self, f: impl FnOnce(&mut SchemaDef)) -> Result<Schema, SchemaError> {
+        let mut def = self.def.clone();
+        f(&mut def);
+        def.version += 1;
+        Schema::from_def(def)
+    }
+
+    fn non_key_column(&self, name: &str, what: &str) -> Result<usize, SchemaError> {
+        let idx = self.index_of(name)?;
+        if self.is_key(idx) {
+            return Err(SchemaError::KeyColumnChange {
+                column: name.to_string(),
+                change: what.to_string(),
+            });
+        }
+        Ok(idx)
+    }
+
+    /// This schema with `column` appended (`ALTER TABLE ADD COLUMN`). A `NOT NULL` column needs
+    /// a default, which rows written before the change then read as.
+    pub fn add_column(&self, mut column: ColumnSchema) -> Result<Schema, SchemaError> {
+        if self.index_of(&column.name).is_ok() {
+            return Err(SchemaError::DuplicateColumn(column.name));
+        }
+        if !column.nullable && column.default.is_none() {
+            return Err(SchemaError::InvalidDefault {
+                column: column.name,
+                reason: "a NOT NULL column added to a table needs a default".into(),
+            });
+        }
+        column.id = self.def.next_column_id;
+        self.changed(|d| {
+            d.next_column_id += 1;
+            d.columns.push(column);
+        })
+    }
+
+    /// This schema without non-key column `name` (`ALTER TABLE DROP COLUMN`).
+    pub fn drop_column(&self, name: &str) -> Result<Schema, SchemaError> {
+        let idx = self.non_key_column(name, "dropped")?;
+        self.changed(|d| {
+            d.columns.remove(idx);
+        })
+    }
+
+    /// This schema with non-key column `from` renamed to `to` (`ALTER TABLE RENAME COLUMN`).
+    pub fn rename_column(&self, from: &str, to: &str) -> Result<Schema, SchemaError> {
+        let idx = self.non_key_column(from, "renamed")?;
+        if self.index_of(to).is_ok() {
+            return Err(SchemaError::DuplicateColumn(to.to_string()));
+        }
+        self.changed(|d| d.columns[idx].name = to.to_string())
     }
 }
 

@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             vec![Value::Int32(7), ts, Value::Float32(speed)],
         );
     }
-    let outcome = tablet.write(&batch.build(tablet.schema())?)?;
+    let outcome = tablet.write(&batch.build(&tablet.schema())?)?;
     println!(
         "applied {} rows at timestamp {}",
         outcome.applied, outcome.timestamp

@@ -40,7 +40,7 @@ pub mod write;
 pub use clock::Timestamp;
 pub use db::names::TableName;
 pub use db::partition::{PartitionSpec, RangeBounds};
-pub use db::{Database, DatabaseOptions, IfExists, Table, TableInfo, TableScan};
+pub use db::{Database, DatabaseOptions, IfExists, SchemaChange, Table, TableInfo, TableScan};
 pub use error::{Result, StorageError};
 pub use options::{Durability, SegmentCompression, TabletOptions};
 pub use predicate::{CmpOp, Predicate};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::row::Rows;
 
-use nyala_common::{RowCodec, Value};
+use nyala_common::Value;
 
 use crate::clock::Timestamp;
 use crate::error::{Result, StorageError};
@@ -24,15 +24,16 @@ enum Location {
 }
 
 /// Finds keys in a tablet's buffer and segments, and applies batches.
+///
+/// Rows are encoded with the codec of the [`Version`] they are applied to or read from: a
+/// schema change installs a new version with an empty buffer (see `Tablet::alter_schema`).
 pub(crate) struct Resolver {
-    pub codec: Arc<RowCodec>,
     key_blocks: KeyBlockCache,
 }
 
 impl Resolver {
-    pub fn new(codec: Arc<RowCodec>, key_cache_bytes: u64) -> Self {
+    pub fn new(key_cache_bytes: u64) -> Self {
         Resolver {
-            codec,
             key_blocks: new_key_block_cache(key_cache_bytes),
         }
     }
@@ -60,9 +61,7 @@ impl Resolver {
             .rev()
             .filter(|s| s.meta.may_hold(key_columns, i))
         {
-            if let Some(row) =
-                seg.find_visible(&self.codec, &self.key_blocks, key, Timestamp::MAX)?
-            {
+            if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, key, Timestamp::MAX)? {
                 return Ok(Location::Segment(seg.clone(), row));
             }
         }
@@ -77,17 +76,18 @@ impl Resolver {
         snapshot: Timestamp,
     ) -> Result<Option<RecordBatch>> {
         match v.memtable.get(key, snapshot) {
-            MemLookup::Live(row) => return Ok(Some(self.codec.decode_rows([row.as_slice()])?)),
+            MemLookup::Live(row) => return Ok(Some(v.codec.decode_rows([row.as_slice()])?)),
             MemLookup::Deleted => return Ok(None),
             MemLookup::Unknown => {}
         }
-        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
+        let schema = v.codec.schema();
+        let all: Vec<usize> = (0..schema.len()).collect();
         for seg in v.segments.iter().rev() {
-            if let Some(row) = seg.find_visible(&self.codec, &self.key_blocks, key, snapshot)? {
+            if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, key, snapshot)? {
                 let r = row as u64;
                 return Ok(Some(
-                    seg.read_range(r..r + 1, &all)?
-                        .with_schema(self.codec.schema().arrow_schema().clone())?,
+                    seg.read_range(schema, r..r + 1, &all)?
+                        .with_schema(schema.arrow_schema().clone())?,
                 ));
             }
         }
@@ -95,7 +95,13 @@ impl Resolver {
     }
 
     /// The new encoded row for row `i`: as given, or merged over `old` for partial batches.
-    fn new_row(&self, b: &ValidatedBatch, i: usize, old: Option<RecordBatch>) -> Result<Box<[u8]>> {
+    fn new_row(
+        &self,
+        v: &Version,
+        b: &ValidatedBatch,
+        i: usize,
+        old: Option<RecordBatch>,
+    ) -> Result<Box<[u8]>> {
         let old = match old {
             Some(old) if !b.is_full_width() => old,
             _ => return Ok(b.rows.row(i).as_ref().into()),
@@ -109,19 +115,27 @@ impl Resolver {
                 }
             })
             .collect();
-        Ok(self.codec.encode_rows(&cols)?.row(0).as_ref().into())
+        Ok(v.codec.encode_rows(&cols)?.row(0).as_ref().into())
     }
 
-    fn old_row(&self, entry: &KeyEntry<'_>, loc: &Location) -> Result<Option<RecordBatch>> {
-        let all: Vec<usize> = (0..self.codec.schema().len()).collect();
+    fn old_row(
+        &self,
+        v: &Version,
+        entry: &KeyEntry<'_>,
+        loc: &Location,
+    ) -> Result<Option<RecordBatch>> {
+        let schema = v.codec.schema();
+        let all: Vec<usize> = (0..schema.len()).collect();
         Ok(match loc {
             Location::Buffer => {
                 let row = entry.row().ok_or_else(|| {
                     StorageError::Corrupt("buffer row vanished under the writer".into())
                 })?;
-                Some(self.codec.decode_rows([row])?)
+                Some(v.codec.decode_rows([row])?)
             }
-            Location::Segment(seg, r) => Some(seg.read_range(*r as u64..*r as u64 + 1, &all)?),
+            Location::Segment(seg, r) => {
+                Some(seg.read_range(schema, *r as u64..*r as u64 + 1, &all)?)
+            }
             Location::Absent => None,
         })
     }
@@ -136,12 +150,12 @@ impl Resolver {
         let key_columns = if v.segments.is_empty() {
             vec![]
         } else {
-            self.codec
+            v.codec
                 .schema()
                 .key_indices()
                 .iter()
                 .enumerate()
-                .map(|(k, &c)| self.codec.encode_key_column(k, &b.columns[c]))
+                .map(|(k, &c)| v.codec.encode_key_column(k, &b.columns[c]))
                 .collect::<std::result::Result<Vec<_>, _>>()?
         };
         let guard = scc::Guard::new();
@@ -160,7 +174,7 @@ impl Resolver {
                 RowError {
                     row: i,
                     kind,
-                    message: format!("{what}: {}", self.describe_key(b, i)),
+                    message: format!("{what}: {}", self.describe_key(v, b, i)),
                 }
             };
             match (op, exists) {
@@ -171,16 +185,16 @@ impl Resolver {
                 (WriteOp::InsertIgnore, true)
                 | (WriteOp::UpdateIgnore | WriteOp::DeleteIgnore, false) => out.ignored += 1,
                 (WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert, false) => {
-                    entry.push(ts, Some(self.new_row(b, i, None)?));
+                    entry.push(ts, Some(self.new_row(v, b, i, None)?));
                     out.applied += 1;
                 }
                 (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
                     let old = if full {
                         None
                     } else {
-                        self.old_row(&entry, &loc)?
+                        self.old_row(v, &entry, &loc)?
                     };
-                    let row = self.new_row(b, i, old)?;
+                    let row = self.new_row(v, b, i, old)?;
                     if let Location::Segment(seg, r) = &loc {
                         seg.dv.delete(*r, ts);
                     }
@@ -199,8 +213,8 @@ impl Resolver {
         Ok(out)
     }
 
-    fn describe_key(&self, b: &ValidatedBatch, i: usize) -> String {
-        let schema = self.codec.schema();
+    fn describe_key(&self, v: &Version, b: &ValidatedBatch, i: usize) -> String {
+        let schema = v.codec.schema();
         let names: Vec<&str> = schema
             .key_indices()
             .iter()

@@ -85,12 +85,13 @@ impl std::fmt::Debug for TabletScan {
 
 impl TabletScan {
     pub(crate) fn new(
-        codec: &Arc<RowCodec>,
         version: Arc<Version>,
         snapshot: Timestamp,
         req: &ScanRequest,
         lookup: impl FnOnce(&Version, &[u8], Timestamp) -> Result<Option<RecordBatch>>,
     ) -> Result<TabletScan> {
+        // The version's codec: the schema its buffer was written with.
+        let codec = &version.codec.clone();
         let schema = codec.schema();
         let output: Vec<usize> = match &req.projection {
             None => (0..schema.len()).collect(),
@@ -284,6 +285,7 @@ impl TabletScan {
                         self.segments_read += 1;
                     }
                     match seg.scan(
+                        self.codec.schema(),
                         &proj,
                         &self.preds,
                         &self.range,

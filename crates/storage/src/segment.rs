@@ -62,6 +62,11 @@ pub(crate) struct SegmentMeta {
     /// ranges of time-ordered segments all overlap; these bounds still tell them apart.
     #[serde(default)]
     pub key_bounds: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Ids of the table columns stored, in file order (the timestamp column follows them).
+    /// A segment keeps the columns the table had when it was written: readers map by id, and
+    /// fill columns added since with their default (see `Segment::plan`).
+    #[serde(default)]
+    pub column_ids: Vec<u32>,
 }
 
 impl SegmentMeta {
@@ -160,6 +165,40 @@ pub(crate) struct Segment {
     data: SegmentData,
 }
 
+/// Where each column a reader asks for comes from in one segment.
+struct ColumnPlan {
+    /// Segment columns to read (ascending).
+    file: Vec<usize>,
+    /// Per requested column: its position in the read batch, or the column to fill it with.
+    out: Vec<Result<usize, nyala_common::ColumnSchema>>,
+    /// Schema of the result (the reader's names).
+    target: SchemaRef,
+}
+
+impl ColumnPlan {
+    /// The batch of requested columns from a batch of the `file` columns.
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let cols = self
+            .out
+            .iter()
+            .map(|o| match o {
+                Ok(pos) => Ok(batch.column(*pos).clone()),
+                Err(col) => match &col.default {
+                    Some(d) => crate::write::column_of(col, d, n),
+                    None => Ok(arrow::array::new_null_array(&col.data_type.to_arrow(), n)),
+                },
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
+        Ok(RecordBatch::try_new_with_options(
+            self.target.clone(),
+            cols,
+            &opts,
+        )?)
+    }
+}
+
 /// The Arrow schema of a segment: the table's columns, then the timestamp column.
 pub(crate) fn segment_schema(table: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = table.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -231,6 +270,7 @@ impl Segment {
             max_ts: max_ts as u64,
             file_bytes: 0,
             key_bounds: key_bounds(codec, &table)?,
+            column_ids: codec.schema().columns().iter().map(|c| c.id).collect(),
         };
         let dv = Arc::new(DeleteVector::from_persisted(deletions, 0));
         Ok(Some(Segment {
@@ -383,7 +423,8 @@ impl Segment {
         let mut proj: Vec<usize> = key_cols.to_vec();
         proj.sort_unstable();
         proj.push(codec.schema().len());
-        let batch = self.read_range(d.index.block_rows(b), &proj)?;
+        let plan = self.plan(codec.schema(), &proj);
+        let batch = plan.apply(self.read_file_range(d.index.block_rows(b), &plan.file)?)?;
         let cols: Vec<ArrayRef> = key_cols
             .iter()
             .map(|&c| batch.column(position_in(&proj, c)).clone())
@@ -419,9 +460,69 @@ impl Segment {
         Ok(None)
     }
 
-    /// Reads rows `rows` with the given columns (segment column indices, ascending; the
-    /// timestamp column is index `table columns`). Returns them in that column order.
-    pub fn read_range(&self, rows: Range<u64>, projection: &[usize]) -> Result<RecordBatch> {
+    /// Ids of the table columns this segment stores, in file order.
+    fn column_ids(&self) -> Vec<u32> {
+        if !self.meta.column_ids.is_empty() {
+            return self.meta.column_ids.clone();
+        }
+        // Written before segments recorded ids: columns were then never changed, so their
+        // positions are their ids.
+        let n = match &self.data {
+            SegmentData::Memory { batch, .. } => batch.num_columns(),
+            SegmentData::Disk(d) => d.reader_meta.schema().fields().len(),
+        };
+        (0..n as u32 - 1).collect()
+    }
+
+    /// Maps columns of a reader's `schema` (indices, ascending; `schema.len()` is the timestamp
+    /// column) to this segment's columns by id.
+    fn plan(&self, schema: &Schema, projection: &[usize]) -> ColumnPlan {
+        let ids = self.column_ids();
+        let mut file = Vec::with_capacity(projection.len());
+        let mut out = Vec::with_capacity(projection.len());
+        let mut fields: Vec<Field> = Vec::with_capacity(projection.len());
+        for &p in projection {
+            let found = if p == schema.len() {
+                fields.push(Field::new(TS_COLUMN, ArrowType::Int64, false));
+                Some(ids.len())
+            } else {
+                let col = &schema.columns()[p];
+                fields.push(schema.arrow_schema().field(p).clone());
+                match ids.binary_search(&col.id) {
+                    Ok(f) => Some(f),
+                    Err(_) => {
+                        out.push(Err(col.clone()));
+                        None
+                    }
+                }
+            };
+            if let Some(f) = found {
+                // Ids ascend in table order and in file order alike, so `file` stays sorted.
+                debug_assert!(file.last().is_none_or(|&l| l < f));
+                out.push(Ok(file.len()));
+                file.push(f);
+            }
+        }
+        ColumnPlan {
+            file,
+            out,
+            target: Arc::new(ArrowSchema::new(fields)),
+        }
+    }
+
+    /// Reads rows `rows` with the given columns of a reader's `schema` (indices, ascending;
+    /// the timestamp column is index `schema.len()`). Returns them in that column order.
+    pub fn read_range(
+        &self,
+        schema: &Schema,
+        rows: Range<u64>,
+        projection: &[usize],
+    ) -> Result<RecordBatch> {
+        let plan = self.plan(schema, projection);
+        plan.apply(self.read_file_range(rows, &plan.file)?)
+    }
+
+    fn read_file_range(&self, rows: Range<u64>, projection: &[usize]) -> Result<RecordBatch> {
         match &self.data {
             SegmentData::Memory { batch, .. } => Ok(batch
                 .slice(rows.start as usize, (rows.end - rows.start) as usize)
@@ -456,6 +557,7 @@ impl Segment {
     /// caller when `meta.max_ts > snapshot` (it must then project the timestamp column).
     pub fn scan(
         &self,
+        schema: &Schema,
         projection: &[usize],
         preds: &[BoundPredicate],
         range: &KeyRange,
@@ -465,6 +567,29 @@ impl Segment {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
             return Ok(Box::new(std::iter::empty()));
         }
+        let plan = Arc::new(self.plan(schema, projection));
+        let ids = self.column_ids();
+        // Predicates on columns this segment lacks cannot prune it by statistics.
+        let file_preds: Vec<(usize, &BoundPredicate)> = preds
+            .iter()
+            .filter_map(|p| {
+                ids.binary_search(&schema.columns()[p.column].id)
+                    .ok()
+                    .map(|f| (f, p))
+            })
+            .collect();
+        let inner = self.scan_file(&plan.file, &file_preds, range, snapshot, batch_size)?;
+        Ok(Box::new(inner.map(move |b| b.and_then(|b| plan.apply(b)))))
+    }
+
+    fn scan_file(
+        &self,
+        projection: &[usize],
+        preds: &[(usize, &BoundPredicate)],
+        range: &KeyRange,
+        snapshot: Timestamp,
+        batch_size: usize,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
             SegmentData::Memory { batch, keys } => {
@@ -637,8 +762,9 @@ pub(crate) fn position_in(projection: &[usize], col: usize) -> usize {
         .expect("column is projected")
 }
 
-/// Row groups whose statistics do not rule out every predicate.
-fn row_groups_matching(d: &DiskSegment, preds: &[BoundPredicate]) -> Result<Vec<bool>> {
+/// Row groups whose statistics do not rule out every predicate (each with the segment column
+/// it tests).
+fn row_groups_matching(d: &DiskSegment, preds: &[(usize, &BoundPredicate)]) -> Result<Vec<bool>> {
     let md = d.reader_meta.metadata();
     let n = md.num_row_groups();
     let mut keep = vec![true; n];
@@ -647,8 +773,8 @@ fn row_groups_matching(d: &DiskSegment, preds: &[BoundPredicate]) -> Result<Vec<
     }
     let arrow_schema = d.reader_meta.schema();
     let pq_schema = d.reader_meta.parquet_schema();
-    for p in preds {
-        let field = arrow_schema.field(p.column);
+    for &(column, p) in preds {
+        let field = arrow_schema.field(column);
         if field.data_type().is_floating() {
             // Parquet leaves NaN out of float statistics, while comparisons order NaN above
             // every number: pruning on them could drop rows a predicate matches.

@@ -49,6 +49,9 @@ use crate::write::{
 /// mutated) when a flush freezes the buffer or installs a segment.
 #[derive(Debug)]
 pub(crate) struct Version {
+    /// The schema of this version; the buffer's rows are encoded with it. Segments may hold
+    /// older column sets and are read through it by column id.
+    pub codec: Arc<RowCodec>,
     pub memtable: Arc<MemTable>,
     /// Oldest first.
     pub segments: Vec<Arc<Segment>>,
@@ -220,10 +223,11 @@ impl Tablet {
             )?));
         }
         let version = Version {
+            codec,
             memtable: Arc::new(MemTable::default()),
             segments,
         };
-        let res = Resolver::new(codec, opts.key_cache_bytes);
+        let res = Resolver::new(opts.key_cache_bytes);
         // Replay the WAL after the checkpoint through the write path. Limits may have been
         // lowered since a record was accepted: replay must not refuse it.
         let relaxed = TabletOptions {
@@ -236,7 +240,7 @@ impl Tablet {
         let mut last = manifest.checkpoint_ts;
         let wal = Wal::open(&wal_dir(dir), manifest.checkpoint_ts, |rec| {
             let batch = decode_wal_record(&rec.payload)?;
-            let vb = validate(&res.codec, &relaxed, &batch)?;
+            let vb = validate(&version.codec, &relaxed, &batch)?;
             res.apply(&version, &vb, rec.ts)?;
             last = rec.ts;
             replayed += 1;
@@ -275,9 +279,9 @@ impl Tablet {
         Ok(Tablet { inner, flusher })
     }
 
-    /// The table schema this tablet stores.
-    pub fn schema(&self) -> &Schema {
-        self.inner.res.codec.schema()
+    /// The table schema this tablet stores (its current version).
+    pub fn schema(&self) -> Schema {
+        self.inner.version.load().codec.schema().clone()
     }
 
     /// The latest readable timestamp: a snapshot at it sees every acknowledged write.
@@ -297,12 +301,82 @@ impl Tablet {
     /// The first half of [`Tablet::write`]: checks a batch without writing anything, so that a
     /// table can check every tablet's part of a batch before applying any.
     pub(crate) fn validate(&self, batch: &WriteBatch) -> Result<ValidatedBatch> {
-        validate(&self.inner.res.codec, &self.inner.opts, batch)
+        validate(&self.inner.version.load().codec, &self.inner.opts, batch)
     }
 
     /// The second half of [`Tablet::write`].
     pub(crate) fn write_validated(&self, batch: ValidatedBatch) -> Result<WriteOutcome> {
         self.inner.write(batch)
+    }
+
+    /// Changes the schema to `new` (a later version of the current one with the same key:
+    /// columns added, dropped or renamed), without rewriting segments.
+    ///
+    /// Rows in the buffer are encoded with the old schema and the WAL holds batches checked
+    /// against it, so the change first flushes everything (most of it while writers carry on,
+    /// the rest under the writer lock), then persists the new schema together with a
+    /// checkpoint that covers every write: no WAL record older than the new schema is ever
+    /// replayed. Segments keep their columns; readers map them by column id.
+    pub(crate) fn alter_schema(&self, new: &Schema) -> Result<()> {
+        let inner = &self.inner;
+        inner.flush()?;
+        let _f = inner.flush_lock.lock();
+        let mut w = inner.writer.lock();
+        inner.check_poisoned()?;
+        let current = inner.version.load_full().codec.schema().clone();
+        if current == *new {
+            return Ok(());
+        }
+        let same_key = |s: &Schema| -> Vec<(u32, nyala_common::DataType)> {
+            s.key_indices()
+                .iter()
+                .map(|&k| (s.columns()[k].id, s.columns()[k].data_type))
+                .collect()
+        };
+        if new.version() <= current.version() || same_key(new) != same_key(&current) {
+            return Err(StorageError::InvalidInput(format!(
+                "schema version {} cannot replace version {} (it must be newer, with the same key)",
+                new.version(),
+                current.version()
+            )));
+        }
+        inner.freeze_locked(&mut w)?;
+        while let Some(p) = w.pending.first() {
+            let (seg_id, upto) = (p.segment, p.upto);
+            let written = match seg_id {
+                None => None,
+                Some(id) => {
+                    let v = inner.version.load_full();
+                    let mem = v.segments.iter().find(|s| s.meta.id == id).ok_or_else(|| {
+                        StorageError::Corrupt(format!("pending segment {id} vanished"))
+                    })?;
+                    Some(Arc::new(mem.write_to_disk(
+                        &inner.segment_dir,
+                        v.codec.schema(),
+                        &inner.opts,
+                    )?))
+                }
+            };
+            inner.install_locked(&mut w, written, upto)?;
+            inner.wal.remove_upto(upto)?;
+        }
+        let v = inner.version.load_full();
+        debug_assert!(v.memtable.is_empty() && v.segments.iter().all(|s| !s.is_in_memory()));
+        let manifest = Manifest {
+            format: Manifest::new(new.def().clone()).format,
+            schema: new.def().clone(),
+            next_segment_id: w.next_segment_id,
+            checkpoint_ts: w.checkpoint_ts,
+            history_horizon: inner.horizon.load(Ordering::Acquire),
+            segments: v.segments.iter().map(|s| s.meta.clone()).collect(),
+        };
+        inner.store.checkpoint(&manifest, &[])?;
+        inner.version.store(Arc::new(Version {
+            codec: Arc::new(RowCodec::new(new)?),
+            memtable: v.memtable.clone(),
+            segments: v.segments.clone(),
+        }));
+        Ok(())
     }
 
     /// Makes `ts` readable here: returns once every write with a timestamp `<= ts` is visible.
@@ -349,8 +423,8 @@ impl Tablet {
     /// The row with this primary key as of `snapshot`.
     pub fn get_at(&self, key: &[Value], snapshot: Timestamp) -> Result<Option<Vec<Value>>> {
         self.inner.check_snapshot(snapshot)?;
-        let key = self.inner.res.codec.encode_key_values(key)?;
         let version = self.inner.version.load_full();
+        let key = version.codec.encode_key_values(key)?;
         // A freeze may have purged history past the snapshot since the first check.
         self.inner.check_snapshot(snapshot)?;
         match self.inner.res.lookup(&version, &key, snapshot)? {
@@ -377,7 +451,7 @@ impl Tablet {
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
         self.inner.check_snapshot(snapshot)?;
-        TabletScan::new(&self.inner.res.codec, version, snapshot, req, |v, k, s| {
+        TabletScan::new(version, snapshot, req, |v, k, s| {
             self.inner.res.lookup(v, k, s)
         })
     }
@@ -545,7 +619,7 @@ impl Inner {
             || v.segments.iter().any(|s| s.is_in_memory())
     }
 
-    fn write(&self, vb: ValidatedBatch) -> Result<WriteOutcome> {
+    fn write(&self, mut vb: ValidatedBatch) -> Result<WriteOutcome> {
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
                 timestamp: self.visible.load(Ordering::Acquire),
@@ -556,13 +630,19 @@ impl Inner {
         let outcome = {
             let _w = self.writer.lock();
             self.check_poisoned()?;
+            let version = self.version.load_full();
+            if vb.schema_version != version.codec.schema().version() {
+                // The schema changed since the batch was checked: check it again (it may name
+                // a column that is gone). Rare, so done under the lock.
+                let batch = WriteBatch::new(vb.original.clone(), vb.ops.clone())?;
+                vb = validate(&version.codec, &self.opts, &batch)?;
+            }
             let ts = self.clock.next();
             // A failed append is cut off again by the WAL; should even that fail, a torn record
             // would sit before later ones, so no further write may follow it.
             self.wal
                 .append(ts, &record)
                 .inspect_err(|e| self.poison(e))?;
-            let version = self.version.load_full();
             // A failure (or a bug's panic) halfway through leaves part of the batch applied in
             // memory: poison, so that neither a later write nor a flush builds on it.
             let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -638,7 +718,7 @@ impl Inner {
                     })?;
                     Some(Arc::new(mem.write_to_disk(
                         &self.segment_dir,
-                        self.res.codec.schema(),
+                        v.codec.schema(),
                         &self.opts,
                     )?))
                 }
@@ -651,6 +731,10 @@ impl Inner {
     /// Turns the write buffer into an in-memory segment and starts a fresh buffer.
     fn freeze(&self) -> Result<()> {
         let mut w = self.writer.lock();
+        self.freeze_locked(&mut w)
+    }
+
+    fn freeze_locked(&self, w: &mut WriterState) -> Result<()> {
         self.check_poisoned()?;
         let v = self.version.load_full();
         if v.memtable.is_empty() {
@@ -664,7 +748,7 @@ impl Inner {
             .history_cutoff()
             .min(self.visible.load(Ordering::Acquire))
             .max(self.horizon.load(Ordering::Acquire));
-        let seg = Segment::freeze(id, &v.memtable, &self.res.codec, horizon)?;
+        let seg = Segment::freeze(id, &v.memtable, &v.codec, horizon)?;
         // Records after the freeze go to a new file, so the old ones can be deleted once this
         // flush is installed. Done before any state changes, so a failure leaves none.
         self.wal.rotate()?;
@@ -686,6 +770,7 @@ impl Inner {
         // (Raised before the new version is published: readers re-check after loading it.)
         self.horizon.fetch_max(horizon, Ordering::AcqRel);
         self.version.store(Arc::new(Version {
+            codec: v.codec.clone(),
             memtable: Arc::new(MemTable::default()),
             segments,
         }));
@@ -695,6 +780,15 @@ impl Inner {
     /// Makes the first pending flush durable: new manifest + deletions, then the new version.
     fn install(&self, written: Option<Arc<Segment>>, upto: Timestamp) -> Result<()> {
         let mut w = self.writer.lock();
+        self.install_locked(&mut w, written, upto)
+    }
+
+    fn install_locked(
+        &self,
+        w: &mut WriterState,
+        written: Option<Arc<Segment>>,
+        upto: Timestamp,
+    ) -> Result<()> {
         self.check_poisoned()?;
         let v = self.version.load_full();
         let segments: Vec<Arc<Segment>> = v
@@ -707,8 +801,8 @@ impl Inner {
             .collect();
         let on_disk: Vec<&Arc<Segment>> = segments.iter().filter(|s| !s.is_in_memory()).collect();
         let manifest = Manifest {
-            format: Manifest::new(self.res.codec.schema().def().clone()).format,
-            schema: self.res.codec.schema().def().clone(),
+            format: Manifest::new(v.codec.schema().def().clone()).format,
+            schema: v.codec.schema().def().clone(),
             next_segment_id: w.next_segment_id,
             checkpoint_ts: upto,
             history_horizon: self.horizon.load(Ordering::Acquire),
@@ -725,6 +819,7 @@ impl Inner {
             s.dv.fold(horizon);
         }
         self.version.store(Arc::new(Version {
+            codec: v.codec.clone(),
             memtable: v.memtable.clone(),
             segments,
         }));

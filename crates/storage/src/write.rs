@@ -213,6 +213,8 @@ pub struct WriteOutcome {
 /// Invariant: `columns` has one array per table column in table order; key columns have no
 /// nulls; every cell and row respects the size limits.
 pub(crate) struct ValidatedBatch {
+    /// Version of the schema the batch was checked against.
+    pub schema_version: u64,
     /// The batch as given (normalised types), for the WAL.
     pub original: RecordBatch,
     pub ops: Vec<WriteOp>,
@@ -236,6 +238,7 @@ impl ValidatedBatch {
             .collect::<Result<Vec<_>, _>>()?;
         let original = arrow::compute::take_record_batch(&self.original, &idx)?;
         Ok(ValidatedBatch {
+            schema_version: self.schema_version,
             original,
             ops: indices.iter().map(|&i| self.ops[i as usize]).collect(),
             columns,
@@ -333,7 +336,7 @@ pub(crate) fn validate(
             continue;
         }
         match &columns[idx] {
-            None if creates => {
+            None if creates && col.default.is_none() => {
                 return Err(StorageError::InvalidInput(format!(
                     "column \"{}\" is NOT NULL and missing from a batch that inserts rows",
                     col.name
@@ -350,11 +353,17 @@ pub(crate) fn validate(
             _ => {}
         }
     }
+    // Absent columns: their default (what a new row gets; existing rows keep their values,
+    // as `present` says), else NULL.
     let columns: Vec<ArrayRef> = columns
         .into_iter()
         .zip(schema.columns())
-        .map(|(c, s)| c.unwrap_or_else(|| new_null_array(&s.data_type.to_arrow(), n)))
-        .collect();
+        .map(|(c, s)| match (c, &s.default) {
+            (Some(c), _) => Ok(c),
+            (None, Some(d)) => column_of(s, d, n),
+            (None, None) => Ok(new_null_array(&s.data_type.to_arrow(), n)),
+        })
+        .collect::<Result<_>>()?;
     let keys = codec.encode_keys_of(&columns)?;
     let rows = codec.encode_rows(&columns)?;
     for i in 0..n {
@@ -370,6 +379,7 @@ pub(crate) fn validate(
     let original =
         RecordBatch::try_new_with_options(Arc::new(ArrowSchema::new(fields)), originals, &opts_rb)?;
     Ok(ValidatedBatch {
+        schema_version: schema.version(),
         original,
         ops: batch.ops.clone(),
         columns,
@@ -377,6 +387,17 @@ pub(crate) fn validate(
         keys,
         rows,
     })
+}
+
+/// `n` copies of `value` as a column of `col`'s type.
+pub(crate) fn column_of(
+    col: &nyala_common::ColumnSchema,
+    value: &Value,
+    n: usize,
+) -> Result<ArrayRef> {
+    let one = Value::to_array(&col.name, col.data_type, std::slice::from_ref(value))?;
+    let idx = arrow::array::UInt32Array::from(vec![0u32; n]);
+    Ok(arrow::compute::take(&one, &idx, None)?)
 }
 
 /// Gives timestamps the canonical zone (the instant is unchanged).

@@ -168,7 +168,7 @@ fn bad_batches_are_rejected_whole() {
     assert_eq!(t.scan(&Default::default()).unwrap().count(), 0);
     let mut ok = BatchBuilder::new(["id", "req"]);
     ok.push(WriteOp::Insert, vec![Value::Int64(1), Value::Int32(5)]);
-    assert_eq!(t.write(&ok.build(t.schema()).unwrap()).unwrap().applied, 1);
+    assert_eq!(t.write(&ok.build(&t.schema()).unwrap()).unwrap().applied, 1);
     drop(t);
     let t = Tablet::open(dir.path(), test_opts()).unwrap();
     assert_eq!(

@@ -46,7 +46,7 @@ fn writers_scanners_and_flushes_at_once() {
                         );
                     }
                 }
-                let out = t.write(&b.build(t.schema()).unwrap()).unwrap();
+                let out = t.write(&b.build(&t.schema()).unwrap()).unwrap();
                 assert!(out.errors.is_empty());
             }
         }));

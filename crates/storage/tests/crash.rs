@@ -55,7 +55,7 @@ fn batch(t: &Tablet, b: i64) -> WriteBatch {
             ],
         );
     }
-    bb.build(t.schema()).unwrap()
+    bb.build(&t.schema()).unwrap()
 }
 
 /// The table after batches `0..n`.

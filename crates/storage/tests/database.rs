@@ -62,7 +62,7 @@ fn rows(t: &Table, op: WriteOp, rows: &[(i32, i64, f64)]) -> nyala_storage::Writ
             vec![Value::Int32(u), Value::Timestamp(ts), Value::Float64(s)],
         );
     }
-    b.build(t.schema()).unwrap()
+    b.build(&t.schema()).unwrap()
 }
 
 /// Every row of a table scan, keyed by (uid, ts).
@@ -383,7 +383,7 @@ fn a_batch_spanning_tablets_reports_row_errors_by_its_own_index() {
         WriteOp::Insert,
         vec![Value::Int32(10), Value::Null, Value::Null],
     );
-    assert!(b.build(t.schema()).is_err() || t.write(&b.build(t.schema()).unwrap()).is_err());
+    assert!(b.build(&t.schema()).is_err() || t.write(&b.build(&t.schema()).unwrap()).is_err());
     assert_eq!(contents(&t, &ScanRequest::default()).len(), 4);
     assert_eq!(
         t.get(&[Value::Int32(9), Value::Timestamp(3)]).unwrap(),
@@ -606,7 +606,7 @@ fn bad_definitions_get_clear_errors() {
         WriteOp::Insert,
         vec![Value::Int32(1), Value::Timestamp(1), Value::Int32(1)],
     );
-    assert!(b.build(t.schema()).is_err());
+    assert!(b.build(&t.schema()).is_err());
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn ddl_crash_child() {
                 ],
             );
         }
-        t.write(&b.build(t.schema()).unwrap()).unwrap();
+        t.write(&b.build(&t.schema()).unwrap()).unwrap();
         println!("wrote {i}");
         db.add_range_partition(&name, &day(1)).unwrap();
         println!("ranged {i}");

@@ -105,7 +105,7 @@ fn run(actions: Vec<Action>) {
                         expected.push((i, kind));
                     }
                 }
-                let out = tab.write(&b.build(tab.schema()).unwrap()).unwrap();
+                let out = tab.write(&b.build(&tab.schema()).unwrap()).unwrap();
                 let got: Vec<_> = out.errors.iter().map(|e| (e.row, e.kind)).collect();
                 assert_eq!(got, expected, "per-row errors of {rows:?}");
                 history.push((out.timestamp, model.clone()));

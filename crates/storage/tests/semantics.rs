@@ -97,7 +97,7 @@ fn per_row_errors_do_not_stop_the_batch_and_last_op_on_a_key_wins() {
         WriteOp::Upsert,
         vec![Value::Int64(2), Value::Utf8("b2".into()), Value::Int32(3)],
     );
-    let o = t.write(&b.build(t.schema()).unwrap()).unwrap();
+    let o = t.write(&b.build(&t.schema()).unwrap()).unwrap();
     assert_eq!(o.applied, 3);
     assert_eq!(
         o.errors.iter().map(|e| e.row).collect::<Vec<_>>(),
@@ -119,7 +119,7 @@ fn partial_updates_keep_other_columns() {
     b.push(WriteOp::Update, vec![Value::Int64(1), Value::Int32(10)]);
     b.push(WriteOp::Upsert, vec![Value::Int64(2), Value::Int32(20)]);
     b.push(WriteOp::Upsert, vec![Value::Int64(3), Value::Int32(30)]);
-    t.write(&b.build(t.schema()).unwrap()).unwrap();
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
     let all = scan_all(&t, None);
     assert_eq!(all[&1], (s("a"), Some(10)));
     assert_eq!(all[&2], (s("b"), Some(20)));
@@ -130,7 +130,7 @@ fn partial_updates_keep_other_columns() {
         WriteOp::Update,
         vec![Value::Int64(1), Value::Utf8("z".into())],
     );
-    t.write(&b.build(t.schema()).unwrap()).unwrap();
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
     assert_eq!(scan_all(&t, None)[&1], (s("z"), Some(10)));
 }
 
@@ -209,7 +209,7 @@ fn predicates_projection_and_limit() {
             vec![Value::Int64(i), Value::Utf8(format!("s{i}")), n],
         );
     }
-    t.write(&b.build(t.schema()).unwrap()).unwrap();
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
     t.flush().unwrap();
     // Some rows in the buffer too, and some deleted from the segment.
     write1(&t, WriteOp::Upsert, 50, (s("fresh"), Some(3)));
@@ -365,7 +365,7 @@ fn float_predicates_agree_before_and_after_flush_even_with_nan() {
         WriteOp::Insert,
         vec![Value::Int64(2), Value::Float64(f64::NAN)],
     );
-    t.write(&b.build(t.schema()).unwrap()).unwrap();
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
     let count = |t: &Tablet, op, v: f64| -> usize {
         let req = ScanRequest {
             predicates: vec![Predicate::cmp("f", op, Value::Float64(v))],

@@ -43,7 +43,7 @@ fn windows_of_time_series_are_pruned_and_still_checked() {
             }
         }
         assert!(t
-            .write(&b.build(t.schema()).unwrap())
+            .write(&b.build(&t.schema()).unwrap())
             .unwrap()
             .errors
             .is_empty());
@@ -76,7 +76,7 @@ fn windows_of_time_series_are_pruned_and_still_checked() {
             Value::Int32(-1),
         ],
     );
-    let out = t.write(&b.build(t.schema()).unwrap()).unwrap();
+    let out = t.write(&b.build(&t.schema()).unwrap()).unwrap();
     assert_eq!(out.errors.len(), 1);
     assert_eq!(
         (out.errors[0].row, out.errors[0].kind),

@@ -86,7 +86,7 @@ fn every_type_as_a_value_and_as_a_key() {
         let mut b = BatchBuilder::new(["k", "v"]);
         b.push(WriteOp::Insert, vec![k2.clone(), big.clone()]);
         b.push(WriteOp::Insert, vec![k1.clone(), small.clone()]);
-        t_.write(&b.build(t_.schema()).unwrap()).unwrap();
+        t_.write(&b.build(&t_.schema()).unwrap()).unwrap();
         let check = |tab: &Tablet, stage: &str| {
             assert_eq!(
                 tab.get(std::slice::from_ref(&k1)).unwrap(),

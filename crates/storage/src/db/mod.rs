@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 
-use nyala_common::{RowCodec, Schema};
+use nyala_common::{ColumnSchema, RowCodec, Schema};
 
 use crate::clock::Clock;
 use crate::error::{Result, StorageError};
@@ -56,6 +56,22 @@ impl Default for DatabaseOptions {
     }
 }
 
+/// One change of `ALTER TABLE` to a table's columns.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SchemaChange {
+    /// Append a column (nullable, or `NOT NULL` with a default).
+    AddColumn(ColumnSchema),
+    /// Drop a non-key column.
+    DropColumn(String),
+    /// Rename a non-key column.
+    RenameColumn {
+        /// Its current name.
+        from: String,
+        /// Its new name.
+        to: String,
+    },
+}
+
 /// Whether creating something that exists (or dropping something missing) is an error.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IfExists {
@@ -85,7 +101,7 @@ impl Database {
     pub fn open(dir: &Path, opts: DatabaseOptions) -> Result<Database> {
         opts.tablet.validate()?;
         let files = CatalogFiles::lock(dir)?;
-        let state = files.load()?;
+        let mut state = files.load()?;
         files.remove_unnamed_tablets(&state)?;
         let clock = Arc::new(Clock::default());
         let jobs: Vec<(u64, PathBuf)> = state
@@ -106,6 +122,33 @@ impl Database {
         .into_iter()
         .map(|(id, dir, t)| (id, (dir, t)))
         .collect::<BTreeMap<_, _>>();
+        // A schema change interrupted by a crash may have altered some tablets but not the
+        // catalog: finish it (the newest schema is the one that was being installed).
+        let mut changed = false;
+        for meta in &mut state.tables {
+            let mut newest = Schema::from_def(meta.schema.clone())?;
+            for m in &meta.tablets {
+                let s = opened[&m.id].1.schema();
+                if s.version() > newest.version() {
+                    newest = s;
+                }
+            }
+            for m in &meta.tablets {
+                let t = &opened[&m.id].1;
+                if t.schema().version() < newest.version() {
+                    t.alter_schema(&newest)?;
+                }
+            }
+            if newest.version() != meta.schema.version {
+                tracing::info!(table = %meta.name, version = newest.version(),
+                    "finished an interrupted schema change");
+                meta.schema = newest.def().clone();
+                changed = true;
+            }
+        }
+        if changed {
+            files.save(&state)?;
+        }
         let mut tables = BTreeMap::new();
         for meta in &state.tables {
             let mut tablets = Vec::with_capacity(meta.tablets.len());
@@ -306,6 +349,42 @@ impl Database {
         Ok(())
     }
 
+    /// Changes a table's columns (`ALTER TABLE ... ADD/DROP/RENAME COLUMN`) online: existing
+    /// segments are not rewritten (they read added columns as their default and keep dropped
+    /// ones until rewritten); key columns cannot change.
+    ///
+    /// Each tablet flushes and persists the new schema, then the catalog does; a crash in
+    /// between is finished when the database next opens.
+    pub fn alter_table(&self, name: &TableName, change: &SchemaChange) -> Result<()> {
+        let mut cat = self.catalog.lock();
+        let table = self.table(name)?;
+        let inner = &table.inner;
+        let current = inner.layout.load().schema.clone();
+        let new = match change {
+            SchemaChange::AddColumn(c) => current.add_column(c.clone())?,
+            SchemaChange::DropColumn(c) => current.drop_column(c)?,
+            SchemaChange::RenameColumn { from, to } => current.rename_column(from, to)?,
+        };
+        // Most of the buffered data goes to segments while writers carry on.
+        table.flush()?;
+        let _exclusive = inner.alter_lock.write();
+        let layout = inner.layout.load_full();
+        run_parallel(layout.tablets.clone(), |h| h.tablet().alter_schema(&new))?;
+        let mut next = cat.clone();
+        next.table_mut(name).expect("table exists").schema = new.def().clone();
+        self.files.save(&next)?;
+        *cat = next;
+        let partitioner = Partitioner::new(&new, &inner.partitioning.read())?;
+        inner.layout.store(Arc::new(Layout {
+            codec: Arc::new(RowCodec::new(&new)?),
+            schema: new,
+            partitioner,
+            tablets: layout.tablets.clone(),
+        }));
+        tracing::info!(table = %name, change = ?change, "altered table");
+        Ok(())
+    }
+
     /// Adds a range partition (one new tablet per hash bucket) to a range-partitioned table.
     /// Fails if it overlaps an existing one.
     pub fn add_range_partition(&self, name: &TableName, bounds: &RangeBounds) -> Result<()> {
@@ -320,7 +399,7 @@ impl Database {
             std::slice::from_ref(bounds),
             layout.partitioner.buckets,
         );
-        let handles = self.create_tablets(&inner.schema, &metas)?;
+        let handles = self.create_tablets(&layout.schema, &metas)?;
         let meta = next.table_mut(name).expect("table exists");
         let range = meta.partitioning.range.as_mut().expect("range partitioned");
         range.partitions.insert(at, bounds.clone());
@@ -337,8 +416,10 @@ impl Database {
                 .into_iter()
                 .map(|h| Arc::new(PendingTablet::into_handle(h))),
         );
-        let partitioner = Partitioner::new(&inner.schema, &partitioning)?;
+        let partitioner = Partitioner::new(&layout.schema, &partitioning)?;
         inner.layout.store(Arc::new(Layout {
+            schema: layout.schema.clone(),
+            codec: layout.codec.clone(),
             partitioner,
             tablets,
         }));
@@ -386,8 +467,10 @@ impl Database {
         for h in tablets.drain(at * b..(at + 1) * b) {
             h.remove_when_unused();
         }
-        let partitioner = Partitioner::new(&inner.schema, &partitioning)?;
+        let partitioner = Partitioner::new(&layout.schema, &partitioning)?;
         inner.layout.store(Arc::new(Layout {
+            schema: layout.schema.clone(),
+            codec: layout.codec.clone(),
             partitioner,
             tablets,
         }));
@@ -493,13 +576,14 @@ fn build_table(
         inner: Arc::new(TableInner {
             id: meta.id,
             name: RwLock::new(meta.name.clone()),
-            schema,
             partitioning: RwLock::new(meta.partitioning.clone()),
-            codec,
             layout: ArcSwap::from_pointee(Layout {
+                schema,
+                codec,
                 partitioner,
                 tablets: tablets.into_iter().map(Arc::new).collect(),
             }),
+            alter_lock: RwLock::new(()),
             clock: clock.clone(),
             opts: opts.tablet.clone(),
             scan_threads: opts.scan_threads,

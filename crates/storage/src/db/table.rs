@@ -81,10 +81,14 @@ impl Drop for TabletHandle {
     }
 }
 
-/// The tablets of a table at one moment, with the partitioner that maps rows to them.
-/// Replaced (never mutated) when range partitions are added or dropped.
+/// The schema and tablets of a table at one moment, with the partitioner that maps rows to
+/// them. Replaced (never mutated) when range partitions are added or dropped and when the
+/// schema changes, so a reader or writer always sees one consistent set.
 #[derive(Debug)]
 pub(crate) struct Layout {
+    pub schema: Schema,
+    pub codec: Arc<RowCodec>,
+    /// Built on `schema` (it holds column positions).
     pub partitioner: Partitioner,
     /// Tablet `r * buckets + b` holds range `r`, bucket `b` (the partitioner's numbering).
     pub tablets: Vec<Arc<TabletHandle>>,
@@ -94,10 +98,11 @@ pub(crate) struct Layout {
 pub(crate) struct TableInner {
     pub id: u64,
     pub name: RwLock<TableName>,
-    pub schema: Schema,
     pub partitioning: RwLock<PartitionSpec>,
-    pub codec: Arc<RowCodec>,
     pub layout: ArcSwap<Layout>,
+    /// Held (shared) while a scan opens its tablets and (exclusively) while a schema change
+    /// alters them, so every tablet of a scan reads with the same schema.
+    pub alter_lock: RwLock<()>,
     pub clock: Arc<Clock>,
     pub opts: TabletOptions,
     pub scan_threads: usize,
@@ -146,9 +151,9 @@ impl Table {
         self.inner.name.read().clone()
     }
 
-    /// The table's schema.
-    pub fn schema(&self) -> &Schema {
-        &self.inner.schema
+    /// The table's current schema.
+    pub fn schema(&self) -> Schema {
+        self.inner.layout.load().schema.clone()
     }
 
     /// Number of tablets.
@@ -194,7 +199,7 @@ impl Table {
         TableInfo {
             name: self.name(),
             id: self.inner.id,
-            schema: self.inner.schema.clone(),
+            schema: layout.schema.clone(),
             partitioning: self.inner.partitioning.read().clone(),
             tablets: layout
                 .tablets
@@ -216,8 +221,8 @@ impl Table {
     pub fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
         self.check_live()?;
         let inner = &self.inner;
-        let vb = validate(&inner.codec, &inner.opts, batch)?;
         let layout = inner.layout.load_full();
+        let vb = validate(&layout.codec, &inner.opts, batch)?;
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
                 timestamp: inner.clock.next(),
@@ -233,7 +238,7 @@ impl Table {
         for (i, r) in routes.iter().enumerate() {
             match r {
                 Some(t) => parts[*t as usize].push(i as u32),
-                None => errors.push(self.no_partition_error(&vb.columns, i)?),
+                None => errors.push(no_partition_error(&layout, &vb.columns, i)?),
             }
         }
         let mut work = Vec::new();
@@ -244,7 +249,7 @@ impl Table {
             let sub = if rows.len() == vb.ops.len() {
                 None
             } else {
-                Some(vb.take(&inner.codec, &rows)?)
+                Some(vb.take(&layout.codec, &rows)?)
             };
             work.push((t, rows, sub));
         }
@@ -303,24 +308,8 @@ impl Table {
         Ok(outcome)
     }
 
-    fn no_partition_error(&self, columns: &[ArrayRef], row: usize) -> Result<RowError> {
-        let layout = self.inner.layout.load();
-        let rc = layout
-            .partitioner
-            .range
-            .as_ref()
-            .expect("only range partitioning leaves rows unrouted");
-        let name = &self.inner.schema.columns()[rc.column].name;
-        let value = Value::from_array(&columns[rc.column], row)?;
-        Ok(RowError {
-            row,
-            kind: RowErrorKind::NoPartition,
-            message: format!("no range partition of the table holds {name} = {value}"),
-        })
-    }
-
     fn tablet_of_key(&self, layout: &Layout, key: &[Value]) -> Result<Option<usize>> {
-        let schema = &self.inner.schema;
+        let schema = &layout.schema;
         if layout.tablets.len() == 1 && layout.partitioner.range.is_none() {
             return Ok(Some(0));
         }
@@ -362,7 +351,7 @@ impl Table {
             None => {
                 // A NULL key or a key outside every range holds no row; still report mistyped
                 // values as the tablet would.
-                self.inner
+                layout
                     .codec
                     .encode_key_values(key)
                     .map(|_| None)
@@ -394,7 +383,9 @@ impl Table {
     pub fn scan_tablets(&self, req: &ScanRequest) -> Result<TabletScans> {
         self.check_live()?;
         let inner = &self.inner;
-        let schema = &inner.schema;
+        let _no_alter = inner.alter_lock.read();
+        let layout = inner.layout.load_full();
+        let schema = &layout.schema;
         // Check the request even when every tablet is pruned.
         let output: Vec<usize> = match &req.projection {
             None => (0..schema.len()).collect(),
@@ -403,9 +394,8 @@ impl Table {
                 .map(|n| schema.index_of(n))
                 .collect::<std::result::Result<_, _>>()?,
         };
-        bind(&inner.codec, &req.predicates)?;
+        bind(&layout.codec, &req.predicates)?;
         let out_schema = Arc::new(schema.arrow_schema().project(&output)?);
-        let layout = inner.layout.load_full();
         let chosen = layout.partitioner.prune(schema, &req.predicates)?;
         let snapshot = match req.snapshot {
             Some(ts) => {
@@ -634,6 +624,21 @@ impl Drop for TableScan {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn no_partition_error(layout: &Layout, columns: &[ArrayRef], row: usize) -> Result<RowError> {
+    let rc = layout
+        .partitioner
+        .range
+        .as_ref()
+        .expect("only range partitioning leaves rows unrouted");
+    let name = &layout.schema.columns()[rc.column].name;
+    let value = Value::from_array(&columns[rc.column], row)?;
+    Ok(RowError {
+        row,
+        kind: RowErrorKind::NoPartition,
+        message: format!("no range partition of the table holds {name} = {value}"),
+    })
 }
 
 impl WriteOutcome {

@@ -72,7 +72,7 @@ pub fn kv_from_values(v: &[Value]) -> (i64, KvRow) {
 pub fn write1(t: &Tablet, op: WriteOp, id: i64, row: KvRow) -> nyala_storage::WriteOutcome {
     let mut b = BatchBuilder::new(["id", "v", "n"]);
     b.push(op, kv_values(id, &row));
-    t.write(&b.build(t.schema()).unwrap()).unwrap()
+    t.write(&b.build(&t.schema()).unwrap()).unwrap()
 }
 
 /// Every row visible at `snapshot`, by key; panics if a key is seen twice.
