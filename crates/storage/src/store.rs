@@ -65,25 +65,36 @@ pub(crate) struct MetaStore {
 
 impl MetaStore {
     /// Opens (creating if needed) the store in `path`. Only [`MetaStore::sync`] syncs.
+    ///
+    /// sled releases its directory lock from a background thread after the last handle is
+    /// dropped, so a reopen right after a close may find the lock still held: it retries for
+    /// up to a second before reporting the store as in use.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io))
                     if io.kind() == std::io::ErrorKind::WouldBlock
                         || io.to_string().contains("acquire lock") =>
                 {
-                    StorageError::InUse(format!(
-                        "the tablet in {} is already open (by another handle or process)",
-                        path.parent().unwrap_or(path).display()
-                    ))
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StorageError::InUse(format!(
+                            "the tablet in {} is already open (by another handle or process)",
+                            path.parent().unwrap_or(path).display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                e => e.into(),
-            })?;
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = db.open_tree("tablet")?;
         Ok(MetaStore { db, tree })
     }

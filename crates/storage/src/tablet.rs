@@ -177,8 +177,9 @@ impl Tablet {
             )));
         }
         store.create(&Manifest::new(schema.def().clone()))?;
-        drop(store);
-        Tablet::open_with_clock(dir, opts, clock)
+        // Keep the store open: sled releases its directory lock from a background thread, so
+        // closing and reopening it here could find it still locked.
+        Tablet::open_store_with_clock(dir, opts, clock, store)
     }
 
     /// Opens the tablet in `dir`, recovering every acknowledged write.
@@ -200,6 +201,15 @@ impl Tablet {
             )));
         }
         let store = open_store(dir, &opts)?;
+        Tablet::open_store_with_clock(dir, opts, clock, store)
+    }
+
+    fn open_store_with_clock(
+        dir: &Path,
+        opts: TabletOptions,
+        clock: Arc<Clock>,
+        store: MetaStore,
+    ) -> Result<Tablet> {
         let manifest = store
             .load_manifest()?
             .ok_or_else(|| StorageError::NotFound(format!("no tablet in {}", dir.display())))?;

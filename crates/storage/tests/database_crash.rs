@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::test_opts;
 use nyala_storage::{
     BatchBuilder, ColumnSchema, DataType, Database, DatabaseOptions, IfExists, PartitionSpec,
-    RangeBounds, ScanRequest, Schema, TableName, Value, WriteOp,
+    RangeBounds, ScanRequest, Schema, SchemaChange, TableName, Value, WriteOp,
 };
 use rand::Rng;
 
@@ -48,7 +48,7 @@ fn table_name(round: usize, i: usize) -> TableName {
 }
 
 /// The child: for i = 0, 1, ...: create table i, write to it, add a range partition to it,
-/// drop table i - 2; printing an acknowledgement after each.
+/// add a column to it, drop table i - 2; printing an acknowledgement after each.
 #[test]
 #[ignore = "run by ddl_survives_sigkill as a child process"]
 fn ddl_crash_child() {
@@ -83,6 +83,12 @@ fn ddl_crash_child() {
         println!("wrote {i}");
         db.add_range_partition(&name, &day(1)).unwrap();
         println!("ranged {i}");
+        db.alter_table(
+            &name,
+            &SchemaChange::AddColumn(ColumnSchema::nullable(format!("c{i}"), DataType::Int64)),
+        )
+        .unwrap();
+        println!("altered {i}");
         if i >= 2 {
             db.drop_table(&table_name(round, i - 2), IfExists::Error)
                 .unwrap();
@@ -120,7 +126,7 @@ fn ddl_survives_sigkill() {
                 }
             }
         });
-        // Acknowledged steps per table: 1 created, 2 wrote, 3 ranged, 4 dropped.
+        // Acknowledged steps per table: 1 created, 2 wrote, 3 ranged, 4 altered, 5 dropped.
         let mut acked: BTreeMap<usize, u8> = BTreeMap::new();
         // The last acknowledged (table, step): the operation after it was in flight.
         let mut last = (0usize, 0u8);
@@ -133,7 +139,8 @@ fn ddl_survives_sigkill() {
                 "created" => 1,
                 "wrote" => 2,
                 "ranged" => 3,
-                "dropped" => 4,
+                "altered" => 4,
+                "dropped" => 5,
                 _ => return,
             };
             acked.insert(i, step);
@@ -155,8 +162,8 @@ fn ddl_survives_sigkill() {
         while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             record(&line);
         }
-        // After "ranged i" the drop of table i - 2 was in flight: it may have happened.
-        let maybe_dropped = (last.1 == 3 && last.0 >= 2).then(|| last.0 - 2);
+        // After "altered i" the drop of table i - 2 was in flight: it may have happened.
+        let maybe_dropped = (last.1 == 4 && last.0 >= 2).then(|| last.0 - 2);
         let db = Database::open(dir.path(), opts()).unwrap();
         for (&i, &step) in &acked {
             let name = table_name(round, i);
@@ -164,7 +171,7 @@ fn ddl_survives_sigkill() {
             if maybe_dropped == Some(i) && table.is_err() {
                 continue;
             }
-            if step == 4 {
+            if step == 5 {
                 assert!(
                     table.is_err(),
                     "round {round}: dropped table {name} is back"
@@ -178,15 +185,25 @@ fn ddl_survives_sigkill() {
                 )
             });
             let ranges = t.describe().partitioning.range.unwrap().partitions.len();
+            let has_column = t.schema().index_of(&format!("c{i}")).is_ok();
+            assert!(
+                has_column || step < 4,
+                "round {round}: {name} lost its column"
+            );
             assert!(
                 ranges > usize::from(step >= 3),
                 "round {round}: {name} lost its range"
             );
-            let rows: usize = t
-                .scan(&ScanRequest::default())
-                .unwrap()
-                .map(|b| b.unwrap().num_rows())
-                .sum();
+            // Every tablet has the table's schema, whatever was in flight.
+            let parts = t.scan_tablets(&ScanRequest::default()).unwrap();
+            let mut rows = 0;
+            for scan in parts.scans {
+                for b in scan {
+                    let b = b.unwrap();
+                    assert_eq!(b.schema(), parts.schema, "round {round}: {name}");
+                    rows += b.num_rows();
+                }
+            }
             if step >= 2 {
                 assert_eq!(rows, 10, "round {round}: {name} lost its rows");
             } else {

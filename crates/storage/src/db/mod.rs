@@ -622,3 +622,56 @@ fn run_parallel<J: Send, T: Send>(
 ) -> Result<Vec<T>> {
     run_parallel_all(jobs, f).into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nyala_common::DataType;
+
+    #[test]
+    fn a_schema_change_interrupted_between_tablets_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = TableName::new("public", "t");
+        let new = {
+            let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+            let schema = Schema::new(
+                vec![
+                    ColumnSchema::not_null("id", DataType::Int64),
+                    ColumnSchema::nullable("v", DataType::Utf8),
+                ],
+                &["id"],
+            )
+            .unwrap();
+            let t = db
+                .create_table(
+                    &name,
+                    &schema,
+                    &PartitionSpec::hash(["id"], 3),
+                    IfExists::Error,
+                )
+                .unwrap();
+            let new = schema
+                .add_column(ColumnSchema::nullable("w", DataType::Int32))
+                .unwrap();
+            // What a crash after altering the first tablet, before the catalog, leaves.
+            t.inner.layout.load().tablets[0]
+                .tablet()
+                .alter_schema(&new)
+                .unwrap();
+            new
+        };
+        let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+        let t = db.table(&name).unwrap();
+        assert_eq!(t.schema(), new);
+        for h in &t.inner.layout.load().tablets {
+            assert_eq!(h.tablet().schema(), new);
+        }
+        drop((t, db));
+        let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+        assert_eq!(
+            db.table(&name).unwrap().schema(),
+            new,
+            "the catalog was saved"
+        );
+    }
+}
