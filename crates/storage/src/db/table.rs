@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -466,25 +466,24 @@ impl std::fmt::Debug for TabletScans {
 
 /// A running scan over a table's tablets: an iterator of batches, all read at
 /// [`TableScan::snapshot`], in no particular order. Dropping it stops the work.
+///
+/// With `scan_threads = n`, up to `n - 1` worker threads read tablets into a bounded channel and
+/// the caller's thread reads tablets too whenever the channel is empty: so `n` tablets are
+/// decoded at once, and the caller never spins waiting while the cores are busy.
 pub struct TableScan {
     schema: SchemaRef,
     snapshot: Timestamp,
     tablets: usize,
     remaining: Option<usize>,
-    source: ScanSource,
-}
-
-enum ScanSource {
-    /// Zero or one tablet: read on the caller's thread.
-    Inline {
-        scan: Option<Box<TabletScan>>,
-        _pins: Vec<Arc<TabletHandle>>,
-    },
-    /// Several tablets: worker threads feed a bounded channel.
-    Parallel {
-        rx: Option<Receiver<Result<RecordBatch>>>,
-        workers: Vec<JoinHandle<()>>,
-    },
+    /// Tablet scans nobody has started.
+    queue: Arc<Mutex<VecDeque<TabletScan>>>,
+    /// The tablet scan the caller's thread is reading.
+    inline: Option<Box<TabletScan>>,
+    /// Batches from the workers (`None` once they have all finished).
+    rx: Option<Receiver<Result<RecordBatch>>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Keeps the tablets (and their files) alive while the scan runs.
+    _pins: Arc<Vec<Arc<TabletHandle>>>,
 }
 
 impl std::fmt::Debug for TableScan {
@@ -506,21 +505,17 @@ impl TableScan {
             ..
         } = parts;
         let tablets = scans.len();
-        let source = if tablets <= 1 {
-            ScanSource::Inline {
-                scan: scans.into_iter().next().map(Box::new),
-                _pins: pins,
-            }
-        } else {
-            let workers_n = threads.min(tablets);
-            let (tx, rx) = sync_channel(workers_n * 2);
-            let queue = Arc::new(Mutex::new(VecDeque::from(scans)));
-            let pins = Arc::new(pins);
-            let workers = (0..workers_n)
-                .map(|_| {
-                    let tx = tx.clone();
-                    let queue = queue.clone();
-                    let pins = pins.clone();
+        let queue = Arc::new(Mutex::new(VecDeque::from(scans)));
+        let pins = Arc::new(pins);
+        let workers_n = threads.min(tablets).saturating_sub(1);
+        let (mut rx, mut workers) = (None, Vec::new());
+        if workers_n > 0 {
+            let (tx, r) = sync_channel(workers_n * 2);
+            for _ in 0..workers_n {
+                let tx = tx.clone();
+                let queue = queue.clone();
+                let pins = pins.clone();
+                let spawned =
                     std::thread::Builder::new()
                         .name("nyala-scan".into())
                         .spawn(move || {
@@ -536,21 +531,24 @@ impl TableScan {
                                     }
                                 }
                             }
-                        })
-                        .expect("spawn a scan thread")
-                })
-                .collect();
-            ScanSource::Parallel {
-                rx: Some(rx),
-                workers,
+                        });
+                // Without a worker the caller's thread simply reads more tablets itself.
+                if let Ok(h) = spawned {
+                    workers.push(h);
+                }
             }
-        };
+            rx = Some(r);
+        }
         TableScan {
             schema,
             snapshot,
             tablets,
             remaining: limit,
-            source,
+            queue,
+            inline: None,
+            rx,
+            workers,
+            _pins: pins,
         }
     }
 
@@ -571,15 +569,47 @@ impl TableScan {
     }
 
     fn stop(&mut self) {
-        if let ScanSource::Parallel { rx, workers } = &mut self.source {
-            // Disconnect: each worker stops at its next send.
-            drop(rx.take());
-            for w in workers.drain(..) {
-                let _ = w.join();
-            }
+        self.queue.lock().clear();
+        self.inline = None;
+        // Disconnect: each worker stops at its next send.
+        drop(self.rx.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
         }
-        if let ScanSource::Inline { scan, .. } = &mut self.source {
-            scan.take();
+    }
+
+    /// The next batch from anywhere: the workers' channel first (so they never wait on a full
+    /// channel while the caller reads), then the caller's own tablet, then a new tablet, and
+    /// only when no tablet is left unstarted, a blocking wait for the workers.
+    fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if let Some(rx) = &self.rx {
+                match rx.try_recv() {
+                    Ok(b) => return Some(b),
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => self.rx = None,
+                }
+            }
+            if let Some(scan) = &mut self.inline {
+                match scan.next() {
+                    Some(b) => return Some(b),
+                    None => self.inline = None,
+                }
+                continue;
+            }
+            let next = self.queue.lock().pop_front();
+            if let Some(scan) = next {
+                self.inline = Some(Box::new(scan));
+                continue;
+            }
+            let rx = self.rx.as_ref()?;
+            match rx.recv() {
+                Ok(b) => return Some(b),
+                Err(_) => {
+                    self.rx = None;
+                    return None;
+                }
+            }
         }
     }
 }
@@ -592,11 +622,7 @@ impl Iterator for TableScan {
             self.stop();
             return None;
         }
-        let next = match &mut self.source {
-            ScanSource::Inline { scan, .. } => scan.as_mut()?.next(),
-            ScanSource::Parallel { rx, .. } => rx.as_ref()?.recv().ok(),
-        };
-        match next {
+        match self.next_batch() {
             None => {
                 self.stop();
                 None
