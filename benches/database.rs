@@ -6,14 +6,15 @@
 //!   projected, read with one scan thread and with one per core.
 //!
 //! Run: `cargo bench -p nyala-storage --profile fast --bench database`.
-//! `NYALA_BENCH_INGEST_ROWS` (default 2M) sets the rows per ingest run.
+//! `NYALA_BENCH_INGEST_ROWS` (default 2M) sets the rows per ingest run;
+//! `NYALA_BENCH_DURABILITY=async` measures without a sync per batch.
 
 mod traffic;
 
 use std::time::{Duration, Instant};
 
 use nyala_storage::{
-    Database, DatabaseOptions, IfExists, PartitionSpec, ScanRequest, Table, TableName,
+    Database, DatabaseOptions, Durability, IfExists, PartitionSpec, ScanRequest, Table, TableName,
     TabletOptions, WriteBatch, WriteOp,
 };
 use traffic::*;
@@ -29,9 +30,16 @@ fn env_rows(var: &str, default: u64) -> u64 {
 }
 
 fn db_opts(scan_threads: usize) -> DatabaseOptions {
+    let durability = match std::env::var("NYALA_BENCH_DURABILITY").as_deref() {
+        Ok("async") => Durability::Async {
+            interval: Duration::from_millis(10),
+        },
+        _ => Durability::Sync,
+    };
     DatabaseOptions {
         tablet: TabletOptions {
             flush_threshold_bytes: None,
+            durability,
             ..TabletOptions::default()
         },
         scan_threads,
@@ -39,7 +47,8 @@ fn db_opts(scan_threads: usize) -> DatabaseOptions {
 }
 
 /// Upserts rows `0..n` in batches of `batch` from `clients` threads (interleaved batches).
-fn ingest(t: &Table, n: u64, batch: usize, clients: u64) -> Duration {
+/// Returns the wall time and the cores kept busy on average.
+fn ingest(t: &Table, n: u64, batch: usize, clients: u64) -> (Duration, f64) {
     let batches: Vec<u64> = (0..n.div_ceil(batch as u64)).collect();
     // Build the batches first: measure the database, not the generator.
     let built: Vec<WriteBatch> = batches
@@ -50,7 +59,7 @@ fn ingest(t: &Table, n: u64, batch: usize, clients: u64) -> Duration {
             WriteBatch::uniform(WriteOp::Upsert, traffic_rows(&t.schema(), start, len, 1))
         })
         .collect();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     std::thread::scope(|s| {
         for c in 0..clients {
             let built = &built;
@@ -62,7 +71,20 @@ fn ingest(t: &Table, n: u64, batch: usize, clients: u64) -> Duration {
             });
         }
     });
-    start.elapsed()
+    let wall = start.elapsed();
+    (wall, (cpu_seconds() - cpu) / wall.as_secs_f64())
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 fn main() {
@@ -91,10 +113,14 @@ fn main() {
                         IfExists::Error,
                     )
                     .unwrap();
-                let took = ingest(&t, ingest_rows, 10_000, clients);
+                let (took, busy) = ingest(&t, ingest_rows, 10_000, clients);
                 report.push((
                     format!("ingest_{tablets}_tablets_{clients}_clients_rows_per_s"),
                     ingest_rows as f64 / took.as_secs_f64(),
+                ));
+                report.push((
+                    format!("ingest_{tablets}_tablets_{clients}_clients_cores_busy_x100"),
+                    busy * 100.0,
                 ));
             }
         }
@@ -132,16 +158,23 @@ fn main() {
                 projection: Some(vec!["uid".into(), "speed_c1".into()]),
                 ..Default::default()
             };
-            let mut best = Duration::MAX;
+            let mut best = (Duration::MAX, 0.0);
             for _ in 0..3 {
-                let s = Instant::now();
+                let (s, cpu) = (Instant::now(), cpu_seconds());
                 let rows: usize = t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum();
                 assert_eq!(rows as u64, scan_rows);
-                best = best.min(s.elapsed());
+                let (wall, cpu) = (s.elapsed(), cpu_seconds() - cpu);
+                if wall < best.0 {
+                    best = (wall, cpu / wall.as_secs_f64());
+                }
             }
             report.push((
                 format!("scan_2col_{threads}_threads_values_per_s"),
-                (2 * scan_rows) as f64 / best.as_secs_f64(),
+                (2 * scan_rows) as f64 / best.0.as_secs_f64(),
+            ));
+            report.push((
+                format!("scan_2col_{threads}_threads_cores_busy_x100"),
+                best.1 * 100.0,
             ));
         }
     }
