@@ -1,7 +1,8 @@
 //! Crash test for the catalog: a child process runs DDL (create, add range partition, drop)
 //! and writes in a loop and is killed with SIGKILL at random moments. After each kill the
 //! database opens, every acknowledged operation is there, the interrupted one happened wholly
-//! or not at all, and no tablet files are left that the catalog does not name.
+//! or not at all, and no tablet files are left that the catalog does not name. While the
+//! child runs, the parent cannot open the directory.
 
 mod common;
 
@@ -156,6 +157,9 @@ fn ddl_survives_sigkill() {
                 break;
             }
         }
+        // The child owns the directory: this process cannot open it.
+        let err = Database::open(dir.path(), opts()).unwrap_err();
+        assert!(err.to_string().contains("in use by another"), "{err}");
         std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         child.kill().unwrap();
         child.wait().unwrap();
