@@ -89,6 +89,8 @@ pub struct Schema {
     def: SchemaDef,
     key: Vec<usize>,
     arrow: SchemaRef,
+    /// Identifies the definition within this process (not stable across builds).
+    fingerprint: u64,
 }
 
 impl PartialEq for Schema {
@@ -135,6 +137,18 @@ impl Schema {
             }
             last_id = Some(c.id);
             if let Some(d) = &c.default {
+                let finite = match d {
+                    Value::Float32(f) => f.is_finite(),
+                    Value::Float64(f) => f.is_finite(),
+                    _ => true,
+                };
+                if !finite {
+                    // Defaults are saved as JSON, which has no NaN or infinity.
+                    return Err(SchemaError::InvalidDefault {
+                        column: c.name.clone(),
+                        reason: "a floating point default must be a finite number".into(),
+                    });
+                }
                 if d.is_null() && !c.nullable {
                     return Err(SchemaError::InvalidDefault {
                         column: c.name.clone(),
@@ -198,7 +212,18 @@ impl Schema {
             .map(|c| Field::new(&c.name, c.data_type.to_arrow(), c.nullable))
             .collect();
         let arrow = Arc::new(ArrowSchema::new(fields));
-        Ok(Schema { def, key, arrow })
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{def:?}").hash(&mut h);
+            h.finish()
+        };
+        Ok(Schema {
+            def,
+            key,
+            arrow,
+            fingerprint,
+        })
     }
 
     /// The definition this schema was built from (serialisable).
@@ -248,6 +273,12 @@ impl Schema {
     /// The schema's version: bumped by every change.
     pub fn version(&self) -> u64 {
         self.def.version
+    }
+
+    /// A hash of the whole definition, to tell two schemas apart cheaply within one process
+    /// (two different schemas may share a version number after a failed change).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// Position of the column with id `id`, if the schema still has it.

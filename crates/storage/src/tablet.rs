@@ -641,7 +641,7 @@ impl Inner {
             let _w = self.writer.lock();
             self.check_poisoned()?;
             let version = self.version.load_full();
-            if vb.schema_version != version.codec.schema().version() {
+            if vb.schema_fingerprint != version.codec.schema().fingerprint() {
                 // The schema changed since the batch was checked: check it again (it may name
                 // a column that is gone). Rare, so done under the lock.
                 let batch = WriteBatch::new(vb.original.clone(), vb.ops.clone())?;
@@ -747,10 +747,21 @@ impl Inner {
     fn freeze_locked(&self, w: &mut WriterState) -> Result<()> {
         self.check_poisoned()?;
         let v = self.version.load_full();
+        let upto = self.applied.load(Ordering::Acquire);
         if v.memtable.is_empty() {
+            // Writes that changed no buffer row (failed or ignored rows, deletions of segment
+            // rows) still sit in the WAL: move the checkpoint past them too, so that the WAL
+            // shrinks and no record older than a schema change is ever replayed.
+            let covered = w.pending.last().map_or(w.checkpoint_ts, |p| p.upto);
+            if upto > covered {
+                self.wal.rotate()?;
+                w.pending.push(PendingFlush {
+                    segment: None,
+                    upto,
+                });
+            }
             return Ok(());
         }
-        let upto = self.applied.load(Ordering::Acquire);
         let id = w.next_segment_id;
         // Never past the latest published snapshot: it must stay readable (`applied` may be
         // ahead of it while a batch waits for its sync).

@@ -213,8 +213,8 @@ pub struct WriteOutcome {
 /// Invariant: `columns` has one array per table column in table order; key columns have no
 /// nulls; every cell and row respects the size limits.
 pub(crate) struct ValidatedBatch {
-    /// Version of the schema the batch was checked against.
-    pub schema_version: u64,
+    /// Fingerprint of the schema the batch was checked against.
+    pub schema_fingerprint: u64,
     /// The batch as given (normalised types), for the WAL.
     pub original: RecordBatch,
     pub ops: Vec<WriteOp>,
@@ -238,7 +238,7 @@ impl ValidatedBatch {
             .collect::<Result<Vec<_>, _>>()?;
         let original = arrow::compute::take_record_batch(&self.original, &idx)?;
         Ok(ValidatedBatch {
-            schema_version: self.schema_version,
+            schema_fingerprint: self.schema_fingerprint,
             original,
             ops: indices.iter().map(|&i| self.ops[i as usize]).collect(),
             columns,
@@ -379,7 +379,7 @@ pub(crate) fn validate(
     let original =
         RecordBatch::try_new_with_options(Arc::new(ArrowSchema::new(fields)), originals, &opts_rb)?;
     Ok(ValidatedBatch {
-        schema_version: schema.version(),
+        schema_fingerprint: schema.fingerprint(),
         original,
         ops: batch.ops.clone(),
         columns,

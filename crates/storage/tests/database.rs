@@ -416,6 +416,12 @@ fn range_partitions_are_added_and_dropped_online() {
             .write(&rows(&t, WriteOp::Insert, &[(1, 2 * DAY, 1.0)]))
             .unwrap();
         assert_eq!(out.errors[0].kind, RowErrorKind::NoPartition);
+        // Even a batch that reached no tablet returns a usable snapshot timestamp.
+        let at = ScanRequest {
+            snapshot: Some(out.timestamp),
+            ..Default::default()
+        };
+        assert_eq!(contents(&t, &at).len(), 0);
         db.add_range_partition(&name("r"), &day_range(2)).unwrap();
         let err = db
             .add_range_partition(

@@ -219,6 +219,49 @@ fn columns_are_added_dropped_and_renamed_without_rewriting_data() {
 }
 
 #[test]
+fn writes_that_changed_no_buffer_row_are_not_replayed_after_a_change() {
+    // Batches that only failed, were ignored, or deleted segment rows leave the buffer empty;
+    // their WAL records must not be replayed under the new schema (which lacks `v`).
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        let t = create(&db);
+        write(
+            &t,
+            WriteOp::Insert,
+            &["id", "v"],
+            vec![vec![Value::Int64(1), s("a")], vec![Value::Int64(2), s("b")]],
+        );
+        t.flush().unwrap();
+        write(
+            &t,
+            WriteOp::InsertIgnore,
+            &["id", "v"],
+            vec![vec![Value::Int64(1), s("x")]],
+        );
+        write(
+            &t,
+            WriteOp::UpdateIgnore,
+            &["id", "v"],
+            vec![vec![Value::Int64(9), s("y")]],
+        );
+        write(
+            &t,
+            WriteOp::Delete,
+            &["id", "v"],
+            vec![vec![Value::Int64(2), Value::Null]],
+        );
+        db.alter_table(&name(), &SchemaChange::DropColumn("v".into()))
+            .unwrap();
+    }
+    let db = open(dir.path());
+    let t = db.table(&name()).unwrap();
+    let all = rows(&t, vec![]);
+    assert_eq!(all.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(!all[&1].contains_key("v"));
+}
+
+#[test]
 fn writes_carry_on_during_a_schema_change() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
@@ -294,6 +337,14 @@ fn key_and_invalid_changes_are_refused_clearly() {
         ColumnSchema::nullable("m", DataType::Int8).with_default(s("x"))
     ))
     .contains("invalid default"));
+    assert!(err(SchemaChange::AddColumn(
+        ColumnSchema::nullable("m", DataType::Float64).with_default(Value::Float64(f64::NAN))
+    ))
+    .contains("finite"));
+    assert!(err(SchemaChange::AddColumn(
+        ColumnSchema::nullable("m", DataType::Utf8).with_default(s(&"x".repeat(100_000)))
+    ))
+    .contains("over the limit"));
     assert!(matches!(
         db.alter_table(
             &TableName::parse("missing").unwrap(),

@@ -133,6 +133,16 @@ impl CatalogFiles {
         self.dir.join(TABLETS_DIR).join(id.to_string())
     }
 
+    /// Makes new tablet directories durable (their entries in `tablets/`, and theirs).
+    pub fn sync_tablets_dir(&self) -> Result<()> {
+        let dir = self.dir.join(TABLETS_DIR);
+        for entry in std::fs::read_dir(&dir)? {
+            File::open(entry?.path())?.sync_all()?;
+        }
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+
     /// Reads the catalog (an empty one for a new directory).
     pub fn load(&self) -> Result<CatalogState> {
         let _ = std::fs::remove_file(self.dir.join(CATALOG_TMP));

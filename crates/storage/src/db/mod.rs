@@ -134,6 +134,15 @@ impl Database {
                 }
             }
             for m in &meta.tablets {
+                let s = opened[&m.id].1.schema();
+                if s.version() == newest.version() && s != newest {
+                    return Err(StorageError::Corrupt(format!(
+                        "table {}: tablet {} has a different schema of the same version",
+                        meta.name, m.id
+                    )));
+                }
+            }
+            for m in &meta.tablets {
                 let t = &opened[&m.id].1;
                 if t.schema().version() < newest.version() {
                     t.alter_schema(&newest)?;
@@ -260,6 +269,7 @@ impl Database {
                 IfExists::Error => Err(StorageError::DuplicateTable(name.to_string())),
             };
         }
+        self.check_defaults(schema)?;
         let partitioner = Partitioner::new(schema, partitioning)?;
         // Persist the ranges sorted, as the partitioner numbers them.
         let mut partitioning = partitioning.clone();
@@ -359,20 +369,28 @@ impl Database {
         let mut cat = self.catalog.lock();
         let table = self.table(name)?;
         let inner = &table.inner;
+        table.check_live()?;
         let current = inner.layout.load().schema.clone();
         let new = match change {
             SchemaChange::AddColumn(c) => current.add_column(c.clone())?,
             SchemaChange::DropColumn(c) => current.drop_column(c)?,
             SchemaChange::RenameColumn { from, to } => current.rename_column(from, to)?,
         };
+        self.check_defaults(&new)?;
         // Most of the buffered data goes to segments while writers carry on.
         table.flush()?;
         let _exclusive = inner.alter_lock.write();
         let layout = inner.layout.load_full();
-        run_parallel(layout.tablets.clone(), |h| h.tablet().alter_schema(&new))?;
         let mut next = cat.clone();
         next.table_mut(name).expect("table exists").schema = new.def().clone();
-        self.files.save(&next)?;
+        let done = run_parallel(layout.tablets.clone(), |h| h.tablet().alter_schema(&new))
+            .and_then(|_| self.files.save(&next));
+        if let Err(e) = done {
+            // Some tablets may have the new schema: refuse work on the table until a reopen
+            // finishes the change (and never let a different change reuse its version).
+            *inner.broken.lock() = Some(e.to_string());
+            return Err(e);
+        }
         *cat = next;
         let partitioner = Partitioner::new(&new, &inner.partitioning.read())?;
         inner.layout.store(Arc::new(Layout {
@@ -480,6 +498,25 @@ impl Database {
         Ok(())
     }
 
+    /// Defaults fill cells of rows that never went through a write's size checks: hold them to
+    /// the same limit.
+    fn check_defaults(&self, schema: &Schema) -> Result<()> {
+        for c in schema.columns() {
+            let len = match &c.default {
+                Some(nyala_common::Value::Utf8(s)) => s.len(),
+                Some(nyala_common::Value::Binary(b)) => b.len(),
+                _ => continue,
+            };
+            if len > self.opts.tablet.max_cell_bytes {
+                return Err(StorageError::InvalidInput(format!(
+                    "the default of column \"{}\" is {len} bytes, over the limit of {} bytes",
+                    c.name, self.opts.tablet.max_cell_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the tablets of `metas` (in parallel). If any fails, those created are removed.
     fn create_tablets(&self, schema: &Schema, metas: &[TabletMeta]) -> Result<Vec<PendingTablet>> {
         let jobs: Vec<TabletMeta> = metas.to_vec();
@@ -509,10 +546,12 @@ impl Database {
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
+        if let Some(e) = first_err {
+            return Err(e);
         }
+        // The new directories must survive a power loss before the catalog names them.
+        self.files.sync_tablets_dir()?;
+        Ok(out)
     }
 }
 
@@ -584,6 +623,7 @@ fn build_table(
                 tablets: tablets.into_iter().map(Arc::new).collect(),
             }),
             alter_lock: RwLock::new(()),
+            broken: Mutex::new(None),
             clock: clock.clone(),
             opts: opts.tablet.clone(),
             scan_threads: opts.scan_threads,

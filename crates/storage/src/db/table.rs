@@ -103,6 +103,9 @@ pub(crate) struct TableInner {
     /// Held (shared) while a scan opens its tablets and (exclusively) while a schema change
     /// alters them, so every tablet of a scan reads with the same schema.
     pub alter_lock: RwLock<()>,
+    /// Set when a schema change failed part-way (some tablets have the new schema): the table
+    /// refuses work until the database is reopened, which finishes the change.
+    pub broken: Mutex<Option<String>>,
     pub clock: Arc<Clock>,
     pub opts: TabletOptions,
     pub scan_threads: usize,
@@ -183,7 +186,14 @@ impl Table {
         Ok(())
     }
 
-    fn check_live(&self) -> Result<()> {
+    pub(crate) fn check_live(&self) -> Result<()> {
+        if let Some(why) = &*self.inner.broken.lock() {
+            return Err(StorageError::InvalidInput(format!(
+                "table {} is unusable after a failed schema change ({why}); reopen the \
+                 database to finish the change",
+                self.name()
+            )));
+        }
         if self.inner.dropped.load(Ordering::Acquire) {
             return Err(StorageError::UndefinedTable(format!(
                 "{} (it was dropped)",
@@ -257,6 +267,10 @@ impl Table {
             errors,
             ..Default::default()
         };
+        if work.is_empty() {
+            // No row reached a tablet; still return a timestamp a snapshot can use.
+            outcome.timestamp = inner.clock.next();
+        }
         if work.len() == 1 && work[0].2.is_none() {
             let t = work[0].0;
             let o = layout.tablets[t].tablet().write_validated(vb)?;
