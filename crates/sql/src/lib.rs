@@ -1,0 +1,16 @@
+//! Nyala's SQL engine: Apache DataFusion over the database layer.
+//!
+//! Data flows one way: a statement is parsed and planned by DataFusion against a catalog that
+//! reads the database live ([`catalog`]); tables scan their tablets as query partitions with
+//! projection, filter and limit pushed down and write through the storage engine
+//! ([`provider`]); DDL goes straight to the database ([`engine`]).
+
+pub mod catalog;
+pub mod engine;
+pub mod error;
+mod filters;
+pub mod provider;
+mod types;
+
+pub use engine::Engine;
+pub use error::SqlError;

@@ -1,0 +1,468 @@
+//! A Nyala table as a DataFusion table: scans with projection, filter and limit pushdown, one
+//! query partition per tablet; inserts.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+
+use nyala_storage::{Predicate, ScanRequest, Table, TabletScan, WriteBatch, WriteOp};
+
+use crate::error::{to_df, RowFailure};
+use crate::filters::to_predicates;
+
+/// `schema` with every field nullable.
+///
+/// DataFusion is shown every column as nullable: the storage engine checks NOT NULL itself,
+/// with messages that name the table's column (DataFusion's own check would name the
+/// statement's expression, e.g. `column1` of a VALUES list).
+fn all_nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(ArrowSchema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A table of the database, for DataFusion.
+#[derive(Debug)]
+pub struct NyalaTable {
+    table: Table,
+}
+
+impl NyalaTable {
+    /// Wraps a table handle.
+    pub fn new(table: Table) -> Self {
+        NyalaTable { table }
+    }
+}
+
+#[async_trait]
+impl TableProvider for NyalaTable {
+    fn schema(&self) -> SchemaRef {
+        all_nullable(self.table.schema().arrow_schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let schema = self.table.schema();
+        Ok(filters
+            .iter()
+            .map(|f| match to_predicates(f, &schema) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.table.schema();
+        let projection_names: Option<Vec<String>> = projection.map(|p| {
+            p.iter()
+                .map(|&i| schema.columns()[i].name.clone())
+                .collect()
+        });
+        let predicates: Vec<Predicate> = filters
+            .iter()
+            .filter_map(|f| to_predicates(f, &schema))
+            .flatten()
+            .collect();
+        let req = ScanRequest {
+            projection: projection_names,
+            predicates: predicates.clone(),
+            snapshot: None,
+            batch_size: Some(state.config().batch_size()),
+            limit,
+        };
+        let table = self.table.clone();
+        // Choosing the snapshot may wait for a tablet's group commit: off the async workers.
+        let parts = tokio::task::spawn_blocking(move || table.scan_tablets(&req))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(to_df)?;
+        Ok(Arc::new(NyalaScanExec::new(
+            self.table.name().to_string(),
+            self.table.tablet_count(),
+            parts,
+            predicates,
+            limit,
+        )))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported; use INSERT or UPSERT"
+            )));
+        }
+        Ok(Arc::new(NyalaWriteExec::new(
+            self.table.clone(),
+            input,
+            WriteOp::Insert,
+        )))
+    }
+}
+
+/// Scans the tablets of one table at one snapshot: one output partition per tablet.
+pub struct NyalaScanExec {
+    table: String,
+    tablets_total: usize,
+    snapshot: u64,
+    predicates: Vec<Predicate>,
+    limit: Option<usize>,
+    schema: SchemaRef,
+    /// Each taken (once) by `execute`.
+    scans: Vec<Mutex<Option<TabletScan>>>,
+    props: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for NyalaScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NyalaScanExec")
+            .field("table", &self.table)
+            .field("tablets", &self.scans.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NyalaScanExec {
+    fn new(
+        table: String,
+        tablets_total: usize,
+        parts: nyala_storage::db::TabletScans,
+        predicates: Vec<Predicate>,
+        limit: Option<usize>,
+    ) -> Self {
+        let schema = all_nullable(&parts.schema);
+        let n = parts.scans.len().max(1);
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(n),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        NyalaScanExec {
+            table,
+            tablets_total,
+            snapshot: parts.snapshot,
+            predicates,
+            limit,
+            schema,
+            scans: parts
+                .scans
+                .into_iter()
+                .map(|s| Mutex::new(Some(s)))
+                .collect(),
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for NyalaScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let cols: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        write!(
+            f,
+            "NyalaScanExec: table={}, tablets={} of {}, snapshot={}, projection=[{}]",
+            self.table,
+            self.scans.len(),
+            self.tablets_total,
+            self.snapshot,
+            cols.join(", ")
+        )?;
+        if !self.predicates.is_empty() {
+            let p: Vec<String> = self.predicates.iter().map(describe_predicate).collect();
+            write!(f, ", predicates=[{}]", p.join(" AND "))?;
+        }
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_predicate(p: &Predicate) -> String {
+    match p {
+        Predicate::Compare { column, op, value } => {
+            let op = match op {
+                nyala_storage::CmpOp::Eq => "=",
+                nyala_storage::CmpOp::Lt => "<",
+                nyala_storage::CmpOp::Le => "<=",
+                nyala_storage::CmpOp::Gt => ">",
+                nyala_storage::CmpOp::Ge => ">=",
+            };
+            format!("{column} {op} {value}")
+        }
+        Predicate::In { column, values } => {
+            let v: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            format!("{column} IN ({})", v.join(", "))
+        }
+        Predicate::IsNull(c) => format!("{c} IS NULL"),
+        Predicate::IsNotNull(c) => format!("{c} IS NOT NULL"),
+    }
+}
+
+impl ExecutionPlan for NyalaScanExec {
+    fn name(&self) -> &str {
+        "NyalaScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let scan = match self.scans.get(partition) {
+            // Every tablet was pruned: the one partition is empty.
+            None => None,
+            Some(slot) => Some(slot.lock().take().ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "partition {partition} of the scan of {} was already read",
+                    self.table
+                ))
+            })?),
+        };
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let tx = builder.tx();
+        if let Some(scan) = scan {
+            let schema = self.schema.clone();
+            // Decoding segments is CPU work that blocks: on the blocking pool.
+            builder.spawn_blocking(move || {
+                for batch in scan {
+                    // Same columns, labelled with the (all nullable) schema DataFusion knows.
+                    let batch = batch.map_err(to_df).and_then(|b| {
+                        let opts = arrow::array::RecordBatchOptions::new()
+                            .with_row_count(Some(b.num_rows()));
+                        RecordBatch::try_new_with_options(
+                            schema.clone(),
+                            b.columns().to_vec(),
+                            &opts,
+                        )
+                        .map_err(DataFusionError::from)
+                    });
+                    let failed = batch.is_err();
+                    if tx.blocking_send(batch).is_err() || failed {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Writes the rows of its input with one operation (INSERT, UPSERT) and returns the count.
+pub struct NyalaWriteExec {
+    table: Table,
+    input: Arc<dyn ExecutionPlan>,
+    op: WriteOp,
+    props: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for NyalaWriteExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NyalaWriteExec")
+            .field("op", &self.op)
+            .finish_non_exhaustive()
+    }
+}
+
+fn count_schema() -> SchemaRef {
+    Arc::new(ArrowSchema::new(vec![Field::new(
+        "count",
+        ArrowType::UInt64,
+        false,
+    )]))
+}
+
+impl NyalaWriteExec {
+    pub(crate) fn new(table: Table, input: Arc<dyn ExecutionPlan>, op: WriteOp) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(count_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        NyalaWriteExec {
+            table,
+            input,
+            op,
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for NyalaWriteExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "NyalaWriteExec: table={}, op={:?}",
+            self.table.name(),
+            self.op
+        )
+    }
+}
+
+impl ExecutionPlan for NyalaWriteExec {
+    fn name(&self) -> &str {
+        "NyalaWriteExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(NyalaWriteExec::new(
+            self.table.clone(),
+            children.swap_remove(0),
+            self.op,
+        )))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "NyalaWriteExec has one partition, asked for {partition}"
+            )));
+        }
+        let (input, table, op) = (self.input.clone(), self.table.clone(), self.op);
+        let stream = futures::stream::once(async move {
+            let mut count = 0u64;
+            for p in 0..input.output_partitioning().partition_count() {
+                let mut batches = input.execute(p, context.clone())?;
+                while let Some(batch) = batches.next().await {
+                    let batch = batch?;
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                    let table = table.clone();
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        table.write(&WriteBatch::uniform(op, batch))
+                    })
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .map_err(to_df)?;
+                    if let Some(e) = outcome.errors.into_iter().next() {
+                        return Err(DataFusionError::External(Box::new(RowFailure(e))));
+                    }
+                    count += outcome.applied as u64;
+                }
+            }
+            RecordBatch::try_new(
+                count_schema(),
+                vec![Arc::new(UInt64Array::from(vec![count]))],
+            )
+            .map_err(DataFusionError::from)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            count_schema(),
+            stream,
+        )))
+    }
+}

@@ -1,0 +1,198 @@
+//! SQL over the database: DDL, INSERT, queries with pushdown, errors, restart.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::util::pretty::pretty_format_batches;
+use nyala_sql::{Engine, SqlError};
+use nyala_storage::{Database, DatabaseOptions, RowErrorKind, StorageError};
+
+fn open(dir: &std::path::Path) -> Engine {
+    Engine::new(Arc::new(
+        Database::open(dir, DatabaseOptions::default()).unwrap(),
+    ))
+}
+
+async fn run(e: &Engine, sql: &str) -> Vec<RecordBatch> {
+    e.execute(sql)
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+}
+
+fn text(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).unwrap().to_string()
+}
+
+const CREATE: &str = "CREATE TABLE traffic (
+    uid INT, lane SMALLINT, ts TIMESTAMP, speed DOUBLE PRECISION, note TEXT,
+    PRIMARY KEY (uid, lane, ts))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_insert_query_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, CREATE).await;
+    let out = run(
+        &e,
+        "INSERT INTO traffic VALUES
+            (1, 1, '2024-05-01 10:00:00', 50.0, 'a'),
+            (1, 1, '2024-05-01 10:30:00', 70.0, NULL),
+            (1, 2, '2024-05-01 11:15:00', 90.0, 'b'),
+            (2, 1, '2024-05-01 10:05:00', 30.0, 'c')",
+    )
+    .await;
+    assert_eq!(
+        out[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .value(0),
+        4
+    );
+    // A write is visible to the very next query.
+    let hourly = run(
+        &e,
+        "SELECT date_trunc('hour', ts) AS hr, avg(speed) AS avg_speed, count(*) AS n
+         FROM traffic GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        text(&hourly),
+        "+----------------------+-----------+---+
+| hr                   | avg_speed | n |
++----------------------+-----------+---+
+| 2024-05-01T10:00:00Z | 50.0      | 3 |
+| 2024-05-01T11:00:00Z | 90.0      | 1 |
++----------------------+-----------+---+"
+    );
+    // Filters, projections and NULLs.
+    let rows = run(
+        &e,
+        "SELECT uid, note FROM traffic WHERE speed > 40 AND note IS NOT NULL ORDER BY uid, lane",
+    )
+    .await;
+    assert_eq!(
+        text(&rows),
+        "+-----+------+
+| uid | note |
++-----+------+
+| 1   | a    |
+| 1   | b    |
++-----+------+"
+    );
+    // A key lookup is pushed down and pruned to one tablet.
+    let plan = run(
+        &e,
+        "EXPLAIN SELECT * FROM traffic WHERE uid = 2 AND lane = 1 AND ts = '2024-05-01 10:05:00'",
+    )
+    .await;
+    let plan = text(&plan);
+    assert!(
+        plan.contains("NyalaScanExec: table=public.traffic, tablets=1 of 2"),
+        "{plan}"
+    );
+    assert!(plan.contains("uid = 2"), "{plan}");
+    let one = run(
+        &e,
+        "SELECT speed FROM traffic WHERE uid = 2 AND lane = 1 AND ts = '2024-05-01 10:05:00'",
+    )
+    .await;
+    assert_eq!(
+        one[0].column(0).as_primitive::<Float64Type>().value(0),
+        30.0
+    );
+    let n = run(&e, "SELECT count(*) FROM traffic WHERE uid IN (1, 3)").await;
+    assert_eq!(n[0].column(0).as_primitive::<Int64Type>().value(0), 3);
+    // The catalog is visible to information_schema.
+    let tables = run(&e, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'nyala' AND table_schema = 'public'").await;
+    assert_eq!(
+        text(&tables),
+        "+--------------+------------+
+| table_schema | table_name |
++--------------+------------+
+| public       | traffic    |
++--------------+------------+"
+    );
+    run(&e, "DROP TABLE traffic").await;
+    assert!(e.execute("SELECT * FROM traffic").await.is_err());
+    run(&e, "DROP TABLE IF EXISTS traffic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, CREATE).await;
+    run(
+        &e,
+        "INSERT INTO traffic VALUES (1, 1, '2024-05-01 10:00:00', 50.0, 'a')",
+    )
+    .await;
+    match e
+        .execute("INSERT INTO traffic VALUES (1, 1, '2024-05-01 10:00:00', 60.0, 'b')")
+        .await
+    {
+        Err(SqlError::Row(r)) => {
+            assert_eq!(r.kind, RowErrorKind::DuplicateKey);
+            assert!(r.message.contains("(uid, lane, ts)"), "{}", r.message);
+        }
+        other => panic!("expected a duplicate key error, got {other:?}"),
+    }
+    assert!(matches!(
+        e.execute(CREATE).await,
+        Err(SqlError::Storage(StorageError::DuplicateTable(_)))
+    ));
+    run(
+        &e,
+        &CREATE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"),
+    )
+    .await;
+    let no_key = e.execute("CREATE TABLE k (a INT)").await.unwrap_err();
+    assert!(no_key.to_string().contains("primary key"), "{no_key}");
+    let float_key = e
+        .execute("CREATE TABLE k (a DOUBLE PRECISION PRIMARY KEY)")
+        .await
+        .unwrap_err();
+    assert!(
+        float_key.to_string().contains("floating point"),
+        "{float_key}"
+    );
+    let unknown = e.execute("SELECT * FROM nope").await.unwrap_err();
+    assert!(unknown.to_string().contains("nope"), "{unknown}");
+    let column = e.execute("SELECT nope FROM traffic").await.unwrap_err();
+    assert!(column.to_string().contains("nope"), "{column}");
+    let syntax = e.execute("SELEC 1").await.unwrap_err();
+    assert!(
+        syntax.to_string().to_lowercase().contains("sql"),
+        "{syntax}"
+    );
+    let null_key = e
+        .execute("INSERT INTO traffic VALUES (NULL, 1, '2024-05-01 10:00:00', 1.0, 'x')")
+        .await
+        .unwrap_err();
+    assert!(null_key.to_string().contains("uid"), "{null_key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        run(&e, CREATE).await;
+        run(&e, "INSERT INTO traffic SELECT v % 10, 1, to_timestamp(v * 60), v * 1.5, NULL FROM generate_series(1, 1000) AS t(v)").await;
+    }
+    let e = open(dir.path());
+    let out = run(
+        &e,
+        "SELECT count(*), sum(speed), count(DISTINCT uid) FROM traffic",
+    )
+    .await;
+    let b = &out[0];
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1000);
+    assert_eq!(
+        b.column(1).as_primitive::<Float64Type>().value(0),
+        1.5 * 500_500.0
+    );
+    assert_eq!(b.column(2).as_primitive::<Int64Type>().value(0), 10);
+    assert!(b.column(0).null_count() == 0);
+}
