@@ -2,17 +2,27 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 use datafusion::common::{Constraint, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::{CreateMemoryTable, DdlStatement, DropTable, Expr, LogicalPlan};
+use datafusion::logical_expr::{
+    col, CreateMemoryTable, DdlStatement, DmlStatement, DropTable, Expr, LogicalPlan,
+    LogicalPlanBuilder, WriteOp as DmlOp,
+};
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    self, AssignmentTarget, ObjectNamePart, OnConflictAction, OnInsert, SqliteOnConflict,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
 
 use nyala_common::{ColumnSchema, Schema};
 use nyala_storage::db::DEFAULT_NAMESPACE;
-use nyala_storage::{Database, IfExists, PartitionSpec, TableName};
+use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBatch, WriteOp};
 
 use crate::catalog::{NyalaCatalog, CATALOG};
-use crate::error::SqlError;
+use crate::error::{RowFailure, SqlError};
 use crate::types::{default_value, storage_type};
 
 /// A SQL session over a database: runs one statement at a time, each at its own snapshot.
@@ -47,10 +57,50 @@ impl Engine {
     }
 
     /// Runs one statement and returns its result batches (empty for DDL; one row with
-    /// `count` for INSERT).
+    /// `count` for INSERT, UPSERT, UPDATE and DELETE).
     pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        // `UPSERT INTO` (Impala/Kudu) is `INSERT INTO` with upsert semantics.
+        let trimmed = sql.trim_start();
+        let upsert = trimmed.get(..7).is_some_and(|w| {
+            w[..6].eq_ignore_ascii_case("upsert") && w.ends_with(char::is_whitespace)
+        });
+        let text = if upsert {
+            format!("INSERT{}", &trimmed[6..])
+        } else {
+            sql.to_string()
+        };
+        let mut statements = DFParser::parse_sql_with_dialect(&text, &PostgreSqlDialect {})?;
+        if statements.len() != 1 {
+            return Err(SqlError::Unsupported(format!(
+                "{} statements in one call; send one at a time",
+                statements.len()
+            )));
+        }
+        let mut statement = statements.pop_front().expect("one statement");
+        let mut mode = if upsert {
+            InsertMode::Upsert
+        } else {
+            InsertMode::Insert
+        };
+        if let DFStatement::Statement(s) = &mut statement {
+            match s.as_mut() {
+                ast::Statement::Insert(insert) => {
+                    if insert.replace_into || insert.or == Some(SqliteOnConflict::Replace) {
+                        mode = InsertMode::Upsert;
+                        insert.replace_into = false;
+                        insert.or = None;
+                    }
+                    if let Some(on) = insert.on.take() {
+                        mode = on_conflict_mode(on)?;
+                    }
+                }
+                ast::Statement::Update(update) => self.check_update(update)?,
+                _ => {}
+            }
+        }
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
         match plan {
+            LogicalPlan::Dml(dml) => self.write(dml, mode).await,
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
                 self.create_table(&c)?;
                 Ok(vec![])
@@ -64,6 +114,124 @@ impl Engine {
                 other.name()
             ))),
             plan => Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?),
+        }
+    }
+
+    /// Refuses assignments to key columns (a key identifies its row; delete and insert to
+    /// change it).
+    fn check_update(&self, update: &ast::Update) -> Result<(), SqlError> {
+        let ast::TableFactor::Table { name, .. } = &update.table.relation else {
+            return Ok(());
+        };
+        let reference = TableReference::from(name.to_string());
+        let Ok(table) = self.db.table(&Self::table_name(&reference)?) else {
+            return Ok(()); // the planner reports the unknown table
+        };
+        let schema = table.schema();
+        for a in &update.assignments {
+            let names: Vec<&ast::ObjectName> = match &a.target {
+                AssignmentTarget::ColumnName(n) => vec![n],
+                AssignmentTarget::Tuple(ns) => ns.iter().collect(),
+            };
+            for n in names {
+                let column = last_ident(n);
+                if let Ok(i) = schema.index_of(&column) {
+                    if schema.is_key(i) {
+                        return Err(SqlError::Storage(
+                            nyala_common::SchemaError::KeyColumnChange {
+                                column,
+                                change: "updated".into(),
+                            }
+                            .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs INSERT (in every mode), UPDATE and DELETE: the rows come from the statement's
+    /// input plan (for UPDATE and DELETE, a scan of the table at this statement's snapshot with
+    /// the WHERE clause applied; for UPDATE, with the new values) and are written in batches.
+    async fn write(
+        &self,
+        dml: DmlStatement,
+        mode: InsertMode,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let table = self.db.table(&Self::table_name(&dml.table_name)?)?;
+        let schema = table.schema();
+        let input = Arc::unwrap_or_clone(dml.input);
+        let (input, op) = match &dml.op {
+            DmlOp::Insert(_) => (input, None),
+            DmlOp::Update => (input, Some(WriteOp::UpdateIgnore)),
+            DmlOp::Delete => {
+                let keys: Vec<Expr> = schema
+                    .key_indices()
+                    .iter()
+                    .map(|&i| col(schema.columns()[i].name.as_str()))
+                    .collect();
+                let input = LogicalPlanBuilder::from(input).project(keys)?.build()?;
+                (input, Some(WriteOp::DeleteIgnore))
+            }
+            other => return Err(SqlError::Unsupported(format!("{other}"))),
+        };
+        let mut stream = self
+            .ctx
+            .execute_logical_plan(input)
+            .await?
+            .execute_stream()
+            .await?;
+        let mut count = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            count += match op {
+                Some(op) => write_batch(&table, op, batch).await?,
+                None => self.insert_batch(&table, &mode, batch).await?,
+            };
+        }
+        let schema = Arc::new(ArrowSchema::new(vec![Field::new(
+            "count",
+            ArrowType::UInt64,
+            false,
+        )]));
+        Ok(vec![RecordBatch::try_new(
+            schema,
+            vec![Arc::new(UInt64Array::from(vec![count]))],
+        )?])
+    }
+
+    async fn insert_batch(
+        &self,
+        table: &Table,
+        mode: &InsertMode,
+        batch: RecordBatch,
+    ) -> Result<u64, SqlError> {
+        match mode {
+            InsertMode::Insert => write_batch(table, WriteOp::Insert, batch).await,
+            InsertMode::Upsert => write_batch(table, WriteOp::Upsert, batch).await,
+            InsertMode::DoNothing => write_batch(table, WriteOp::InsertIgnore, batch).await,
+            InsertMode::DoUpdate(columns) => {
+                // New keys get the whole row; existing ones only the SET columns (with the
+                // values the row would have been inserted with, i.e. EXCLUDED's).
+                let n = batch.num_rows() as u64;
+                let schema = table.schema();
+                let mut keep: Vec<usize> = schema.key_indices().to_vec();
+                for c in columns {
+                    keep.push(batch.schema().index_of(c).map_err(|_| {
+                        SqlError::Storage(
+                            nyala_common::SchemaError::UnknownColumn(c.clone()).into(),
+                        )
+                    })?);
+                }
+                let update = batch.project(&keep)?;
+                write_batch(table, WriteOp::InsertIgnore, batch).await?;
+                write_batch(table, WriteOp::UpdateIgnore, update).await?;
+                Ok(n)
+            }
         }
     }
 
@@ -167,4 +335,90 @@ fn literal_of(e: &Expr) -> Option<&datafusion::common::ScalarValue> {
         Expr::TryCast(c) => literal_of(&c.expr),
         _ => None,
     }
+}
+
+/// How an INSERT treats keys that exist already.
+enum InsertMode {
+    /// Fail (PostgreSQL's unique violation).
+    Insert,
+    /// Replace the row (`UPSERT INTO`, `INSERT OR REPLACE`, `REPLACE INTO`).
+    Upsert,
+    /// Skip the row (`ON CONFLICT DO NOTHING`).
+    DoNothing,
+    /// Update these columns of the existing row (`ON CONFLICT DO UPDATE SET c = EXCLUDED.c`).
+    DoUpdate(Vec<String>),
+}
+
+/// The mode of an `ON CONFLICT` clause. Only the forms with a meaning here are accepted: the
+/// conflict target, if given, is the primary key (the only unique constraint), and `DO UPDATE`
+/// sets columns to `EXCLUDED` values.
+fn on_conflict_mode(on: OnInsert) -> Result<InsertMode, SqlError> {
+    let OnInsert::OnConflict(oc) = on else {
+        return Err(SqlError::Unsupported(
+            "ON DUPLICATE KEY UPDATE; use ON CONFLICT (key) DO UPDATE".into(),
+        ));
+    };
+    match oc.action {
+        OnConflictAction::DoNothing => Ok(InsertMode::DoNothing),
+        OnConflictAction::DoUpdate(du) => {
+            if du.selection.is_some() {
+                return Err(SqlError::Unsupported(
+                    "ON CONFLICT DO UPDATE ... WHERE".into(),
+                ));
+            }
+            let mut columns = Vec::new();
+            for a in du.assignments {
+                let AssignmentTarget::ColumnName(target) = &a.target else {
+                    return Err(SqlError::Unsupported(
+                        "tuple assignments in ON CONFLICT".into(),
+                    ));
+                };
+                let target = last_ident(target);
+                let from_excluded = match &a.value {
+                    ast::Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                        parts[0].value.eq_ignore_ascii_case("excluded")
+                            && normalize(&parts[1]) == target
+                    }
+                    _ => false,
+                };
+                if !from_excluded {
+                    return Err(SqlError::Unsupported(format!(
+                        "ON CONFLICT DO UPDATE SET {target} = <expression>; only \
+                         {target} = EXCLUDED.{target} is supported"
+                    )));
+                }
+                columns.push(target);
+            }
+            Ok(InsertMode::DoUpdate(columns))
+        }
+    }
+}
+
+/// An identifier as SQL means it: unquoted ones fold to lower case.
+fn normalize(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn last_ident(name: &ast::ObjectName) -> String {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => normalize(i),
+        _ => name.to_string(),
+    }
+}
+
+/// Writes one batch with one operation; an INSERT's duplicate key fails the statement.
+async fn write_batch(table: &Table, op: WriteOp, batch: RecordBatch) -> Result<u64, SqlError> {
+    let table = table.clone();
+    let outcome = tokio::task::spawn_blocking(move || table.write(&WriteBatch::uniform(op, batch)))
+        .await
+        .map_err(|e| {
+            SqlError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
+        })??;
+    if let Some(e) = outcome.errors.into_iter().next() {
+        return Err(SqlError::Row(RowFailure(e).0));
+    }
+    Ok(outcome.applied as u64)
 }

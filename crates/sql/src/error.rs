@@ -46,6 +46,12 @@ impl From<DataFusionError> for SqlError {
     }
 }
 
+impl From<arrow_schema::ArrowError> for SqlError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        SqlError::DataFusion(e.into())
+    }
+}
+
 impl From<nyala_common::SchemaError> for SqlError {
     fn from(e: nyala_common::SchemaError) -> Self {
         SqlError::Storage(e.into())

@@ -49,12 +49,27 @@ fn all_nullable(schema: &SchemaRef) -> SchemaRef {
 #[derive(Debug)]
 pub struct NyalaTable {
     table: Table,
+    /// Column defaults as expressions, for INSERTs that leave columns out.
+    defaults: std::collections::HashMap<String, Expr>,
 }
 
 impl NyalaTable {
     /// Wraps a table handle.
     pub fn new(table: Table) -> Self {
-        NyalaTable { table }
+        let schema = table.schema();
+        let defaults = schema
+            .columns()
+            .iter()
+            .filter_map(|c| {
+                let v = c.default.as_ref()?;
+                let array =
+                    nyala_common::Value::to_array(&c.name, c.data_type, std::slice::from_ref(v))
+                        .ok()?;
+                let scalar = datafusion::common::ScalarValue::try_from_array(&array, 0).ok()?;
+                Some((c.name.clone(), Expr::Literal(scalar, None)))
+            })
+            .collect();
+        NyalaTable { table, defaults }
     }
 }
 
@@ -66,6 +81,10 @@ impl TableProvider for NyalaTable {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get(column)
     }
 
     fn supports_filters_pushdown(
@@ -128,16 +147,16 @@ impl TableProvider for NyalaTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} is not supported; use INSERT or UPSERT"
-            )));
-        }
-        Ok(Arc::new(NyalaWriteExec::new(
-            self.table.clone(),
-            input,
-            WriteOp::Insert,
-        )))
+        let op = match insert_op {
+            InsertOp::Append => WriteOp::Insert,
+            InsertOp::Replace => WriteOp::Upsert,
+            InsertOp::Overwrite => {
+                return Err(DataFusionError::NotImplemented(
+                    "INSERT OVERWRITE; use DELETE, then INSERT".into(),
+                ))
+            }
+        };
+        Ok(Arc::new(NyalaWriteExec::new(self.table.clone(), input, op)))
     }
 }
 

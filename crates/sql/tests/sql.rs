@@ -196,3 +196,93 @@ async fn data_survives_a_restart() {
     assert_eq!(b.column(2).as_primitive::<Int64Type>().value(0), 10);
     assert!(b.column(0).null_count() == 0);
 }
+
+async fn all_kv(e: &Engine) -> String {
+    text(&run(e, "SELECT id, v, n FROM kv ORDER BY id").await)
+}
+
+fn count(b: &[RecordBatch]) -> u64 {
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_on_conflict_update_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(
+        &e,
+        "CREATE TABLE kv (id BIGINT PRIMARY KEY, v TEXT, n INT NOT NULL DEFAULT 7)",
+    )
+    .await;
+    run(
+        &e,
+        "INSERT INTO kv (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    )
+    .await;
+    assert_eq!(
+        all_kv(&e).await,
+        "+----+---+---+
+| id | v | n |
++----+---+---+
+| 1  | a | 7 |
+| 2  | b | 7 |
+| 3  | c | 7 |
++----+---+---+"
+    );
+    // UPSERT (Impala/Kudu): insert or replace the row.
+    assert_eq!(
+        count(&run(&e, "upsert into kv values (3, 'C', 30), (4, 'd', 40)").await),
+        2
+    );
+    // ON CONFLICT DO NOTHING skips existing keys.
+    assert_eq!(
+        count(
+            &run(
+                &e,
+                "INSERT INTO kv VALUES (1, 'x', 0), (5, 'e', 50) ON CONFLICT (id) DO NOTHING"
+            )
+            .await
+        ),
+        1
+    );
+    // ON CONFLICT DO UPDATE changes only the SET columns of existing rows.
+    assert_eq!(
+        count(&run(&e, "INSERT INTO kv VALUES (2, 'B', 0), (6, 'f', 60) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v").await),
+        2
+    );
+    // UPDATE with expressions and a WHERE clause; DELETE.
+    assert_eq!(
+        count(&run(&e, "UPDATE kv SET n = n + 1, v = upper(v) WHERE id >= 5").await),
+        2
+    );
+    assert_eq!(
+        count(&run(&e, "DELETE FROM kv WHERE v = 'a' OR id = 4").await),
+        2
+    );
+    assert_eq!(
+        all_kv(&e).await,
+        "+----+---+----+
+| id | v | n  |
++----+---+----+
+| 2  | B | 7  |
+| 3  | C | 30 |
+| 5  | E | 51 |
+| 6  | F | 61 |
++----+---+----+"
+    );
+    let err = e
+        .execute("UPDATE kv SET id = 9 WHERE id = 2")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot be updated"), "{err}");
+    let err = e
+        .execute("INSERT INTO kv VALUES (2, 'x', 1) ON CONFLICT (id) DO UPDATE SET v = 'constant'")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("EXCLUDED"), "{err}");
+    assert_eq!(count(&run(&e, "DELETE FROM kv").await), 4);
+    let left = run(&e, "SELECT count(*) FROM kv").await;
+    assert_eq!(left[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+}
