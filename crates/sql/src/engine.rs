@@ -95,6 +95,10 @@ impl Engine {
                     }
                 }
                 ast::Statement::Update(update) => self.check_update(update)?,
+                ast::Statement::AlterTable(alter) => {
+                    self.alter_table(alter).await?;
+                    return Ok(vec![]);
+                }
                 _ => {}
             }
         }
@@ -115,6 +119,112 @@ impl Engine {
             ))),
             plan => Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?),
         }
+    }
+
+    /// `ALTER TABLE t ADD [COLUMN] c type ..., DROP [COLUMN] c, RENAME [COLUMN] a TO b,
+    /// RENAME TO u`: each operation in turn (each is atomic on its own).
+    async fn alter_table(&self, alter: &ast::AlterTable) -> Result<(), SqlError> {
+        let mut name = Self::table_name(&TableReference::from(alter.name.to_string()))?;
+        if alter.if_exists && self.db.table(&name).is_err() {
+            return Ok(());
+        }
+        for op in &alter.operations {
+            let change = match op {
+                ast::AlterTableOperation::AddColumn {
+                    column_def,
+                    if_not_exists,
+                    ..
+                } => {
+                    let column = self.column_from_def(column_def).await?;
+                    if *if_not_exists
+                        && self
+                            .db
+                            .table(&name)?
+                            .schema()
+                            .index_of(&column.name)
+                            .is_ok()
+                    {
+                        continue;
+                    }
+                    nyala_storage::SchemaChange::AddColumn(column)
+                }
+                ast::AlterTableOperation::DropColumn {
+                    column_names,
+                    if_exists,
+                    ..
+                } => {
+                    for c in column_names {
+                        let c = normalize(c);
+                        if *if_exists && self.db.table(&name)?.schema().index_of(&c).is_err() {
+                            continue;
+                        }
+                        self.db
+                            .alter_table(&name, &nyala_storage::SchemaChange::DropColumn(c))?;
+                    }
+                    continue;
+                }
+                ast::AlterTableOperation::RenameColumn {
+                    old_column_name,
+                    new_column_name,
+                } => nyala_storage::SchemaChange::RenameColumn {
+                    from: normalize(old_column_name),
+                    to: normalize(new_column_name),
+                },
+                ast::AlterTableOperation::RenameTable { table_name } => {
+                    let (ast::RenameTableNameKind::As(to) | ast::RenameTableNameKind::To(to)) =
+                        table_name;
+                    let qualified = to.0.len() > 1;
+                    let mut to = Self::table_name(&TableReference::from(to.to_string()))?;
+                    if !qualified {
+                        // As in PostgreSQL, the table stays in its schema.
+                        to.namespace = name.namespace.clone();
+                    }
+                    self.db.rename_table(&name, &to)?;
+                    name = to;
+                    continue;
+                }
+                other => return Err(SqlError::Unsupported(format!("ALTER TABLE ... {other}"))),
+            };
+            self.db.alter_table(&name, &change)?;
+        }
+        Ok(())
+    }
+
+    /// A column definition as the storage engine takes it, typed by DataFusion's planner (so
+    /// that `ADD COLUMN` accepts exactly the types and defaults `CREATE TABLE` does).
+    async fn column_from_def(&self, def: &ast::ColumnDef) -> Result<ColumnSchema, SqlError> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&format!("CREATE TABLE nyala_alter_probe ({def})"))
+            .await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) = plan else {
+            return Err(SqlError::Unsupported(format!("column definition {def}")));
+        };
+        let field = c.input.schema().field(0).clone();
+        let data_type = storage_type(field.name(), field.data_type())?;
+        let mut column = if field.is_nullable() {
+            ColumnSchema::nullable(field.name(), data_type)
+        } else {
+            ColumnSchema::not_null(field.name(), data_type)
+        };
+        if let Some((_, expr)) = c.column_defaults.first() {
+            column.default = Some(match literal_of(expr) {
+                Some(v) => default_value(field.name(), data_type, v)?,
+                None => {
+                    return Err(SqlError::Unsupported(format!(
+                        "default of column \"{}\": only constants are supported",
+                        field.name()
+                    )))
+                }
+            });
+        }
+        if !c.constraints.is_empty() {
+            return Err(SqlError::Unsupported(
+                "constraints on an added column (the primary key cannot change)".into(),
+            ));
+        }
+        Ok(column)
     }
 
     /// Refuses assignments to key columns (a key identifies its row; delete and insert to

@@ -286,3 +286,44 @@ async fn upsert_on_conflict_update_delete() {
     let left = run(&e, "SELECT count(*) FROM kv").await;
     assert_eq!(left[0].column(0).as_primitive::<Int64Type>().value(0), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_table_describe_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, "CREATE TABLE kv (id BIGINT PRIMARY KEY, v TEXT)").await;
+    run(&e, "INSERT INTO kv VALUES (1, 'a')").await;
+    run(&e, "ALTER TABLE kv ADD COLUMN n INT NOT NULL DEFAULT 5").await;
+    run(&e, "ALTER TABLE kv ADD COLUMN IF NOT EXISTS n INT").await;
+    run(&e, "ALTER TABLE kv RENAME COLUMN v TO label").await;
+    run(&e, "INSERT INTO kv (id, label) VALUES (2, 'b')").await;
+    run(&e, "ALTER TABLE kv DROP COLUMN label").await;
+    run(&e, "ALTER TABLE kv RENAME TO pairs").await;
+    assert_eq!(
+        text(&run(&e, "SELECT * FROM pairs ORDER BY id").await),
+        "+----+---+
+| id | n |
++----+---+
+| 1  | 5 |
+| 2  | 5 |
++----+---+"
+    );
+    let err = e
+        .execute("ALTER TABLE pairs DROP COLUMN id")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("primary key"), "{err}");
+    let err = e
+        .execute("ALTER TABLE nope ADD COLUMN x INT")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    run(&e, "ALTER TABLE IF EXISTS nope ADD COLUMN x INT").await;
+    let described = text(&run(&e, "DESCRIBE pairs").await);
+    assert!(
+        described.contains("| id ") && described.contains("| n "),
+        "{described}"
+    );
+    let tables = text(&run(&e, "SHOW TABLES").await);
+    assert!(tables.contains("pairs"), "{tables}");
+}
