@@ -23,6 +23,7 @@ use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBa
 
 use crate::catalog::{NyalaCatalog, CATALOG};
 use crate::error::{RowFailure, SqlError};
+use crate::partition_clause::{range_change, split_create, RangeChange, RawPartitioning, RawRange};
 use crate::types::{default_value, storage_type};
 
 /// A SQL session over a database: runs one statement at a time, each at its own snapshot.
@@ -69,6 +70,11 @@ impl Engine {
         } else {
             sql.to_string()
         };
+        if let Some(change) = range_change(&text)? {
+            self.change_range(change)?;
+            return Ok(vec![]);
+        }
+        let (text, partitioning) = split_create(&text)?;
         let mut statements = DFParser::parse_sql_with_dialect(&text, &PostgreSqlDialect {})?;
         if statements.len() != 1 {
             return Err(SqlError::Unsupported(format!(
@@ -106,7 +112,7 @@ impl Engine {
         match plan {
             LogicalPlan::Dml(dml) => self.write(dml, mode).await,
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
-                self.create_table(&c)?;
+                self.create_table(&c, partitioning)?;
                 Ok(vec![])
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
@@ -359,7 +365,35 @@ impl Engine {
         ))
     }
 
-    fn create_table(&self, c: &CreateMemoryTable) -> Result<(), SqlError> {
+    /// `ALTER TABLE t ADD|DROP RANGE PARTITION ...`.
+    fn change_range(&self, change: RangeChange) -> Result<(), SqlError> {
+        let name = Self::table_name(&TableReference::from(change.table.as_str()))?;
+        let table = self.db.table(&name)?;
+        let schema = table.schema();
+        let column = table
+            .describe()
+            .partitioning
+            .range
+            .map(|r| r.column)
+            .ok_or_else(|| {
+                SqlError::Storage(nyala_storage::StorageError::InvalidInput(format!(
+                    "table {name} has no range partitioning"
+                )))
+            })?;
+        let bounds = range_bounds(&schema, &column, &change.range)?;
+        if change.add {
+            self.db.add_range_partition(&name, &bounds)?;
+        } else {
+            self.db.drop_range_partition(&name, &bounds)?;
+        }
+        Ok(())
+    }
+
+    fn create_table(
+        &self,
+        c: &CreateMemoryTable,
+        partitioning: Option<RawPartitioning>,
+    ) -> Result<(), SqlError> {
         if c.or_replace || c.temporary {
             return Err(SqlError::Unsupported(
                 "CREATE OR REPLACE / TEMPORARY tables".into(),
@@ -413,9 +447,27 @@ impl Engine {
         }
         let key_names: Vec<&str> = key.iter().map(|&i| fields[i].name().as_str()).collect();
         let schema = Schema::new(columns, &key_names)?;
-        // Without a partition clause: hash the leading key column over one tablet per core.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
-        let spec = PartitionSpec::hash([key_names[0]], cores);
+        let spec = match partitioning {
+            // Without a partition clause: hash the leading key column over one tablet per core.
+            None => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+                PartitionSpec::hash([key_names[0]], cores)
+            }
+            Some(p) => {
+                let mut spec = match p.hash {
+                    Some((cols, n)) => PartitionSpec::hash(cols, n),
+                    None => PartitionSpec::default(),
+                };
+                if let Some((column, ranges)) = p.range {
+                    let bounds = ranges
+                        .iter()
+                        .map(|r| range_bounds(&schema, &column, r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    spec = spec.with_range(column, bounds);
+                }
+                spec
+            }
+        };
         let if_exists = if c.if_not_exists {
             IfExists::Skip
         } else {
@@ -435,6 +487,32 @@ impl Engine {
         self.db.drop_table(&name, if_exists)?;
         Ok(())
     }
+}
+
+/// A written range partition as bounds of the range column's type.
+fn range_bounds(
+    schema: &Schema,
+    column: &str,
+    range: &RawRange,
+) -> Result<nyala_storage::RangeBounds, SqlError> {
+    let col = &schema.columns()[schema.index_of(column)?];
+    let convert = |v: &Option<datafusion::common::ScalarValue>| -> Result<_, SqlError> {
+        v.as_ref()
+            .map(|v| {
+                let cast = v.cast_to(&col.data_type.to_arrow()).map_err(|e| {
+                    SqlError::Unsupported(format!(
+                        "range bound {v} for column \"{column}\" of type {}: {e}",
+                        col.data_type
+                    ))
+                })?;
+                default_value(column, col.data_type, &cast)
+            })
+            .transpose()
+    };
+    Ok(nyala_storage::RangeBounds {
+        lower: convert(&range.lower)?,
+        upper: convert(&range.upper)?,
+    })
 }
 
 /// The constant of a (possibly cast) literal expression.

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 mod filters;
+mod partition_clause;
 pub mod provider;
 mod types;
 

@@ -327,3 +327,60 @@ async fn alter_table_describe_and_show() {
     let tables = text(&run(&e, "SHOW TABLES").await);
     assert!(tables.contains("pairs"), "{tables}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kudu_partition_clauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(
+        &e,
+        "CREATE TABLE readings (uid INT, ts TIMESTAMP, speed REAL, PRIMARY KEY (uid, ts))
+         PARTITION BY HASH (uid) PARTITIONS 3,
+         RANGE (ts) (PARTITION '2024-05-01' <= VALUES < '2024-05-02',
+                     PARTITION '2024-05-02' <= VALUES < '2024-05-03')",
+    )
+    .await;
+    run(&e, "INSERT INTO readings VALUES (1, '2024-05-01 10:00:00', 50), (2, '2024-05-02 10:00:00', 60)").await;
+    // A key outside every range partition fails the INSERT, naming the value.
+    let err = e
+        .execute("INSERT INTO readings VALUES (3, '2024-05-07 10:00:00', 70)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no range partition"), "{err}");
+    run(
+        &e,
+        "ALTER TABLE readings ADD RANGE PARTITION '2024-05-07' <= VALUES < '2024-05-08'",
+    )
+    .await;
+    run(
+        &e,
+        "INSERT INTO readings VALUES (3, '2024-05-07 10:00:00', 70)",
+    )
+    .await;
+    let plan = text(
+        &run(
+            &e,
+            "EXPLAIN SELECT * FROM readings WHERE uid = 1 AND ts < '2024-05-02'",
+        )
+        .await,
+    );
+    assert!(plan.contains("tablets=1 of 9"), "{plan}");
+    // Dropping a range partition drops its rows (retention).
+    run(
+        &e,
+        "ALTER TABLE readings DROP RANGE PARTITION '2024-05-01' <= VALUES < '2024-05-02'",
+    )
+    .await;
+    let n = run(&e, "SELECT count(*) FROM readings").await;
+    assert_eq!(n[0].column(0).as_primitive::<Int64Type>().value(0), 2);
+    let err = e
+        .execute("CREATE TABLE bad (a INT PRIMARY KEY) PARTITION BY HASH (a) PARTITIONS 0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("partitions"), "{err}");
+    let err = e
+        .execute("CREATE TABLE bad (a INT PRIMARY KEY) PARTITION BY RANGE (a) (PARTITION 0 <= VALUES < 10, PARTITION 5 <= VALUES < 20)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
+}
