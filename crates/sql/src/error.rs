@@ -27,6 +27,65 @@ pub enum SqlError {
     Unsupported(String),
 }
 
+impl SqlError {
+    /// The PostgreSQL SQLSTATE code for this error, for clients that branch on it (e.g. a
+    /// retry on `40001`, "already exists" on `42P07`).
+    pub fn sqlstate(&self) -> &'static str {
+        use datafusion::common::SchemaError as DfSchema;
+        use nyala_common::SchemaError as S;
+        use nyala_storage::RowErrorKind;
+        match self {
+            SqlError::Row(r) => match r.kind {
+                RowErrorKind::DuplicateKey => "23505", // unique_violation
+                RowErrorKind::KeyNotFound => "02000",  // no_data
+                RowErrorKind::NoPartition => "23514",  // check_violation
+            },
+            SqlError::Storage(e) => match e {
+                StorageError::UndefinedTable(_) => "42P01",
+                StorageError::DuplicateTable(_) => "42P07",
+                StorageError::UndefinedNamespace(_) => "3F000",
+                StorageError::DuplicateNamespace(_) => "42P06",
+                StorageError::Schema(s) => match s {
+                    S::UnknownColumn(_) | S::UnknownKeyColumn(_) => "42703",
+                    S::DuplicateColumn(_) | S::DuplicateKeyColumn(_) => "42701",
+                    S::TypeMismatch { .. } => "42804",
+                    S::NoPrimaryKey | S::NullableKeyColumn(_) | S::InvalidKeyType { .. } => "42P16",
+                    S::KeyColumnChange { .. } => "0A000",
+                    S::InvalidDecimal { .. } | S::UnsupportedType(_) => "42804",
+                    _ => "22023",
+                },
+                StorageError::InvalidInput(m) if m.contains("NULL") => "23502", // not_null_violation
+                StorageError::InvalidInput(_) => "22023", // invalid_parameter_value
+                StorageError::SnapshotTooOld { .. } | StorageError::SnapshotInFuture { .. } => {
+                    "22023"
+                }
+                StorageError::InUse(_) => "55006", // object_in_use
+                StorageError::Poisoned(_) => "58030", // io_error
+                StorageError::Io(_) | StorageError::Sled(_) => "58030",
+                StorageError::Corrupt(_) => "XX001", // data_corrupted
+                _ => "XX000",
+            },
+            SqlError::Unsupported(_) => "0A000", // feature_not_supported
+            SqlError::DataFusion(e) => match e.find_root() {
+                DataFusionError::SQL(..) => "42601", // syntax_error
+                DataFusionError::SchemaError(s, _) => match s.as_ref() {
+                    DfSchema::FieldNotFound { .. } => "42703",
+                    DfSchema::AmbiguousReference { .. } => "42702",
+                    _ => "42P10",
+                },
+                DataFusionError::Plan(m) if m.contains("not found") && m.contains("table") => {
+                    "42P01"
+                }
+                DataFusionError::Plan(_) => "42000",
+                DataFusionError::NotImplemented(_) => "0A000",
+                DataFusionError::ArrowError(..) => "22000", // data_exception (casts, overflow)
+                DataFusionError::ResourcesExhausted(_) => "53000",
+                _ => "XX000",
+            },
+        }
+    }
+}
+
 impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
         match e {

@@ -384,3 +384,26 @@ async fn kudu_partition_clauses() {
         .unwrap_err();
     assert!(err.to_string().contains("overlaps"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_postgresql_sqlstates() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(
+        &e,
+        "CREATE TABLE kv (id BIGINT PRIMARY KEY, v TEXT NOT NULL)",
+    )
+    .await;
+    run(&e, "INSERT INTO kv VALUES (1, 'a')").await;
+    let state = |sql: &'static str| {
+        let e = &e;
+        async move { e.execute(sql).await.unwrap_err().sqlstate() }
+    };
+    assert_eq!(state("INSERT INTO kv VALUES (1, 'b')").await, "23505");
+    assert_eq!(state("SELECT * FROM missing").await, "42P01");
+    assert_eq!(state("SELECT nope FROM kv").await, "42703");
+    assert_eq!(state("SELEC 1").await, "42601");
+    assert_eq!(state("CREATE TABLE kv (id INT PRIMARY KEY)").await, "42P07");
+    assert_eq!(state("INSERT INTO kv VALUES (2, NULL)").await, "23502");
+    assert_eq!(state("UPDATE kv SET id = 3").await, "0A000");
+}
