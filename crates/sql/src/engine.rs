@@ -112,8 +112,29 @@ impl Engine {
         match plan {
             LogicalPlan::Dml(dml) => self.write(dml, mode).await,
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
-                self.create_table(&c, partitioning)?;
-                Ok(vec![])
+                let created = self.create_table(&c, partitioning)?;
+                if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) || !created {
+                    return Ok(vec![]);
+                }
+                // CREATE TABLE ... AS SELECT: fill it (as an INSERT; a failure leaves the
+                // table with the rows written so far).
+                let table = self.db.table(&Self::table_name(&c.name)?)?;
+                let input = Arc::unwrap_or_clone(c.input);
+                let mut stream = self
+                    .ctx
+                    .execute_logical_plan(input)
+                    .await?
+                    .execute_stream()
+                    .await?;
+                let mut count = 0u64;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    if batch.num_rows() > 0 {
+                        count +=
+                            write_batch(&table, WriteOp::Insert, relabel(&table, batch)?).await?;
+                    }
+                }
+                Ok(vec![count_batch(count)?])
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
                 self.drop_table(&d)?;
@@ -309,15 +330,7 @@ impl Engine {
                 None => self.insert_batch(&table, &mode, batch).await?,
             };
         }
-        let schema = Arc::new(ArrowSchema::new(vec![Field::new(
-            "count",
-            ArrowType::UInt64,
-            false,
-        )]));
-        Ok(vec![RecordBatch::try_new(
-            schema,
-            vec![Arc::new(UInt64Array::from(vec![count]))],
-        )?])
+        Ok(vec![count_batch(count)?])
     }
 
     async fn insert_batch(
@@ -389,18 +402,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates the table; `false` if it existed and `IF NOT EXISTS` was given.
     fn create_table(
         &self,
         c: &CreateMemoryTable,
         partitioning: Option<RawPartitioning>,
-    ) -> Result<(), SqlError> {
+    ) -> Result<bool, SqlError> {
         if c.or_replace || c.temporary {
             return Err(SqlError::Unsupported(
                 "CREATE OR REPLACE / TEMPORARY tables".into(),
             ));
-        }
-        if !matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
-            return Err(SqlError::Unsupported("CREATE TABLE ... AS SELECT".into()));
         }
         let name = Self::table_name(&c.name)?;
         let fields = c.input.schema().fields();
@@ -423,6 +434,7 @@ impl Engine {
                 nyala_common::SchemaError::NoPrimaryKey.into(),
             ));
         }
+        let name_exists = self.db.table(&name).is_ok();
         let mut columns = Vec::with_capacity(fields.len());
         for (i, f) in fields.iter().enumerate() {
             let data_type = storage_type(f.name(), f.data_type())?;
@@ -474,7 +486,7 @@ impl Engine {
             IfExists::Error
         };
         self.db.create_table(&name, &schema, &spec, if_exists)?;
-        Ok(())
+        Ok(!name_exists)
     }
 
     fn drop_table(&self, d: &DropTable) -> Result<(), SqlError> {
@@ -523,6 +535,44 @@ fn literal_of(e: &Expr) -> Option<&datafusion::common::ScalarValue> {
         Expr::TryCast(c) => literal_of(&c.expr),
         _ => None,
     }
+}
+
+/// The one-row `count` result of a write statement.
+fn count_batch(count: u64) -> Result<RecordBatch, SqlError> {
+    let schema = Arc::new(ArrowSchema::new(vec![Field::new(
+        "count",
+        ArrowType::UInt64,
+        false,
+    )]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(UInt64Array::from(vec![count]))],
+    )?)
+}
+
+/// A query's batch with the table's column names and types (a CTAS query may name them
+/// differently, e.g. `count(*)`, and type them differently, e.g. nanosecond timestamps).
+fn relabel(table: &Table, batch: RecordBatch) -> Result<RecordBatch, SqlError> {
+    let schema = table.schema();
+    if batch.num_columns() != schema.len() {
+        return Err(SqlError::Unsupported(format!(
+            "the query has {} columns, the table {}",
+            batch.num_columns(),
+            schema.len()
+        )));
+    }
+    // Cast to the stored types (e.g. nanosecond timestamps to microseconds UTC).
+    let mut fields = Vec::with_capacity(schema.len());
+    let mut columns = Vec::with_capacity(schema.len());
+    for (c, array) in schema.columns().iter().zip(batch.columns()) {
+        let t = c.data_type.to_arrow();
+        columns.push(arrow::compute::cast(array, &t)?);
+        fields.push(Field::new(&c.name, t, true));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(ArrowSchema::new(fields)),
+        columns,
+    )?)
 }
 
 /// How an INSERT treats keys that exist already.

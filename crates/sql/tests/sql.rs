@@ -407,3 +407,32 @@ async fn errors_carry_postgresql_sqlstates() {
     assert_eq!(state("INSERT INTO kv VALUES (2, NULL)").await, "23502");
     assert_eq!(state("UPDATE kv SET id = 3").await, "0A000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_table_as_select() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, CREATE).await;
+    run(&e, "INSERT INTO traffic SELECT v % 3, 1, to_timestamp(v * 600), v * 1.0, NULL FROM generate_series(1, 30) AS t(v)").await;
+    let out = run(
+        &e,
+        "CREATE TABLE hourly (uid INT, hr TIMESTAMP, avg_speed DOUBLE, PRIMARY KEY (uid, hr)) AS
+         SELECT uid, date_trunc('hour', ts), avg(speed) FROM traffic GROUP BY 1, 2",
+    )
+    .await;
+    let n = out[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0);
+    assert!(n > 0);
+    let back = run(&e, "SELECT count(*), sum(avg_speed) FROM hourly").await;
+    assert_eq!(
+        back[0].column(0).as_primitive::<Int64Type>().value(0) as u64,
+        n
+    );
+    let err = e
+        .execute("CREATE TABLE nokey AS SELECT 1 AS a")
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "42P16", "{err}");
+}
