@@ -89,6 +89,7 @@ impl Engine {
             InsertMode::Insert
         };
         if let DFStatement::Statement(s) = &mut statement {
+            crate::pg::rewrite(s);
             match s.as_mut() {
                 ast::Statement::Insert(insert) => {
                     if insert.replace_into || insert.or == Some(SqliteOnConflict::Replace) {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 mod filters;
 mod partition_clause;
+mod pg;
 pub mod provider;
 mod types;
 

@@ -436,3 +436,31 @@ async fn create_table_as_select() {
         .unwrap_err();
     assert_eq!(err.sqlstate(), "42P16", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_time_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    // 2024-05-05 is a Sunday: dow 0, isodow 7.
+    let out = run(
+        &e,
+        "SELECT CAST(extract(dow FROM t) AS INT) AS dow, CAST(extract(isodow FROM t) AS INT) AS isodow,
+                CAST(extract(hour FROM t) AS INT) AS h, CAST(extract(epoch FROM t) AS BIGINT) AS epoch,
+                CAST(date_trunc('HOUR', t) AS VARCHAR) AS hr,
+                CAST(to_timestamp('2024-05-05 10:30:00.123456', 'YYYY-MM-DD HH24:MI:SS.US') AS VARCHAR) AS parsed,
+                CAST(to_date('05.05.2024', 'DD.MM.YYYY') AS VARCHAR) AS d,
+                CAST(to_timestamp(1714905000.5) AS VARCHAR) AS from_double,
+                CAST(from_unixtime(1714905000) AS VARCHAR) AS from_unix,
+                unix_timestamp(t) AS unix
+         FROM (SELECT TIMESTAMP '2024-05-05 10:30:00' AS t)",
+    )
+    .await;
+    assert_eq!(
+        text(&out),
+        "+-----+--------+----+------------+---------------------+----------------------------+------------+-------------------------+---------------------+------------+
+| dow | isodow | h  | epoch      | hr                  | parsed                     | d          | from_double             | from_unix           | unix       |
++-----+--------+----+------------+---------------------+----------------------------+------------+-------------------------+---------------------+------------+
+| 0   | 7      | 10 | 1714905000 | 2024-05-05T10:00:00 | 2024-05-05T10:30:00.123456 | 2024-05-05 | 2024-05-05T10:30:00.500 | 2024-05-05T10:30:00 | 1714905000 |
++-----+--------+----+------------+---------------------+----------------------------+------------+-------------------------+---------------------+------------+"
+    );
+}

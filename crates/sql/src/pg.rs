@@ -1,0 +1,151 @@
+//! PostgreSQL (and Impala) compatibility rewrites of parsed statements, applied before
+//! DataFusion plans them:
+//!
+//! - `to_timestamp(text, fmt)` and `to_date(text, fmt)` take PostgreSQL format patterns
+//!   (`YYYY-MM-DD HH24:MI:SS.US`); DataFusion's take chrono's (`%Y-%m-%d %H:%M:%S%.6f`), so
+//!   constant patterns are translated.
+//! - `unix_timestamp()` and `unix_timestamp(ts)` (Impala) become
+//!   `CAST(extract(epoch FROM ...) AS BIGINT)`.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions_mut, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, Value,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// Applies every rewrite to `statement`.
+pub(crate) fn rewrite(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |e| {
+        rewrite_expr(e);
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn rewrite_expr(e: &mut Expr) {
+    let Expr::Function(f) = e else { return };
+    let name = f.name.to_string().to_lowercase();
+    let FunctionArguments::List(list) = &mut f.args else {
+        if name == "unix_timestamp" && matches!(f.args, FunctionArguments::None) {
+            if let Some(new) = parse_expr("CAST(extract(epoch FROM now()) AS BIGINT)") {
+                *e = new;
+            }
+        }
+        return;
+    };
+    match (name.as_str(), list.args.len()) {
+        ("to_timestamp" | "to_date", 2) => {
+            if let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) = &mut list.args[1] {
+                if let Value::SingleQuotedString(s) = &mut v.value {
+                    *s = pg_format_to_chrono(s);
+                }
+            }
+        }
+        ("unix_timestamp", 0) => {
+            if let Some(new) = parse_expr("CAST(extract(epoch FROM now()) AS BIGINT)") {
+                *e = new;
+            }
+        }
+        ("unix_timestamp", 1) => {
+            let arg = list.args[0].to_string();
+            if let Some(new) = parse_expr(&format!("CAST(extract(epoch FROM {arg}) AS BIGINT)")) {
+                *e = new;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_expr(sql: &str) -> Option<Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .ok()?
+        .parse_expr()
+        .ok()
+}
+
+/// Translates a PostgreSQL `to_char`-style pattern into a chrono format string. Patterns are
+/// matched case-insensitively, longest first; text in double quotes is literal, as is any
+/// other character.
+pub(crate) fn pg_format_to_chrono(pg: &str) -> String {
+    const PATTERNS: &[(&str, &str)] = &[
+        ("HH24", "%H"),
+        ("HH12", "%I"),
+        ("YYYY", "%Y"),
+        ("MONTH", "%B"),
+        ("DDD", "%j"),
+        ("MON", "%b"),
+        ("DAY", "%A"),
+        ("HH", "%I"),
+        ("MI", "%M"),
+        ("SS", "%S"),
+        ("US", "%6f"),
+        ("MS", "%3f"),
+        ("YY", "%y"),
+        ("MM", "%m"),
+        ("DD", "%d"),
+        ("DY", "%a"),
+        ("AM", "%p"),
+        ("PM", "%p"),
+        ("TZ", "%Z"),
+        ("OF", "%:z"),
+    ];
+    let mut out = String::with_capacity(pg.len() * 2);
+    let chars: Vec<char> = pg.chars().collect();
+    let mut i = 0;
+    'outer: while i < chars.len() {
+        if chars[i] == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                push_literal(&mut out, chars[i]);
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        for (p, c) in PATTERNS {
+            let n = p.len();
+            if i + n <= chars.len()
+                && chars[i..i + n]
+                    .iter()
+                    .zip(p.chars())
+                    .all(|(a, b)| a.to_ascii_uppercase() == b)
+            {
+                out.push_str(c);
+                i += n;
+                continue 'outer;
+            }
+        }
+        push_literal(&mut out, chars[i]);
+        i += 1;
+    }
+    out
+}
+
+fn push_literal(out: &mut String, c: char) {
+    if c == '%' {
+        out.push_str("%%");
+    } else {
+        out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translates_postgresql_patterns() {
+        assert_eq!(
+            pg_format_to_chrono("YYYY-MM-DD HH24:MI:SS.US"),
+            "%Y-%m-%d %H:%M:%S.%6f"
+        );
+        assert_eq!(pg_format_to_chrono("yyyy-mm-dd"), "%Y-%m-%d");
+        assert_eq!(
+            pg_format_to_chrono("DD Mon YYYY HH12:MI AM"),
+            "%d %b %Y %I:%M %p"
+        );
+        assert_eq!(pg_format_to_chrono("YYYY\"T\"HH24 100%"), "%YT%H 100%%");
+    }
+}
