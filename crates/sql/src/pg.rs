@@ -6,11 +6,15 @@
 //!   constant patterns are translated.
 //! - `unix_timestamp()` and `unix_timestamp(ts)` (Impala) become
 //!   `CAST(extract(epoch FROM ...) AS BIGINT)`.
+//! - `n * INTERVAL 'k unit'` (either order), which DataFusion cannot multiply, becomes a
+//!   duration of `n * k` nanoseconds when the interval has no months (months have no fixed
+//!   length); `TIMESTAMP 'epoch'` becomes `TIMESTAMP '1970-01-01 00:00:00'`.
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, Value,
+    visit_expressions_mut, BinaryOperator, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Statement, Value,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -24,6 +28,32 @@ pub(crate) fn rewrite(statement: &mut Statement) {
 }
 
 fn rewrite_expr(e: &mut Expr) {
+    if let Expr::TypedString(t) = e {
+        if matches!(t.data_type, SqlType::Timestamp(..))
+            && matches!(&t.value.value, Value::SingleQuotedString(v) if v.eq_ignore_ascii_case("epoch"))
+        {
+            t.value.value = Value::SingleQuotedString("1970-01-01 00:00:00".into());
+        }
+        return;
+    }
+    if let Expr::BinaryOp {
+        left,
+        op: BinaryOperator::Multiply,
+        right,
+    } = e
+    {
+        let (other, nanos) = match (interval_nanos(left), interval_nanos(right)) {
+            (Some(n), None) => (right.to_string(), n),
+            (None, Some(n)) => (left.to_string(), n),
+            _ => return,
+        };
+        if let Some(new) = parse_expr(&format!(
+            "arrow_cast(CAST(({other}) * {nanos} AS BIGINT), 'Duration(Nanosecond)')"
+        )) {
+            *e = new;
+        }
+        return;
+    }
     let Expr::Function(f) = e else { return };
     let name = f.name.to_string().to_lowercase();
     let FunctionArguments::List(list) = &mut f.args else {
@@ -55,6 +85,42 @@ fn rewrite_expr(e: &mut Expr) {
         }
         _ => {}
     }
+}
+
+/// The length of a constant interval without months (`INTERVAL '1 second'`,
+/// `INTERVAL '5' MINUTE`), in nanoseconds.
+fn interval_nanos(e: &Expr) -> Option<i64> {
+    let Expr::Interval(i) = e else { return None };
+    if i.last_field.is_some() {
+        return None;
+    }
+    let Expr::Value(v) = i.value.as_ref() else {
+        return None;
+    };
+    let Value::SingleQuotedString(text) = &v.value else {
+        return None;
+    };
+    let text = match &i.leading_field {
+        Some(unit) => format!("{text} {unit}"),
+        None => text.clone(),
+    };
+    let array: arrow::array::ArrayRef =
+        std::sync::Arc::new(arrow::array::StringArray::from(vec![text.to_lowercase()]));
+    let cast = arrow::compute::cast(
+        &array,
+        &arrow_schema::DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano),
+    )
+    .ok()?;
+    use arrow::array::AsArray;
+    let iv = cast
+        .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
+        .value(0);
+    if iv.months != 0 {
+        return None;
+    }
+    (iv.days as i64)
+        .checked_mul(86_400_000_000_000)?
+        .checked_add(iv.nanoseconds)
 }
 
 fn parse_expr(sql: &str) -> Option<Expr> {

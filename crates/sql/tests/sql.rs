@@ -464,3 +464,25 @@ async fn postgresql_time_functions() {
 +-----+--------+----+------------+---------------------+----------------------------+------------+-------------------------+---------------------+------------+"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_arithmetic_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let out = run(
+        &e,
+        "SELECT CAST(timestamp 'epoch' + v * interval '1 second' AS VARCHAR) AS a,
+                CAST(TIMESTAMP '2024-01-01' + interval '15' minute * v AS VARCHAR) AS b
+         FROM generate_series(1, 2) AS t(v) ORDER BY v",
+    )
+    .await;
+    assert_eq!(
+        text(&out),
+        "+---------------------+---------------------+
+| a                   | b                   |
++---------------------+---------------------+
+| 1970-01-01T00:00:01 | 2024-01-01T00:15:00 |
+| 1970-01-01T00:00:02 | 2024-01-01T00:30:00 |
++---------------------+---------------------+"
+    );
+}
