@@ -321,6 +321,9 @@ impl Engine {
             .execute_stream()
             .await?;
         let mut count = 0u64;
+        if op.is_none() && matches!(mode, InsertMode::Insert) {
+            return self.insert_all_or_nothing(&table, stream).await;
+        }
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -332,6 +335,68 @@ impl Engine {
             };
         }
         Ok(vec![count_batch(count)?])
+    }
+
+    /// A plain INSERT, as in PostgreSQL: if any row fails (a duplicate key), the rows this
+    /// statement already wrote are deleted again and the statement fails. (Each batch is
+    /// visible as it is written, and a crash during the undo can leave part of the statement:
+    /// the end state is all-or-nothing, the path to it is not.)
+    async fn insert_all_or_nothing(
+        &self,
+        table: &Table,
+        mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let schema = table.schema();
+        let key_names: Vec<String> = schema
+            .key_indices()
+            .iter()
+            .map(|&i| schema.columns()[i].name.clone())
+            .collect();
+        let mut written: Vec<RecordBatch> = Vec::new();
+        let mut count = 0u64;
+        let result: Result<(), SqlError> = async {
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let key_pos = key_names
+                    .iter()
+                    .map(|n| batch.schema().index_of(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let keys = batch.project(&key_pos)?;
+                let outcome = write_outcome(table, WriteOp::Insert, batch).await?;
+                count += outcome.applied as u64;
+                if outcome.errors.is_empty() {
+                    written.push(keys);
+                    continue;
+                }
+                let failed: std::collections::HashSet<usize> =
+                    outcome.errors.iter().map(|e| e.row).collect();
+                let applied: Vec<u32> = (0..keys.num_rows() as u32)
+                    .filter(|r| !failed.contains(&(*r as usize)))
+                    .collect();
+                written.push(arrow::compute::take_record_batch(
+                    &keys,
+                    &arrow::array::UInt32Array::from(applied),
+                )?);
+                let first = outcome.errors.into_iter().next().expect("an error");
+                return Err(SqlError::Row(first));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(vec![count_batch(count)?]),
+            Err(e) => {
+                for keys in written.into_iter().filter(|k| k.num_rows() > 0) {
+                    if let Err(undo) = write_batch(table, WriteOp::DeleteIgnore, keys).await {
+                        tracing::error!(error = %undo, "could not undo part of a failed INSERT");
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn insert_batch(
@@ -648,14 +713,25 @@ fn last_ident(name: &ast::ObjectName) -> String {
     }
 }
 
-/// Writes one batch with one operation; an INSERT's duplicate key fails the statement.
-async fn write_batch(table: &Table, op: WriteOp, batch: RecordBatch) -> Result<u64, SqlError> {
+/// Writes one batch with one operation and returns what happened to each row.
+async fn write_outcome(
+    table: &Table,
+    op: WriteOp,
+    batch: RecordBatch,
+) -> Result<nyala_storage::WriteOutcome, SqlError> {
     let table = table.clone();
-    let outcome = tokio::task::spawn_blocking(move || table.write(&WriteBatch::uniform(op, batch)))
-        .await
-        .map_err(|e| {
-            SqlError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
-        })??;
+    Ok(
+        tokio::task::spawn_blocking(move || table.write(&WriteBatch::uniform(op, batch)))
+            .await
+            .map_err(|e| {
+                SqlError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
+            })??,
+    )
+}
+
+/// Writes one batch with one operation; a refused row fails the statement.
+async fn write_batch(table: &Table, op: WriteOp, batch: RecordBatch) -> Result<u64, SqlError> {
+    let outcome = write_outcome(table, op, batch).await?;
     if let Some(e) = outcome.errors.into_iter().next() {
         return Err(SqlError::Row(RowFailure(e).0));
     }

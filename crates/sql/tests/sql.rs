@@ -138,6 +138,15 @@ async fn errors_name_the_problem() {
         }
         other => panic!("expected a duplicate key error, got {other:?}"),
     }
+    // As in PostgreSQL the statement is all or nothing: the new row before the duplicate is
+    // not left behind.
+    let err = e
+        .execute("INSERT INTO traffic VALUES (5, 1, '2024-05-01 10:00:00', 1.0, 'new'), (1, 1, '2024-05-01 10:00:00', 60.0, 'dup')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "23505");
+    let n = run(&e, "SELECT count(*) FROM traffic").await;
+    assert_eq!(n[0].column(0).as_primitive::<Int64Type>().value(0), 1);
     assert!(matches!(
         e.execute(CREATE).await,
         Err(SqlError::Storage(StorageError::DuplicateTable(_)))
