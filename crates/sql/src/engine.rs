@@ -7,7 +7,7 @@ use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 use datafusion::common::{Constraint, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{
-    col, CreateMemoryTable, DdlStatement, DmlStatement, DropTable, Expr, LogicalPlan,
+    CreateMemoryTable, DdlStatement, DmlStatement, DropTable, Expr, LogicalPlan,
     LogicalPlanBuilder, WriteOp as DmlOp,
 };
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -30,7 +30,13 @@ use crate::types::{default_value, storage_type};
 pub struct Engine {
     db: Arc<Database>,
     ctx: SessionContext,
+    /// One statement at a time: each sets the session's snapshot for its scans.
+    statement: tokio::sync::Mutex<()>,
 }
+
+/// The snapshot every scan of the running statement reads (a session config extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatementSnapshot(pub u64);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +55,11 @@ impl Engine {
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
         ctx.register_catalog(CATALOG, Arc::new(NyalaCatalog::new(db.clone())));
-        Engine { db, ctx }
+        Engine {
+            db,
+            ctx,
+            statement: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The DataFusion session (for planning by other front ends).
@@ -60,11 +70,20 @@ impl Engine {
     /// Runs one statement and returns its result batches (empty for DDL; one row with
     /// `count` for INSERT, UPSERT, UPDATE and DELETE).
     pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        let _one_at_a_time = self.statement.lock().await;
+        // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
+        // same snapshot: every write acknowledged before the statement started.
+        let snapshot = StatementSnapshot(self.db.snapshot_timestamp());
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(snapshot));
         // `UPSERT INTO` (Impala/Kudu) is `INSERT INTO` with upsert semantics.
         let trimmed = sql.trim_start();
-        let upsert = trimmed.get(..7).is_some_and(|w| {
-            w[..6].eq_ignore_ascii_case("upsert") && w.ends_with(char::is_whitespace)
-        });
+        let b = trimmed.as_bytes();
+        let upsert =
+            b.len() > 6 && b[..6].eq_ignore_ascii_case(b"upsert") && b[6].is_ascii_whitespace();
         let text = if upsert {
             format!("INSERT{}", &trimmed[6..])
         } else {
@@ -83,6 +102,7 @@ impl Engine {
             )));
         }
         let mut statement = statements.pop_front().expect("one statement");
+        let mut set_columns: Vec<String> = Vec::new();
         let mut mode = if upsert {
             InsertMode::Upsert
         } else {
@@ -101,7 +121,7 @@ impl Engine {
                         mode = on_conflict_mode(on)?;
                     }
                 }
-                ast::Statement::Update(update) => self.check_update(update)?,
+                ast::Statement::Update(update) => set_columns = self.check_update(update)?,
                 ast::Statement::AlterTable(alter) => {
                     self.alter_table(alter).await?;
                     return Ok(vec![]);
@@ -111,7 +131,7 @@ impl Engine {
         }
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         match plan {
-            LogicalPlan::Dml(dml) => self.write(dml, mode).await,
+            LogicalPlan::Dml(dml) => self.write(dml, mode, set_columns).await,
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
                 let created = self.create_table(&c, partitioning)?;
                 if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) || !created {
@@ -257,15 +277,17 @@ impl Engine {
 
     /// Refuses assignments to key columns (a key identifies its row; delete and insert to
     /// change it).
-    fn check_update(&self, update: &ast::Update) -> Result<(), SqlError> {
+    /// Returns the SET columns.
+    fn check_update(&self, update: &ast::Update) -> Result<Vec<String>, SqlError> {
         let ast::TableFactor::Table { name, .. } = &update.table.relation else {
-            return Ok(());
+            return Ok(vec![]);
         };
         let reference = TableReference::from(name.to_string());
         let Ok(table) = self.db.table(&Self::table_name(&reference)?) else {
-            return Ok(()); // the planner reports the unknown table
+            return Ok(vec![]); // the planner reports the unknown table
         };
         let schema = table.schema();
+        let mut set = Vec::new();
         for a in &update.assignments {
             let names: Vec<&ast::ObjectName> = match &a.target {
                 AssignmentTarget::ColumnName(n) => vec![n],
@@ -273,6 +295,7 @@ impl Engine {
             };
             for n in names {
                 let column = last_ident(n);
+                set.push(column.clone());
                 if let Ok(i) = schema.index_of(&column) {
                     if schema.is_key(i) {
                         return Err(SqlError::Storage(
@@ -286,7 +309,7 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        Ok(set)
     }
 
     /// Runs INSERT (in every mode), UPDATE and DELETE: the rows come from the statement's
@@ -296,18 +319,35 @@ impl Engine {
         &self,
         dml: DmlStatement,
         mode: InsertMode,
+        set_columns: Vec<String>,
     ) -> Result<Vec<RecordBatch>, SqlError> {
         let table = self.db.table(&Self::table_name(&dml.table_name)?)?;
         let schema = table.schema();
         let input = Arc::unwrap_or_clone(dml.input);
         let (input, op) = match &dml.op {
+            DmlOp::Insert(datafusion::logical_expr::dml::InsertOp::Overwrite) => {
+                return Err(SqlError::Unsupported(
+                    "INSERT OVERWRITE; use DELETE, then INSERT".into(),
+                ))
+            }
             DmlOp::Insert(_) => (input, None),
-            DmlOp::Update => (input, Some(WriteOp::UpdateIgnore)),
+            DmlOp::Update => {
+                // Only the key and the SET columns: writing the other columns back from this
+                // statement's snapshot would undo concurrent updates of them.
+                let mut keep: Vec<Expr> = schema
+                    .key_indices()
+                    .iter()
+                    .map(|&i| key_col(&schema.columns()[i].name))
+                    .collect();
+                keep.extend(set_columns.iter().map(|c| key_col(c)));
+                let input = LogicalPlanBuilder::from(input).project(keep)?.build()?;
+                (input, Some(WriteOp::UpdateIgnore))
+            }
             DmlOp::Delete => {
                 let keys: Vec<Expr> = schema
                     .key_indices()
                     .iter()
-                    .map(|&i| col(schema.columns()[i].name.as_str()))
+                    .map(|&i| key_col(&schema.columns()[i].name))
                     .collect();
                 let input = LogicalPlanBuilder::from(input).project(keys)?.build()?;
                 (input, Some(WriteOp::DeleteIgnore))
@@ -632,7 +672,11 @@ fn relabel(table: &Table, batch: RecordBatch) -> Result<RecordBatch, SqlError> {
     let mut columns = Vec::with_capacity(schema.len());
     for (c, array) in schema.columns().iter().zip(batch.columns()) {
         let t = c.data_type.to_arrow();
-        columns.push(arrow::compute::cast(array, &t)?);
+        let options = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        columns.push(arrow::compute::cast_with_options(array, &t, &options)?);
         fields.push(Field::new(&c.name, t, true));
     }
     Ok(RecordBatch::try_new(
@@ -698,12 +742,18 @@ fn on_conflict_mode(on: OnInsert) -> Result<InsertMode, SqlError> {
     }
 }
 
-/// An identifier as SQL means it: unquoted ones fold to lower case.
+/// An identifier as SQL means it: unquoted ones fold to lower case (ASCII only, as
+/// DataFusion's planner does).
 fn normalize(ident: &ast::Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
+        None => ident.value.to_ascii_lowercase(),
     }
+}
+
+/// A column by its exact name (no re-parsing: names may have capitals or dots).
+fn key_col(name: &str) -> Expr {
+    Expr::Column(datafusion::common::Column::new_unqualified(name))
 }
 
 fn last_ident(name: &ast::ObjectName) -> String {

@@ -43,15 +43,17 @@ fn syntax(msg: impl Into<String>) -> SqlError {
     SqlError::Unsupported(format!("partition clause: {}", msg.into()))
 }
 
-fn tokens(sql: &str) -> Result<Vec<TokenWithSpan>, SqlError> {
+/// The statement's tokens, without whitespace and comments; `None` if it does not tokenize
+/// (then the SQL parser reports the syntax error).
+fn tokens(sql: &str) -> Option<Vec<TokenWithSpan>> {
     Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
+        .ok()
         .map(|t| {
             t.into_iter()
                 .filter(|t| !matches!(t.token, Token::Whitespace(_)))
                 .collect()
         })
-        .map_err(|e| syntax(e.to_string()))
 }
 
 fn is_word(t: &Token, w: &str) -> bool {
@@ -80,7 +82,9 @@ fn offset(sql: &str, loc: Location) -> usize {
 /// Splits a `CREATE TABLE` with a top-level `PARTITION BY` clause into the statement without
 /// it and the parsed clause. Other statements come back unchanged.
 pub(crate) fn split_create(sql: &str) -> Result<(String, Option<RawPartitioning>), SqlError> {
-    let toks = tokens(sql)?;
+    let Some(toks) = tokens(sql) else {
+        return Ok((sql.to_string(), None));
+    };
     if !toks.first().is_some_and(|t| is_word(&t.token, "create"))
         || !toks.iter().take(6).any(|t| is_word(&t.token, "table"))
     {
@@ -101,11 +105,7 @@ pub(crate) fn split_create(sql: &str) -> Result<(String, Option<RawPartitioning>
                     at: i + 2,
                 };
                 let clause = p.partitioning()?;
-                if let Some(t) = p.peek() {
-                    if !matches!(t, Token::SemiColon | Token::EOF) {
-                        return Err(syntax(format!("unexpected {t} after the partition clause")));
-                    }
-                }
+                p.expect_end()?;
                 return Ok((sql[..cut].to_string(), Some(clause)));
             }
             _ => {}
@@ -116,7 +116,9 @@ pub(crate) fn split_create(sql: &str) -> Result<(String, Option<RawPartitioning>
 
 /// Recognises `ALTER TABLE name ADD|DROP RANGE PARTITION ...`.
 pub(crate) fn range_change(sql: &str) -> Result<Option<RangeChange>, SqlError> {
-    let toks = tokens(sql)?;
+    let Some(toks) = tokens(sql) else {
+        return Ok(None);
+    };
     if toks.len() < 5 || !is_word(&toks[0].token, "alter") || !is_word(&toks[1].token, "table") {
         return Ok(None);
     }
@@ -135,11 +137,7 @@ pub(crate) fn range_change(sql: &str) -> Result<Option<RangeChange>, SqlError> {
         at: k + 3,
     };
     let range = p.range_bounds()?;
-    if let Some(t) = p.peek() {
-        if !matches!(t, Token::SemiColon | Token::EOF) {
-            return Err(syntax(format!("unexpected {t} after the range partition")));
-        }
-    }
+    p.expect_end()?;
     Ok(Some(RangeChange {
         table,
         add: is_word(&toks[k].token, "add"),
@@ -155,6 +153,19 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn peek(&self) -> Option<&Token> {
         self.toks.get(self.at).map(|t| &t.token)
+    }
+
+    /// Only an optional `;` may follow (one statement at a time).
+    fn expect_end(&mut self) -> Result<(), SqlError> {
+        if self.peek() == Some(&Token::SemiColon) {
+            self.next();
+        }
+        match self.peek() {
+            None | Some(Token::EOF) => Ok(()),
+            Some(t) => Err(syntax(format!(
+                "unexpected {t} after the clause (send one statement at a time)"
+            ))),
+        }
     }
 
     fn next(&mut self) -> Option<&Token> {

@@ -49,8 +49,12 @@ fn all_nullable(schema: &SchemaRef) -> SchemaRef {
 #[derive(Debug)]
 pub struct NyalaTable {
     table: Table,
+    /// The schema this statement plans with (a concurrent ALTER does not change it midway).
+    schema: nyala_common::Schema,
     /// Column defaults as expressions, for INSERTs that leave columns out.
     defaults: std::collections::HashMap<String, Expr>,
+    /// The primary key, so the planner knows each key identifies one row.
+    constraints: datafusion::common::Constraints,
 }
 
 impl NyalaTable {
@@ -69,18 +73,30 @@ impl NyalaTable {
                 Some((c.name.clone(), Expr::Literal(scalar, None)))
             })
             .collect();
-        NyalaTable { table, defaults }
+        let constraints = datafusion::common::Constraints::new_unverified(vec![
+            datafusion::common::Constraint::PrimaryKey(schema.key_indices().to_vec()),
+        ]);
+        NyalaTable {
+            table,
+            schema,
+            defaults,
+            constraints,
+        }
     }
 }
 
 #[async_trait]
 impl TableProvider for NyalaTable {
     fn schema(&self) -> SchemaRef {
-        all_nullable(self.table.schema().arrow_schema())
+        all_nullable(self.schema.arrow_schema())
     }
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        Some(&self.constraints)
     }
 
     fn get_column_default(&self, column: &str) -> Option<&Expr> {
@@ -91,10 +107,10 @@ impl TableProvider for NyalaTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        let schema = self.table.schema();
+        let schema = &self.schema;
         Ok(filters
             .iter()
-            .map(|f| match to_predicates(f, &schema) {
+            .map(|f| match to_predicates(f, schema) {
                 Some(_) => TableProviderFilterPushDown::Inexact,
                 None => TableProviderFilterPushDown::Unsupported,
             })
@@ -108,7 +124,7 @@ impl TableProvider for NyalaTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = self.table.schema();
+        let schema = &self.schema;
         let projection_names: Option<Vec<String>> = projection.map(|p| {
             p.iter()
                 .map(|&i| schema.columns()[i].name.clone())
@@ -116,13 +132,17 @@ impl TableProvider for NyalaTable {
         });
         let predicates: Vec<Predicate> = filters
             .iter()
-            .filter_map(|f| to_predicates(f, &schema))
+            .filter_map(|f| to_predicates(f, schema))
             .flatten()
             .collect();
+        let snapshot = state
+            .config()
+            .get_extension::<crate::engine::StatementSnapshot>()
+            .map(|s| s.0);
         let req = ScanRequest {
             projection: projection_names,
             predicates: predicates.clone(),
-            snapshot: None,
+            snapshot,
             batch_size: Some(state.config().batch_size()),
             limit,
         };

@@ -38,7 +38,12 @@ pub(crate) fn default_value(
     v: &ScalarValue,
 ) -> Result<Value, SqlError> {
     let array = v.to_array()?;
-    let cast = arrow::compute::cast(&array, &data_type.to_arrow())
+    // Not the "safe" cast, which turns what does not fit (300 as TINYINT) into NULL.
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let cast = arrow::compute::cast_with_options(&array, &data_type.to_arrow(), &options)
         .map_err(|e| SqlError::Unsupported(format!("default of column \"{column}\": {e}")))?;
     Ok(Value::from_array(&cast, 0).map_err(nyala_storage::StorageError::from)?)
 }

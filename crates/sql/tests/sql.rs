@@ -495,3 +495,47 @@ async fn interval_arithmetic_and_epoch() {
 +---------------------+---------------------+"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_is_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    // Multibyte characters where the UPSERT check looks (a comment): no panic.
+    run(&e, "-- Zoé\nSELECT 1").await;
+    run(&e, "-- 😀\nSELECT 1").await;
+    // Capitalised key names work in DELETE and UPDATE.
+    run(&e, "CREATE TABLE m (\"Id\" INT PRIMARY KEY, v INT)").await;
+    run(&e, "INSERT INTO m VALUES (1, 1), (2, 2)").await;
+    assert_eq!(
+        count(&run(&e, "UPDATE m SET v = 5 WHERE \"Id\" = 2").await),
+        1
+    );
+    assert_eq!(count(&run(&e, "DELETE FROM m WHERE v = 1").await), 1);
+    let left = text(&run(&e, "SELECT * FROM m").await);
+    assert!(left.contains("| 2  | 5 |"), "{left}");
+    // INSERT OVERWRITE would silently append: refused.
+    let err = e
+        .execute("INSERT OVERWRITE m SELECT * FROM m")
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "0A000", "{err}");
+    // A default that does not fit its type is an error, not NULL.
+    let err = e
+        .execute("CREATE TABLE d (id INT PRIMARY KEY, v SMALLINT DEFAULT 100000)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("default"), "{err}");
+    // Trailing statements after a partition clause are not dropped silently.
+    let err = e
+        .execute(
+            "CREATE TABLE p (id INT PRIMARY KEY) PARTITION BY HASH (id) PARTITIONS 2; DROP TABLE m",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("one statement"), "{err}");
+    // An unterminated string is a syntax error.
+    assert_eq!(
+        e.execute("SELECT 'abc").await.unwrap_err().sqlstate(),
+        "42601"
+    );
+}

@@ -177,6 +177,13 @@ impl Database {
         })
     }
 
+    /// A timestamp for a snapshot that sees every write acknowledged so far, for reading
+    /// several tables (or one table several times) at one moment: pass it as
+    /// `ScanRequest::snapshot`.
+    pub fn snapshot_timestamp(&self) -> crate::clock::Timestamp {
+        self.clock.next()
+    }
+
     /// The table called `name`.
     pub fn table(&self, name: &TableName) -> Result<Table> {
         self.tables
