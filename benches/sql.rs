@@ -1,0 +1,91 @@
+//! SQL benchmarks on the traffic schema (issue: SQL on DataFusion): point lookups through SQL
+//! (planning included) and traffic aggregations, on `NYALA_BENCH_ROWS` rows (default 1M) in a
+//! `HASH (uid) PARTITIONS 2` table, flushed.
+//!
+//! Run: `cargo bench -p nyala-sql --profile fast --bench sql`.
+
+mod traffic;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use nyala_sql::Engine;
+use nyala_storage::{
+    Database, DatabaseOptions, IfExists, PartitionSpec, TableName, WriteBatch, WriteOp,
+};
+use traffic::*;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p) as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("NYALA_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).unwrap());
+    let t = db
+        .create_table(
+            &TableName::parse("traffic").unwrap(),
+            &traffic_schema(),
+            &PartitionSpec::hash(["uid"], 2),
+            IfExists::Error,
+        )
+        .unwrap();
+    let mut r = 0;
+    while r < n {
+        let l = 10_000.min(n - r) as usize;
+        let b = traffic_rows(&t.schema(), r, l, 1);
+        t.write(&WriteBatch::uniform(WriteOp::Upsert, b)).unwrap();
+        r += l as u64;
+    }
+    t.flush().unwrap();
+    let engine = Engine::new(db.clone());
+    // Point lookups by full key, planning included.
+    let per_minute = (POINTS as u64) * (LANES as u64);
+    let mut lat = Vec::new();
+    for i in 0..2000u64 {
+        let row = (i * 7919) % n;
+        let (uid, lane, minute) = (
+            (row % per_minute) / LANES as u64,
+            row % LANES as u64,
+            row / per_minute,
+        );
+        let ts = T0 + minute as i64 * MINUTE;
+        let sql = format!(
+            "SELECT * FROM traffic WHERE uid = {uid} AND lane = {lane} AND ts = to_timestamp_micros({ts})"
+        );
+        let s = Instant::now();
+        let out = engine.execute(&sql).await.unwrap();
+        lat.push(s.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{sql}");
+    }
+    let p50 = percentile(&mut lat, 0.5);
+    let p99 = percentile(&mut lat, 0.99);
+    println!("\nsql report ({n} traffic rows, 2 tablets):");
+    println!("  point lookup via SQL p50 {p50:.0} us, p99 {p99:.0} us");
+    let queries = [
+        ("Q1", "SELECT date_trunc('hour', ts) AS hr, avg(speed_c2), max(speed_c2) FROM traffic WHERE valid = 0 GROUP BY 1 ORDER BY 1"),
+        ("Q3", "SELECT extract(hour FROM ts) AS h, extract(dow FROM ts) AS d, avg(speed_c1) FROM traffic GROUP BY 1, 2 ORDER BY 1, 2"),
+        ("Q6", "SELECT uid, max(speed_c1) AS m FROM traffic WHERE speed_c1 < 250 GROUP BY uid ORDER BY m DESC LIMIT 10"),
+    ];
+    for (name, q) in queries {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            engine.execute(q).await.unwrap();
+            times.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        println!("  {name} median {:.1} ms", percentile(&mut times, 0.5));
+    }
+}
