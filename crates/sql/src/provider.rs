@@ -23,9 +23,8 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use parking_lot::Mutex;
 
-use nyala_storage::{Predicate, ScanRequest, Table, TabletScan, WriteBatch, WriteOp};
+use nyala_storage::{Predicate, ScanRequest, Table, WriteBatch, WriteOp};
 
 use crate::error::{to_df, RowFailure};
 use crate::filters::to_predicates;
@@ -148,14 +147,14 @@ impl TableProvider for NyalaTable {
         };
         let table = self.table.clone();
         // Choosing the snapshot may wait for a tablet's group commit: off the async workers.
-        let parts = tokio::task::spawn_blocking(move || table.scan_tablets(&req))
+        let plan = tokio::task::spawn_blocking(move || table.plan_scan(&req))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(to_df)?;
         Ok(Arc::new(NyalaScanExec::new(
             self.table.name().to_string(),
             self.table.tablet_count(),
-            parts,
+            plan,
             predicates,
             limit,
         )))
@@ -188,8 +187,9 @@ pub struct NyalaScanExec {
     predicates: Vec<Predicate>,
     limit: Option<usize>,
     schema: SchemaRef,
-    /// Each taken (once) by `execute`.
-    scans: Vec<Mutex<Option<TabletScan>>>,
+    /// Which tablets, at which snapshot; each partition opens its tablet's scan when
+    /// executed (so the plan can run more than once, e.g. in a recursive query).
+    plan: nyala_storage::db::ScanPlan,
     props: Arc<PlanProperties>,
 }
 
@@ -197,7 +197,7 @@ impl fmt::Debug for NyalaScanExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NyalaScanExec")
             .field("table", &self.table)
-            .field("tablets", &self.scans.len())
+            .field("tablets", &self.plan.tablet_ids.len())
             .finish_non_exhaustive()
     }
 }
@@ -206,12 +206,12 @@ impl NyalaScanExec {
     fn new(
         table: String,
         tablets_total: usize,
-        parts: nyala_storage::db::TabletScans,
+        plan: nyala_storage::db::ScanPlan,
         predicates: Vec<Predicate>,
         limit: Option<usize>,
     ) -> Self {
-        let schema = all_nullable(&parts.schema);
-        let n = parts.scans.len().max(1);
+        let schema = all_nullable(&plan.schema);
+        let n = plan.tablet_ids.len().max(1);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(n),
@@ -221,15 +221,11 @@ impl NyalaScanExec {
         NyalaScanExec {
             table,
             tablets_total,
-            snapshot: parts.snapshot,
+            snapshot: plan.snapshot,
             predicates,
             limit,
             schema,
-            scans: parts
-                .scans
-                .into_iter()
-                .map(|s| Mutex::new(Some(s)))
-                .collect(),
+            plan,
             props: Arc::new(props),
         }
     }
@@ -247,7 +243,7 @@ impl DisplayAs for NyalaScanExec {
             f,
             "NyalaScanExec: table={}, tablets={} of {}, snapshot={}, projection=[{}]",
             self.table,
-            self.scans.len(),
+            self.plan.tablet_ids.len(),
             self.tablets_total,
             self.snapshot,
             cols.join(", ")
@@ -324,22 +320,22 @@ impl ExecutionPlan for NyalaScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let scan = match self.scans.get(partition) {
-            // Every tablet was pruned: the one partition is empty.
-            None => None,
-            Some(slot) => Some(slot.lock().take().ok_or_else(|| {
-                DataFusionError::Execution(format!(
-                    "partition {partition} of the scan of {} was already read",
-                    self.table
-                ))
-            })?),
-        };
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
-        if let Some(scan) = scan {
+        // With every tablet pruned, the one partition is empty.
+        if partition < self.plan.tablet_ids.len() {
             let schema = self.schema.clone();
-            // Decoding segments is CPU work that blocks: on the blocking pool.
+            let plan = self.plan.clone();
+            // Opening (a point lookup does its lookup here) and decoding segments is CPU work
+            // that blocks: on the blocking pool.
             builder.spawn_blocking(move || {
+                let scan = match plan.open(partition) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(to_df(e)));
+                        return Ok(());
+                    }
+                };
                 for batch in scan {
                     // Same columns, labelled with the (all nullable) schema DataFusion knows.
                     let batch = batch.map_err(to_df).and_then(|b| {

@@ -539,3 +539,23 @@ async fn odd_input_is_handled() {
         "42601"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_queries_rescan_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, "CREATE TABLE tree (id INT PRIMARY KEY, parent INT)").await;
+    run(
+        &e,
+        "INSERT INTO tree VALUES (1, NULL), (2, 1), (3, 2), (4, 3), (5, 1)",
+    )
+    .await;
+    let out = run(
+        &e,
+        "WITH RECURSIVE r AS (SELECT id FROM tree WHERE id = 1
+             UNION ALL SELECT tree.id FROM tree JOIN r ON tree.parent = r.id)
+         SELECT count(*) FROM r",
+    )
+    .await;
+    assert_eq!(out[0].column(0).as_primitive::<Int64Type>().value(0), 5);
+}

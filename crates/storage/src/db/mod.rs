@@ -36,7 +36,7 @@ use partition::{describe_bounds, PartitionSpec, Partitioner, RangeBounds};
 use table::{Layout, TableInner, TabletHandle};
 
 pub use names::DEFAULT_NAMESPACE;
-pub use table::{Table, TableInfo, TableScan, TabletInfo, TabletScans};
+pub use table::{ScanPlan, Table, TableInfo, TableScan, TabletInfo, TabletScans};
 
 /// Settings of a database.
 #[derive(Clone, Debug)]

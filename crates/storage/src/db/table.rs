@@ -395,6 +395,23 @@ impl Table {
     /// Starts one scan per tablet that may hold matching rows, all at one snapshot: for
     /// consumers that run their own parallelism (e.g. one query partition per tablet).
     pub fn scan_tablets(&self, req: &ScanRequest) -> Result<TabletScans> {
+        let plan = self.plan_scan(req)?;
+        let scans = (0..plan.tablet_ids.len())
+            .map(|i| plan.open(i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TabletScans {
+            schema: plan.schema,
+            snapshot: plan.snapshot,
+            scans,
+            tablet_ids: plan.tablet_ids,
+            pins: plan.pins,
+        })
+    }
+
+    /// Plans a scan without starting it: checks the request, prunes tablets, fixes the
+    /// snapshot and makes it visible in every chosen tablet. [`ScanPlan::open`] then starts
+    /// each tablet's scan, as often as needed (e.g. a query re-run by a recursive CTE).
+    pub fn plan_scan(&self, req: &ScanRequest) -> Result<ScanPlan> {
         self.check_live()?;
         let inner = &self.inner;
         let _no_alter = inner.alter_lock.read();
@@ -430,28 +447,63 @@ impl Table {
             }
             None => inner.clock.next(),
         };
-        let mut scans = Vec::with_capacity(chosen.len());
         let mut pins = Vec::with_capacity(chosen.len());
         for &t in &chosen {
             let handle = layout.tablets[t as usize].clone();
-            let tablet = handle.tablet();
-            tablet.make_visible(snapshot)?;
-            scans.push(tablet.scan(&ScanRequest {
-                snapshot: Some(snapshot),
-                ..req.clone()
-            })?);
+            handle.tablet().make_visible(snapshot)?;
             pins.push(handle);
         }
-        Ok(TabletScans {
+        Ok(ScanPlan {
             schema: out_schema,
             snapshot,
-            scans,
-            tablet_ids: chosen
-                .iter()
-                .map(|&t| layout.tablets[t as usize].id)
-                .collect(),
+            tablet_ids: pins.iter().map(|h| h.id).collect(),
+            request: ScanRequest {
+                snapshot: Some(snapshot),
+                ..req.clone()
+            },
             pins,
         })
+    }
+}
+
+/// A planned scan of a table's tablets at one snapshot (see [`Table::plan_scan`]).
+#[derive(Clone)]
+pub struct ScanPlan {
+    /// Schema of every tablet scan's batches.
+    pub schema: SchemaRef,
+    /// The snapshot every tablet is read at.
+    pub snapshot: Timestamp,
+    /// The tablets to read (the others were pruned), by id.
+    pub tablet_ids: Vec<u64>,
+    request: ScanRequest,
+    /// Keeps the tablets (and their files) alive while the plan exists.
+    pins: Vec<Arc<TabletHandle>>,
+}
+
+impl ScanPlan {
+    /// Starts the scan of the `i`-th chosen tablet.
+    pub fn open(&self, i: usize) -> Result<TabletScan> {
+        let handle = self.pins.get(i).ok_or_else(|| {
+            StorageError::InvalidInput(format!(
+                "the scan has {} tablets, asked for number {i}",
+                self.pins.len()
+            ))
+        })?;
+        handle.tablet().scan(&self.request)
+    }
+
+    /// The predicates pushed into every tablet scan.
+    pub fn predicates(&self) -> &[crate::predicate::Predicate] {
+        &self.request.predicates
+    }
+}
+
+impl std::fmt::Debug for ScanPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanPlan")
+            .field("snapshot", &self.snapshot)
+            .field("tablets", &self.tablet_ids)
+            .finish_non_exhaustive()
     }
 }
 
