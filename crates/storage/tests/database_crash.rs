@@ -211,10 +211,9 @@ fn ddl_survives_sigkill() {
             if step >= 2 {
                 assert_eq!(rows, 10, "round {round}: {name} lost its rows");
             } else {
-                assert!(
-                    rows == 0 || rows == 10,
-                    "round {round}: {name} has {rows} rows"
-                );
+                // The write was in flight: each tablet's part is all or nothing, the batch
+                // as a whole is not (it spans tablets).
+                assert!(rows <= 10, "round {round}: {name} has {rows} rows");
             }
         }
         // Whatever was in flight, the files match the catalog exactly.
