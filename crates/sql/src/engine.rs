@@ -90,7 +90,7 @@ impl Engine {
             sql.to_string()
         };
         if let Some(change) = range_change(&text)? {
-            self.change_range(change)?;
+            blocking(|| self.change_range(change))?;
             return Ok(vec![]);
         }
         let (text, partitioning) = split_create(&text)?;
@@ -133,7 +133,7 @@ impl Engine {
         match plan {
             LogicalPlan::Dml(dml) => self.write(dml, mode, set_columns).await,
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
-                let created = self.create_table(&c, partitioning)?;
+                let created = blocking(|| self.create_table(&c, partitioning))?;
                 if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) || !created {
                     return Ok(vec![]);
                 }
@@ -158,7 +158,7 @@ impl Engine {
                 Ok(vec![count_batch(count)?])
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
-                self.drop_table(&d)?;
+                blocking(|| self.drop_table(&d))?;
                 Ok(vec![])
             }
             LogicalPlan::Ddl(other) => Err(SqlError::Unsupported(format!(
@@ -206,8 +206,8 @@ impl Engine {
                         if *if_exists && self.db.table(&name)?.schema().index_of(&c).is_err() {
                             continue;
                         }
-                        self.db
-                            .alter_table(&name, &nyala_storage::SchemaChange::DropColumn(c))?;
+                        let change = nyala_storage::SchemaChange::DropColumn(c);
+                        blocking(|| self.db.alter_table(&name, &change))?;
                     }
                     continue;
                 }
@@ -227,13 +227,13 @@ impl Engine {
                         // As in PostgreSQL, the table stays in its schema.
                         to.namespace = name.namespace.clone();
                     }
-                    self.db.rename_table(&name, &to)?;
+                    blocking(|| self.db.rename_table(&name, &to))?;
                     name = to;
                     continue;
                 }
                 other => return Err(SqlError::Unsupported(format!("ALTER TABLE ... {other}"))),
             };
-            self.db.alter_table(&name, &change)?;
+            blocking(|| self.db.alter_table(&name, &change))?;
         }
         Ok(())
     }
@@ -640,6 +640,17 @@ fn literal_of(e: &Expr) -> Option<&datafusion::common::ScalarValue> {
         Expr::Cast(c) => literal_of(&c.expr),
         Expr::TryCast(c) => literal_of(&c.expr),
         _ => None,
+    }
+}
+
+/// Runs blocking storage work (DDL: fsyncs, flushes) without stalling the runtime's other
+/// tasks: on a multi-threaded runtime the worker hands its tasks to others first.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
