@@ -118,6 +118,9 @@ impl Engine {
                         insert.or = None;
                     }
                     if let Some(on) = insert.on.take() {
+                        if let OnInsert::OnConflict(oc) = &on {
+                            self.check_conflict_target(&insert.table, oc)?;
+                        }
                         mode = on_conflict_mode(on)?;
                     }
                 }
@@ -277,6 +280,44 @@ impl Engine {
 
     /// Refuses assignments to key columns (a key identifies its row; delete and insert to
     /// change it).
+    /// `ON CONFLICT (cols)` must name the primary key: it is the only unique constraint, so
+    /// any other target would never conflict in PostgreSQL either (it would be an error there).
+    fn check_conflict_target(
+        &self,
+        table: &ast::TableObject,
+        oc: &ast::OnConflict,
+    ) -> Result<(), SqlError> {
+        let Some(ast::ConflictTarget::Columns(cols)) = &oc.conflict_target else {
+            return Ok(());
+        };
+        let ast::TableObject::TableName(name) = table else {
+            return Ok(());
+        };
+        let Ok(table) = self
+            .db
+            .table(&Self::table_name(&TableReference::from(name.to_string()))?)
+        else {
+            return Ok(()); // the planner reports the unknown table
+        };
+        let schema = table.schema();
+        let mut key: Vec<&str> = schema
+            .key_indices()
+            .iter()
+            .map(|&i| schema.columns()[i].name.as_str())
+            .collect();
+        let mut target: Vec<String> = cols.iter().map(normalize).collect();
+        key.sort_unstable();
+        target.sort_unstable();
+        if key != target {
+            return Err(SqlError::Unsupported(format!(
+                "ON CONFLICT ({}): the conflict target must be the primary key ({})",
+                target.join(", "),
+                key.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// Returns the SET columns.
     fn check_update(&self, update: &ast::Update) -> Result<Vec<String>, SqlError> {
         let ast::TableFactor::Table { name, .. } = &update.table.relation else {

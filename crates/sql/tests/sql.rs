@@ -291,6 +291,11 @@ async fn upsert_on_conflict_update_delete() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("EXCLUDED"), "{err}");
+    let err = e
+        .execute("INSERT INTO kv VALUES (2, 'x', 1) ON CONFLICT (v) DO NOTHING")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("primary key"), "{err}");
     assert_eq!(count(&run(&e, "DELETE FROM kv").await), 4);
     let left = run(&e, "SELECT count(*) FROM kv").await;
     assert_eq!(left[0].column(0).as_primitive::<Int64Type>().value(0), 0);
