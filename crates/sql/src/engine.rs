@@ -405,6 +405,19 @@ impl Engine {
         if op.is_none() && matches!(mode, InsertMode::Insert) {
             return self.insert_all_or_nothing(&table, stream).await;
         }
+        if matches!(mode, InsertMode::DoUpdate(_)) && op.is_none() {
+            // As in PostgreSQL, a DO UPDATE may not touch a row twice: check every key of the
+            // statement before writing any.
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                batches.push(batch?);
+            }
+            check_distinct_keys(&schema, &batches)?;
+            for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                count += self.insert_batch(&table, &mode, batch).await?;
+            }
+            return Ok(vec![count_batch(count)?]);
+        }
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -693,6 +706,40 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// Fails if two rows of `batches` have the same key.
+fn check_distinct_keys(schema: &Schema, batches: &[RecordBatch]) -> Result<(), SqlError> {
+    let fields = schema
+        .key_indices()
+        .iter()
+        .map(|&i| arrow::row::SortField::new(schema.columns()[i].data_type.to_arrow()))
+        .collect();
+    let converter = arrow::row::RowConverter::new(fields)?;
+    let mut seen = std::collections::HashSet::new();
+    for batch in batches {
+        let cols = schema
+            .key_indices()
+            .iter()
+            .map(|&i| {
+                let c = batch.column(batch.schema().index_of(&schema.columns()[i].name)?);
+                Ok(arrow::compute::cast(
+                    c,
+                    &schema.columns()[i].data_type.to_arrow(),
+                )?)
+            })
+            .collect::<Result<Vec<_>, SqlError>>()?;
+        for row in converter.convert_columns(&cols)?.iter() {
+            if !seen.insert(row.as_ref().to_vec()) {
+                return Err(SqlError::Cardinality(
+                    "ON CONFLICT DO UPDATE command cannot affect row a second time: the \
+                     statement proposes two rows with the same key"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The one-row `count` result of a write statement.

@@ -22,6 +22,9 @@ pub enum SqlError {
     /// stops there.
     #[error("{}", .0.message)]
     Row(RowError),
+    /// A statement would change one row twice (`ON CONFLICT DO UPDATE` with repeated keys).
+    #[error("{0}")]
+    Cardinality(String),
     /// The statement is valid SQL that Nyala does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -65,6 +68,7 @@ impl SqlError {
                 StorageError::Corrupt(_) => "XX001", // data_corrupted
                 _ => "XX000",
             },
+            SqlError::Cardinality(_) => "21000", // cardinality_violation
             SqlError::Unsupported(_) => "0A000", // feature_not_supported
             SqlError::DataFusion(e) => match e.find_root() {
                 DataFusionError::SQL(..) => "42601", // syntax_error

@@ -292,6 +292,11 @@ async fn upsert_on_conflict_update_delete() {
         .unwrap_err();
     assert!(err.to_string().contains("EXCLUDED"), "{err}");
     let err = e
+        .execute("INSERT INTO kv VALUES (7, 'x', 1), (7, 'y', 2) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v")
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "21000", "{err}");
+    let err = e
         .execute("INSERT INTO kv VALUES (2, 'x', 1) ON CONFLICT (v) DO NOTHING")
         .await
         .unwrap_err();
