@@ -124,7 +124,25 @@ impl Engine {
                         mode = on_conflict_mode(on)?;
                     }
                 }
-                ast::Statement::Update(update) => set_columns = self.check_update(update)?,
+                ast::Statement::Update(update) => {
+                    // DataFusion's planner takes SET targets verbatim: fold unquoted ones.
+                    for a in &mut update.assignments {
+                        let names: Vec<&mut ast::ObjectName> = match &mut a.target {
+                            AssignmentTarget::ColumnName(n) => vec![n],
+                            AssignmentTarget::Tuple(ns) => ns.iter_mut().collect(),
+                        };
+                        for n in names {
+                            for part in &mut n.0 {
+                                if let ObjectNamePart::Identifier(i) = part {
+                                    if i.quote_style.is_none() {
+                                        i.value = i.value.to_ascii_lowercase();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    set_columns = self.check_update(update)?
+                }
                 ast::Statement::AlterTable(alter) => {
                     self.alter_table(alter).await?;
                     return Ok(vec![]);

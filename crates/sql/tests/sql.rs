@@ -263,7 +263,7 @@ async fn upsert_on_conflict_update_delete() {
     );
     // UPDATE with expressions and a WHERE clause; DELETE.
     assert_eq!(
-        count(&run(&e, "UPDATE kv SET n = n + 1, v = upper(v) WHERE id >= 5").await),
+        count(&run(&e, "UPDATE kv SET N = n + 1, v = upper(v) WHERE id >= 5").await),
         2
     );
     assert_eq!(
