@@ -6,6 +6,7 @@
 //!   constant patterns are translated.
 //! - `unix_timestamp()` and `unix_timestamp(ts)` (Impala) become
 //!   `CAST(extract(epoch FROM ...) AS BIGINT)`.
+//! - `BINARY`, `VARBINARY` and `BLOB` (in column definitions and casts) become `BYTEA`.
 //! - `n * INTERVAL 'k unit'` (either order), which DataFusion cannot multiply, becomes a
 //!   duration of `n * k` nanoseconds when the interval has no months (months have no fixed
 //!   length); `TIMESTAMP 'epoch'` becomes `TIMESTAMP '1970-01-01 00:00:00'`.
@@ -21,13 +22,45 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 /// Applies every rewrite to `statement`.
 pub(crate) fn rewrite(statement: &mut Statement) {
+    // `BINARY`/`VARBINARY`/`BLOB` columns (Impala, MySQL) are `BYTEA` to DataFusion.
+    match statement {
+        Statement::CreateTable(c) => {
+            for col in &mut c.columns {
+                binary_to_bytea(&mut col.data_type);
+            }
+        }
+        Statement::AlterTable(a) => {
+            for op in &mut a.operations {
+                if let datafusion::sql::sqlparser::ast::AlterTableOperation::AddColumn {
+                    column_def,
+                    ..
+                } = op
+                {
+                    binary_to_bytea(&mut column_def.data_type);
+                }
+            }
+        }
+        _ => {}
+    }
     let _ = visit_expressions_mut(statement, |e| {
         rewrite_expr(e);
         ControlFlow::<()>::Continue(())
     });
 }
 
+fn binary_to_bytea(t: &mut SqlType) {
+    if matches!(
+        t,
+        SqlType::Binary(_) | SqlType::Varbinary(_) | SqlType::Blob(_)
+    ) {
+        *t = SqlType::Bytea;
+    }
+}
+
 fn rewrite_expr(e: &mut Expr) {
+    if let Expr::Cast { data_type, .. } = e {
+        binary_to_bytea(data_type);
+    }
     if let Expr::TypedString(t) = e {
         if matches!(t.data_type, SqlType::Timestamp(..))
             && matches!(&t.value.value, Value::SingleQuotedString(v) if v.eq_ignore_ascii_case("epoch"))

@@ -569,3 +569,35 @@ async fn recursive_queries_rescan_tables() {
     .await;
     assert_eq!(out[0].column(0).as_primitive::<Int64Type>().value(0), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sql_type_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(
+        &e,
+        "CREATE TABLE ty (id INT PRIMARY KEY, a STRING, b BYTEA, c BINARY, d VARCHAR(5), e REAL,
+            f DOUBLE PRECISION, g TIMESTAMPTZ, h DECIMAL(10, 2), i TINYINT, j BOOLEAN, k DATE,
+            l SMALLINT, m BIGINT, n FLOAT8, o TIMESTAMP)",
+    )
+    .await;
+    run(
+        &e,
+        "INSERT INTO ty VALUES (1, 'x', 'ab', 'cd', 'hello', 1.5, 2.5, '2024-01-01 00:00:00+02',
+            12.34, 7, true, '2024-01-02', -3, 9000000000, 4.5, '2024-01-01 10:00:00')",
+    )
+    .await;
+    assert_eq!(
+        text(&run(&e, "SELECT * FROM ty").await),
+        "+----+---+------+------+-------+-----+-----+----------------------+-------+---+------+------------+----+------------+-----+----------------------+
+| id | a | b    | c    | d     | e   | f   | g                    | h     | i | j    | k          | l  | m          | n   | o                    |
++----+---+------+------+-------+-----+-----+----------------------+-------+---+------+------------+----+------------+-----+----------------------+
+| 1  | x | 6162 | 6364 | hello | 1.5 | 2.5 | 2023-12-31T22:00:00Z | 12.34 | 7 | true | 2024-01-02 | -3 | 9000000000 | 4.5 | 2024-01-01T10:00:00Z |
++----+---+------+------+-------+-----+-----+----------------------+-------+---+------+------------+----+------------+-----+----------------------+"
+    );
+    let err = e
+        .execute("CREATE TABLE u (id INT PRIMARY KEY, x INT UNSIGNED)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("x"), "{err}");
+}
