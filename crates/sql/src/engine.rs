@@ -162,12 +162,7 @@ impl Engine {
                 // table with the rows written so far).
                 let table = self.db.table(&Self::table_name(&c.name)?)?;
                 let input = Arc::unwrap_or_clone(c.input);
-                let mut stream = self
-                    .ctx
-                    .execute_logical_plan(input)
-                    .await?
-                    .execute_stream()
-                    .await?;
+                let mut stream = self.stream(input).await?;
                 let mut count = 0u64;
                 while let Some(batch) = stream.next().await {
                     let batch = batch?;
@@ -296,6 +291,19 @@ impl Engine {
         Ok(column)
     }
 
+    /// Runs a plan (the rows a write statement writes) as a stream of batches.
+    async fn stream(
+        &self,
+        plan: LogicalPlan,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream, SqlError> {
+        Ok(self
+            .ctx
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?)
+    }
+
     /// Refuses assignments to key columns (a key identifies its row; delete and insert to
     /// change it).
     /// `ON CONFLICT (cols)` must name the primary key: it is the only unique constraint, so
@@ -413,12 +421,7 @@ impl Engine {
             }
             other => return Err(SqlError::Unsupported(format!("{other}"))),
         };
-        let mut stream = self
-            .ctx
-            .execute_logical_plan(input)
-            .await?
-            .execute_stream()
-            .await?;
+        let mut stream = self.stream(input).await?;
         let mut count = 0u64;
         if op.is_none() && matches!(mode, InsertMode::Insert) {
             return self.insert_all_or_nothing(&table, stream).await;

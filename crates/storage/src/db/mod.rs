@@ -441,14 +441,7 @@ impl Database {
                 .into_iter()
                 .map(|h| Arc::new(PendingTablet::into_handle(h))),
         );
-        let partitioner = Partitioner::new(&layout.schema, &partitioning)?;
-        inner.layout.store(Arc::new(Layout {
-            schema: layout.schema.clone(),
-            codec: layout.codec.clone(),
-            partitioner,
-            tablets,
-        }));
-        *inner.partitioning.write() = partitioning;
+        inner.set_partitions(&layout, partitioning, tablets)?;
         *cat = next;
         tracing::info!(table = %name, range = %describe_bounds(bounds), "added range partition");
         Ok(())
@@ -492,14 +485,7 @@ impl Database {
         for h in tablets.drain(at * b..(at + 1) * b) {
             h.remove_when_unused();
         }
-        let partitioner = Partitioner::new(&layout.schema, &partitioning)?;
-        inner.layout.store(Arc::new(Layout {
-            schema: layout.schema.clone(),
-            codec: layout.codec.clone(),
-            partitioner,
-            tablets,
-        }));
-        *inner.partitioning.write() = partitioning;
+        inner.set_partitions(&layout, partitioning, tablets)?;
         *cat = next;
         tracing::info!(table = %name, range = %describe_bounds(bounds), "dropped range partition");
         Ok(())

@@ -120,6 +120,26 @@ pub struct Table {
     pub(crate) inner: Arc<TableInner>,
 }
 
+impl TableInner {
+    /// Installs a new set of range partitions and their tablets (same schema as `layout`).
+    pub(crate) fn set_partitions(
+        &self,
+        layout: &Layout,
+        partitioning: PartitionSpec,
+        tablets: Vec<Arc<TabletHandle>>,
+    ) -> Result<()> {
+        let partitioner = Partitioner::new(&layout.schema, &partitioning)?;
+        self.layout.store(Arc::new(Layout {
+            schema: layout.schema.clone(),
+            codec: layout.codec.clone(),
+            partitioner,
+            tablets,
+        }));
+        *self.partitioning.write() = partitioning;
+        Ok(())
+    }
+}
+
 /// What [`Table::describe`] reports about one tablet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TabletInfo {
