@@ -62,9 +62,13 @@ async fn main() {
             row / per_minute,
         );
         let ts = T0 + minute as i64 * MINUTE;
-        let sql = format!(
-            "SELECT * FROM traffic WHERE uid = {uid} AND lane = {lane} AND ts = to_timestamp_micros({ts})"
-        );
+        let ts = arrow::util::display::array_value_to_string(
+            &arrow::array::TimestampMicrosecondArray::from(vec![ts]),
+            0,
+        )
+        .unwrap();
+        let sql =
+            format!("SELECT * FROM traffic WHERE uid = {uid} AND lane = {lane} AND ts = '{ts}'");
         let s = Instant::now();
         let out = engine.execute(&sql).await.unwrap();
         lat.push(s.elapsed().as_secs_f64() * 1e6);

@@ -23,6 +23,7 @@ use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBa
 
 use crate::catalog::{NyalaCatalog, CATALOG};
 use crate::error::{RowFailure, SqlError};
+use crate::lookup::PointLookup;
 use crate::partition_clause::{range_change, split_create, RangeChange, RawPartitioning, RawRange};
 use crate::types::{default_value, storage_type};
 
@@ -108,6 +109,11 @@ impl Engine {
         } else {
             InsertMode::Insert
         };
+        if let DFStatement::Statement(s) = &statement {
+            if let Some(lookup) = PointLookup::recognise(&self.db, s) {
+                return blocking(|| lookup.run());
+            }
+        }
         if let DFStatement::Statement(s) = &mut statement {
             crate::pg::rewrite(s);
             match s.as_mut() {

@@ -45,6 +45,16 @@ fn syntax(msg: impl Into<String>) -> SqlError {
 
 /// The statement's tokens, without whitespace and comments; `None` if it does not tokenize
 /// (then the SQL parser reports the syntax error).
+/// Whether `sql` may start with the keyword `word`: a cheap test before tokenizing, which
+/// costs more than a point lookup. Text opening with a comment may.
+fn may_start_with(sql: &str, word: &str) -> bool {
+    let t = sql.trim_start();
+    t.starts_with("--")
+        || t.starts_with("/*")
+        || t.get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn tokens(sql: &str) -> Option<Vec<TokenWithSpan>> {
     Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
@@ -82,6 +92,9 @@ fn offset(sql: &str, loc: Location) -> usize {
 /// Splits a `CREATE TABLE` with a top-level `PARTITION BY` clause into the statement without
 /// it and the parsed clause. Other statements come back unchanged.
 pub(crate) fn split_create(sql: &str) -> Result<(String, Option<RawPartitioning>), SqlError> {
+    if !may_start_with(sql, "create") {
+        return Ok((sql.to_string(), None));
+    }
     let Some(toks) = tokens(sql) else {
         return Ok((sql.to_string(), None));
     };
@@ -116,6 +129,9 @@ pub(crate) fn split_create(sql: &str) -> Result<(String, Option<RawPartitioning>
 
 /// Recognises `ALTER TABLE name ADD|DROP RANGE PARTITION ...`.
 pub(crate) fn range_change(sql: &str) -> Result<Option<RangeChange>, SqlError> {
+    if !may_start_with(sql, "alter") {
+        return Ok(None);
+    }
     let Some(toks) = tokens(sql) else {
         return Ok(None);
     };
