@@ -51,10 +51,14 @@ async fn main() {
     }
     t.flush().unwrap();
     let engine = Engine::new(db.clone());
+    let lookups: u64 = std::env::var("NYALA_BENCH_LOOKUPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     // Point lookups by full key, planning included.
     let per_minute = (POINTS as u64) * (LANES as u64);
     let mut lat = Vec::new();
-    for i in 0..2000u64 {
+    for i in 0..lookups {
         let row = (i * 7919) % n;
         let (uid, lane, minute) = (
             (row % per_minute) / LANES as u64,
@@ -76,8 +80,32 @@ async fn main() {
     }
     let p50 = percentile(&mut lat, 0.5);
     let p99 = percentile(&mut lat, 0.99);
+    // The same lookups straight through the storage API, to show what SQL adds.
+    let mut direct = Vec::new();
+    for i in 0..lookups {
+        let row = (i * 7919 + 13) % n;
+        let (uid, lane, minute) = (
+            (row % per_minute) / LANES as u64,
+            row % LANES as u64,
+            row / per_minute,
+        );
+        let key = [
+            nyala_common::Value::Int32(uid as i32),
+            nyala_common::Value::Int16(lane as i16),
+            nyala_common::Value::Timestamp(T0 + minute as i64 * MINUTE),
+        ];
+        let s = Instant::now();
+        let row = t.get(&key).unwrap();
+        direct.push(s.elapsed().as_secs_f64() * 1e6);
+        assert!(row.is_some());
+    }
     println!("\nsql report ({n} traffic rows, 2 tablets):");
     println!("  point lookup via SQL p50 {p50:.0} us, p99 {p99:.0} us");
+    println!(
+        "  point lookup via Table::get p50 {:.0} us, p99 {:.0} us",
+        percentile(&mut direct, 0.5),
+        percentile(&mut direct, 0.99)
+    );
     let queries = [
         ("Q1", "SELECT date_trunc('hour', ts) AS hr, avg(speed_c2), max(speed_c2) FROM traffic WHERE valid = 0 GROUP BY 1 ORDER BY 1"),
         ("Q3", "SELECT extract(hour FROM ts) AS h, extract(dow FROM ts) AS d, avg(speed_c1) FROM traffic GROUP BY 1, 2 ORDER BY 1, 2"),

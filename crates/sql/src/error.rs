@@ -25,6 +25,9 @@ pub enum SqlError {
     /// A statement would change one row twice (`ON CONFLICT DO UPDATE` with repeated keys).
     #[error("{0}")]
     Cardinality(String),
+    /// `ON CONFLICT` names columns that are not the primary key (PostgreSQL's 42P10).
+    #[error("{0}")]
+    ConflictTarget(String),
     /// The statement is valid SQL that Nyala does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -69,6 +72,7 @@ impl SqlError {
                 _ => "XX000",
             },
             SqlError::Cardinality(_) => "21000", // cardinality_violation
+            SqlError::ConflictTarget(_) => "42P10", // invalid_column_reference
             SqlError::Unsupported(_) => "0A000", // feature_not_supported
             SqlError::DataFusion(e) => match e.find_root() {
                 DataFusionError::SQL(..) => "42601", // syntax_error
