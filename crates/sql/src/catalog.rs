@@ -1,30 +1,41 @@
 //! The database's namespaces and tables as a DataFusion catalog, looked up live: a table
 //! created, renamed or dropped is seen by the next statement.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
 use datafusion::error::Result;
 
 use nyala_storage::{Database, StorageError, TableName};
 
 use crate::error::to_df;
 use crate::provider::NyalaTable;
+use crate::system::{InformationSchema, INFORMATION_SCHEMA};
 
 /// Name of the DataFusion catalog holding Nyala's namespaces.
 pub const CATALOG: &str = "nyala";
 
-/// Every namespace of the database.
+/// Every namespace of the database, and `information_schema`.
 #[derive(Debug)]
 pub struct NyalaCatalog {
     db: Arc<Database>,
+    /// The session's catalogs, which `information_schema` lists (set once registered).
+    catalogs: OnceLock<Weak<dyn CatalogProviderList>>,
 }
 
 impl NyalaCatalog {
     /// The catalog of `db`.
     pub fn new(db: Arc<Database>) -> Self {
-        NyalaCatalog { db }
+        NyalaCatalog {
+            db,
+            catalogs: OnceLock::new(),
+        }
+    }
+
+    /// Tells the catalog which session catalogs `information_schema` describes.
+    pub fn set_session_catalogs(&self, catalogs: &Arc<dyn CatalogProviderList>) {
+        let _ = self.catalogs.set(Arc::downgrade(catalogs));
     }
 }
 
@@ -34,6 +45,13 @@ impl CatalogProvider for NyalaCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == INFORMATION_SCHEMA {
+            let catalogs = self.catalogs.get().cloned().unwrap_or_else(|| {
+                Weak::<datafusion::catalog::MemoryCatalogProviderList>::new()
+                    as Weak<dyn CatalogProviderList>
+            });
+            return Some(Arc::new(InformationSchema::new(self.db.clone(), catalogs)));
+        }
         self.db
             .list_namespaces()
             .iter()

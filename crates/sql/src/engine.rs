@@ -51,11 +51,15 @@ impl Engine {
         let mut config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, DEFAULT_NAMESPACE)
-            .with_information_schema(true);
+            // Nyala's catalog serves `information_schema` itself (DataFusion's views plus the
+            // key views); DataFusion's own switch would hide it.
+            .with_information_schema(false);
         // Text columns are stored as Utf8; planning them as Utf8View would cast every batch.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_catalog(CATALOG, Arc::new(NyalaCatalog::new(db.clone())));
+        let catalog = Arc::new(NyalaCatalog::new(db.clone()));
+        ctx.register_catalog(CATALOG, catalog.clone());
+        catalog.set_session_catalogs(ctx.state().catalog_list());
         Engine {
             db,
             ctx,
@@ -109,6 +113,22 @@ impl Engine {
         } else {
             InsertMode::Insert
         };
+        if let DFStatement::Statement(s) = &statement {
+            let rewritten = match s.as_ref() {
+                ast::Statement::ShowTables { show_options, .. } => {
+                    Some(show_tables_query(show_options)?)
+                }
+                ast::Statement::ExplainTable { table_name, .. } => {
+                    Some(self.describe_query(table_name)?)
+                }
+                _ => None,
+            };
+            if let Some(query) = rewritten {
+                statement = DFParser::parse_sql_with_dialect(&query, &PostgreSqlDialect {})?
+                    .pop_front()
+                    .expect("one statement");
+            }
+        }
         if let DFStatement::Statement(s) = &statement {
             if let Some(lookup) = PointLookup::recognise(&self.db, s) {
                 // Inline: a lookup takes tens of microseconds, less than handing the worker
@@ -183,6 +203,36 @@ impl Engine {
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
                 blocking(|| self.drop_table(&d))?;
+                Ok(vec![])
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateCatalogSchema(c)) => {
+                let name = c
+                    .schema_name
+                    .strip_prefix(&format!("{CATALOG}."))
+                    .unwrap_or(&c.schema_name);
+                let if_exists = if c.if_not_exists {
+                    IfExists::Skip
+                } else {
+                    IfExists::Error
+                };
+                blocking(|| self.db.create_namespace(name, if_exists))?;
+                Ok(vec![])
+            }
+            LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => {
+                let name = d.name.schema_name().to_string();
+                blocking(|| -> Result<(), SqlError> {
+                    if d.cascade {
+                        for t in self.db.list_tables(Some(&name)) {
+                            self.db.drop_table(&t, IfExists::Skip)?;
+                        }
+                    }
+                    let if_exists = if d.if_exists {
+                        IfExists::Skip
+                    } else {
+                        IfExists::Error
+                    };
+                    Ok(self.db.drop_namespace(&name, if_exists)?)
+                })?;
                 Ok(vec![])
             }
             LogicalPlan::Ddl(other) => Err(SqlError::Unsupported(format!(
@@ -310,6 +360,24 @@ impl Engine {
             .await?
             .execute_stream()
             .await?)
+    }
+
+    /// `DESCRIBE t`: one row per column with its SQL type, nullability, default and whether
+    /// it is part of the primary key.
+    fn describe_query(&self, name: &ast::ObjectName) -> Result<String, SqlError> {
+        let name = TableName::parse(&name.to_string())?;
+        self.db.table(&name)?;
+        let quote = |s: &str| s.replace('\'', "''");
+        Ok(format!(
+            "SELECT c.column_name, c.data_type, c.is_nullable, c.column_default, \
+             CASE WHEN k.column_name IS NULL THEN 'NO' ELSE 'YES' END AS primary_key \
+             FROM information_schema.columns c LEFT JOIN information_schema.key_column_usage k \
+             ON k.table_schema = c.table_schema AND k.table_name = c.table_name \
+             AND k.column_name = c.column_name \
+             WHERE c.table_schema = '{}' AND c.table_name = '{}' ORDER BY c.ordinal_position",
+            quote(&name.namespace),
+            quote(&name.name)
+        ))
     }
 
     /// `ON CONFLICT (cols)` must name the primary key: it is the only unique constraint, so
@@ -868,6 +936,48 @@ fn on_conflict_mode(on: OnInsert) -> Result<InsertMode, SqlError> {
             Ok(InsertMode::DoUpdate(columns))
         }
     }
+}
+
+/// `SHOW TABLES [FROM|IN ns] [LIKE 'p' | WHERE cond]` (Impala's form): the names of the
+/// namespace's tables (the current one, `public`, by default) in one column, `name`.
+fn show_tables_query(options: &ast::ShowStatementOptions) -> Result<String, SqlError> {
+    let namespace = match options
+        .show_in
+        .as_ref()
+        .and_then(|i| i.parent_name.as_ref())
+    {
+        Some(n) => last_ident(n),
+        None => DEFAULT_NAMESPACE.to_string(),
+    };
+    let mut query = format!(
+        "SELECT name FROM (SELECT table_name AS name FROM information_schema.tables \
+         WHERE table_schema = '{}' AND table_type = 'BASE TABLE')",
+        namespace.replace('\'', "''")
+    );
+    match &options.filter_position {
+        None => {}
+        Some(
+            ast::ShowStatementFilterPosition::Infix(f)
+            | ast::ShowStatementFilterPosition::Suffix(f),
+        ) => match f {
+            ast::ShowStatementFilter::Like(p) => {
+                query += &format!(" WHERE name LIKE '{}'", p.replace('\'', "''"))
+            }
+            ast::ShowStatementFilter::ILike(p) => {
+                query += &format!(" WHERE name ILIKE '{}'", p.replace('\'', "''"))
+            }
+            ast::ShowStatementFilter::Where(e) => query += &format!(" WHERE {e}"),
+            other => {
+                return Err(SqlError::Unsupported(format!("SHOW TABLES {other}")));
+            }
+        },
+    }
+    if options.starts_with.is_some() || options.limit.is_some() {
+        return Err(SqlError::Unsupported(
+            "SHOW TABLES with STARTS WITH or LIMIT".into(),
+        ));
+    }
+    Ok(query + " ORDER BY name")
 }
 
 /// An identifier as SQL means it: unquoted ones fold to lower case (ASCII only, as

@@ -61,6 +61,7 @@ impl SqlError {
                     _ => "22023",
                 },
                 StorageError::InvalidInput(m) if m.contains("NULL") => "23502", // not_null_violation
+                StorageError::InvalidInput(m) if m.contains("is not empty") => "2BP01", // dependent_objects_still_exist
                 StorageError::InvalidInput(_) => "22023", // invalid_parameter_value
                 StorageError::SnapshotTooOld { .. } | StorageError::SnapshotInFuture { .. } => {
                     "22023"

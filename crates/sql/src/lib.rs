@@ -13,6 +13,7 @@ mod lookup;
 mod partition_clause;
 mod pg;
 pub mod provider;
+mod system;
 mod types;
 
 pub use engine::Engine;

@@ -47,3 +47,55 @@ pub(crate) fn default_value(
         .map_err(|e| SqlError::Unsupported(format!("default of column \"{column}\": {e}")))?;
     Ok(Value::from_array(&cast, 0).map_err(nyala_storage::StorageError::from)?)
 }
+
+/// The SQL name of a storage type, as `information_schema` and `DESCRIBE` show it
+/// (PostgreSQL's spelling; `tinyint` has no PostgreSQL equivalent).
+pub(crate) fn sql_type_name(t: DataType) -> String {
+    match t {
+        DataType::Bool => "boolean".into(),
+        DataType::Int8 => "tinyint".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Utf8 => "text".into(),
+        DataType::Binary => "bytea".into(),
+        DataType::Timestamp => "timestamp with time zone".into(),
+        DataType::Date => "date".into(),
+        DataType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
+    }
+}
+
+/// A column default as SQL text, as `information_schema.columns.column_default` shows it:
+/// numbers and booleans bare, everything else as a quoted literal; `None` for NULL.
+pub(crate) fn default_text(t: DataType, v: &Value) -> Option<String> {
+    if v.is_null() {
+        return None;
+    }
+    let array = Value::to_array("default", t, std::slice::from_ref(v)).ok()?;
+    let options = arrow::util::display::FormatOptions::default()
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f+00"));
+    let text = arrow::util::display::ArrayFormatter::try_new(array.as_ref(), &options)
+        .ok()?
+        .value(0)
+        .to_string();
+    Some(match t {
+        DataType::Bool
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal { .. } => text,
+        DataType::Binary => match v {
+            Value::Binary(b) => {
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                format!("'\\x{hex}'")
+            }
+            _ => text,
+        },
+        _ => format!("'{}'", text.replace('\'', "''")),
+    })
+}

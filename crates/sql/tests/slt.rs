@@ -26,13 +26,12 @@ impl sqllogictest::AsyncDB for Session {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SqlError> {
         let batches = self.0.execute(sql).await?;
-        let first = sql.trim_start().split_whitespace().next().unwrap_or("");
-        let dml = ["insert", "upsert", "update", "delete"]
-            .iter()
-            .any(|w| first.eq_ignore_ascii_case(w));
-        if dml || (batches.is_empty() && !is_query(first)) {
+        let first = sql.split_whitespace().next().unwrap_or("");
+        if !is_query(first) {
+            // DML and CREATE TABLE AS report their row count in one `count` column.
             let count = batches
                 .first()
+                .filter(|b| b.num_columns() == 1 && b.schema().field(0).name() == "count")
                 .and_then(|b| {
                     b.column(0)
                         .as_any()
