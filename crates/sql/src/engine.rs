@@ -133,7 +133,9 @@ impl Engine {
             if let Some(lookup) = PointLookup::recognise(&self.db, s) {
                 // Inline: a lookup takes tens of microseconds, less than handing the worker
                 // thread over for blocking would.
-                return lookup.run();
+                if let Some(out) = lookup.run()? {
+                    return Ok(out);
+                }
             }
         }
         if let DFStatement::Statement(s) = &mut statement {

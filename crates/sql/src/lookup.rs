@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast::{
     UnaryOperator,
 };
 
-use nyala_common::{DataType, Value};
+use nyala_common::{DataType, Schema, Value};
 use nyala_storage::{Database, Table, TableName};
 
 use crate::error::SqlError;
@@ -28,6 +28,8 @@ use crate::error::SqlError;
 /// A statement recognised as a lookup of one key.
 pub(crate) struct PointLookup {
     table: Table,
+    /// The table's schema the statement was recognised against.
+    schema: Schema,
     /// The key, in primary-key order.
     key: Vec<Value>,
     /// The output columns: (index in the table's schema, output name).
@@ -196,38 +198,38 @@ impl PointLookup {
         let key = key.into_iter().collect::<Option<Vec<Value>>>()?;
         Some(PointLookup {
             table,
+            schema,
             key,
             columns,
         })
     }
 
-    /// Reads the row: a batch of one row, or an empty one.
-    pub(crate) fn run(self) -> Result<Vec<RecordBatch>, SqlError> {
-        let schema = self.table.schema();
+    /// Reads the row: a batch of one row, or an empty one; `None` if the table's schema
+    /// changed since the statement was recognised (the caller then plans it instead).
+    pub(crate) fn run(self) -> Result<Option<Vec<RecordBatch>>, SqlError> {
         let fields: Vec<Field> = self
             .columns
             .iter()
             .map(|(i, name)| {
-                let c = &schema.columns()[*i];
                 // As the table provider shows it: every column nullable.
-                Field::new(name, c.data_type.to_arrow(), true)
+                Field::new(name, self.schema.columns()[*i].data_type.to_arrow(), true)
             })
             .collect();
         let out_schema = Arc::new(ArrowSchema::new(fields));
-        let row = self.table.get(&self.key)?;
-        let Some(row) = row else {
-            return Ok(vec![RecordBatch::new_empty(out_schema)]);
+        let row = match self.table.get_batch(&self.key)? {
+            Some(row) if row.schema().fields() != self.schema.arrow_schema().fields() => {
+                return Ok(None)
+            }
+            Some(row) => row,
+            None if self.table.schema().version() != self.schema.version() => return Ok(None),
+            None => return Ok(Some(vec![RecordBatch::new_empty(out_schema)])),
         };
-        let arrays = self
+        let arrays: Vec<ArrayRef> = self
             .columns
             .iter()
-            .map(|(i, _)| {
-                let c = &schema.columns()[*i];
-                Value::to_array(&c.name, c.data_type, std::slice::from_ref(&row[*i]))
-            })
-            .collect::<Result<Vec<ArrayRef>, _>>()
-            .map_err(nyala_storage::StorageError::from)?;
-        Ok(vec![RecordBatch::try_new(out_schema, arrays)?])
+            .map(|(i, _)| row.column(*i).clone())
+            .collect();
+        Ok(Some(vec![RecordBatch::try_new(out_schema, arrays)?]))
     }
 }
 

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use arrow::array::RecordBatch;
 use parking_lot::{Condvar, Mutex};
 
 use nyala_common::{RowCodec, Schema, Value};
@@ -430,23 +431,26 @@ impl Tablet {
         }
     }
 
+    /// [`Tablet::get`] as a one-row batch (every column, schema order).
+    pub fn get_batch(&self, key: &[Value]) -> Result<Option<RecordBatch>> {
+        self.at_latest(|ts| self.get_batch_at(key, ts))
+    }
+
     /// The row with this primary key as of `snapshot`.
     pub fn get_at(&self, key: &[Value], snapshot: Timestamp) -> Result<Option<Vec<Value>>> {
+        self.get_batch_at(key, snapshot)?
+            .map(|b| row_values(&b))
+            .transpose()
+    }
+
+    /// [`Tablet::get_at`] as a one-row batch.
+    pub fn get_batch_at(&self, key: &[Value], snapshot: Timestamp) -> Result<Option<RecordBatch>> {
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
         let key = version.codec.encode_key_values(key)?;
         // A freeze may have purged history past the snapshot since the first check.
         self.inner.check_snapshot(snapshot)?;
-        match self.inner.res.lookup(&version, &key, snapshot)? {
-            None => Ok(None),
-            Some(batch) => Ok(Some(
-                batch
-                    .columns()
-                    .iter()
-                    .map(|c| Value::from_array(c, 0))
-                    .collect::<std::result::Result<_, _>>()?,
-            )),
-        }
+        self.inner.res.lookup(&version, &key, snapshot)
     }
 
     /// Starts a scan: batches of the rows matching the request at one snapshot.
@@ -848,4 +852,13 @@ impl Inner {
         w.checkpoint_ts = upto;
         Ok(())
     }
+}
+
+/// The values of a one-row batch.
+pub(crate) fn row_values(batch: &RecordBatch) -> Result<Vec<Value>> {
+    Ok(batch
+        .columns()
+        .iter()
+        .map(|c| Value::from_array(c, 0))
+        .collect::<std::result::Result<_, _>>()?)
 }

@@ -31,7 +31,7 @@ use crate::error::{Result, StorageError};
 use crate::options::TabletOptions;
 use crate::predicate::bind;
 use crate::scan::{ScanRequest, TabletScan};
-use crate::tablet::{Tablet, TabletStats};
+use crate::tablet::{row_values, Tablet, TabletStats};
 use crate::write::{validate, RowError, RowErrorKind, WriteBatch, WriteOutcome};
 
 /// An open tablet of a table, and what to do with its files when it is closed.
@@ -379,6 +379,12 @@ impl Table {
     /// The live row with this primary key (values in key order), with every column in table
     /// order; `None` if there is none.
     pub fn get(&self, key: &[Value]) -> Result<Option<Vec<Value>>> {
+        self.get_batch(key)?.map(|b| row_values(&b)).transpose()
+    }
+
+    /// [`Table::get`] as a one-row batch (every column, table order): no per-value
+    /// conversions, for callers that answer in Arrow (the SQL point-lookup path).
+    pub fn get_batch(&self, key: &[Value]) -> Result<Option<RecordBatch>> {
         self.check_live()?;
         let layout = self.inner.layout.load_full();
         match self.tablet_of_key(&layout, key)? {
@@ -397,7 +403,7 @@ impl Table {
                         }
                     })
             }
-            Some(t) => layout.tablets[t].tablet().get(key),
+            Some(t) => layout.tablets[t].tablet().get_batch(key),
         }
     }
 
