@@ -54,7 +54,8 @@ pub fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordB
         uid.push((within / LANES as u64) as i32);
         lane.push((within % LANES as u64) as i16);
         ts.push(T0 + minute * MINUTE);
-        valid.push(if rng.random_ratio(98, 100) { 1i16 } else { 0 });
+        // 0 = a good reading; 2% carry an error flag.
+        valid.push(if rng.random_ratio(98, 100) { 0i16 } else { 1 });
         for c in 0..5 {
             let count = if c < 2 {
                 rng.random_range(0..25)
@@ -64,6 +65,9 @@ pub fn traffic_rows(schema: &Schema, start: u64, n: usize, seed: u64) -> RecordB
             counts[c].push(Some(count));
             speeds[c].push(if count == 0 {
                 None
+            } else if rng.random_ratio(1, 500) {
+                // A sensor glitch: analyses filter these out (speed < 250).
+                Some((rng.random_range(2500..3000) as f32) / 10.0)
             } else {
                 Some((rng.random_range(300..1300) as f32) / 10.0)
             });
