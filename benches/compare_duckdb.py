@@ -88,7 +88,7 @@ def main():
     con = duckdb.connect(str(path))
     con.execute("SET TimeZone = 'UTC'")
     con.execute(
-        """CREATE TABLE traffic (uid INT NOT NULL, lane SMALLINT NOT NULL, ts TIMESTAMPTZ NOT NULL,
+        """CREATE TABLE traffic (uid INT NOT NULL, lane SMALLINT NOT NULL, ts TIMESTAMP NOT NULL,
         valid SMALLINT, count_c1 INT, count_c2 INT, count_c3 INT, count_c4 INT, count_c5 INT,
         speed_c1 REAL, speed_c2 REAL, speed_c3 REAL, speed_c4 REAL, speed_c5 REAL,
         PRIMARY KEY (uid, lane, ts))"""

@@ -24,6 +24,7 @@ use nyala_common::{DataType, Schema, Value};
 use nyala_storage::{Database, Table, TableName};
 
 use crate::error::SqlError;
+use crate::provider::{sql_columns, sql_type};
 
 /// A statement recognised as a lookup of one key.
 pub(crate) struct PointLookup {
@@ -211,8 +212,9 @@ impl PointLookup {
             .columns
             .iter()
             .map(|(i, name)| {
-                // As the table provider shows it: every column nullable.
-                Field::new(name, self.schema.columns()[*i].data_type.to_arrow(), true)
+                // As the table provider shows it (every column nullable, zoneless time).
+                let stored = self.schema.columns()[*i].data_type.to_arrow();
+                Field::new(name, sql_type(&stored), true)
             })
             .collect();
         let out_schema = Arc::new(ArrowSchema::new(fields));
@@ -229,6 +231,7 @@ impl PointLookup {
             .iter()
             .map(|(i, _)| row.column(*i).clone())
             .collect();
+        let arrays = sql_columns(&arrays);
         Ok(Some(vec![RecordBatch::try_new(out_schema, arrays)?]))
     }
 }
