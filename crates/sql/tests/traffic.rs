@@ -57,16 +57,15 @@ fn reading(uid: i32, minute: i64, version: u64) -> Reading {
     let count_c1 = (h % 25) as i32;
     let count_c2 = ((h >> 8) % 4) as i32;
     let speed = |bits: u64, count: i32| {
-        (count > 0).then(|| {
-            if bits % 500 == 0 {
-                250.0 + ((bits >> 10) % 100) as f32 * 0.5 // a sensor glitch
-            } else {
-                30.0 + ((bits >> 10) % 200) as f32 * 0.5
-            }
-        })
+        let v = if bits.is_multiple_of(500) {
+            250.0 + ((bits >> 10) % 100) as f32 * 0.5 // a sensor glitch
+        } else {
+            30.0 + ((bits >> 10) % 200) as f32 * 0.5
+        };
+        (count > 0).then_some(v)
     };
     Reading {
-        valid: i16::from((h >> 16) % 50 == 0),
+        valid: i16::from((h >> 16).is_multiple_of(50)),
         count_c1,
         count_c2,
         speed_c1: speed(h >> 20, count_c1),
