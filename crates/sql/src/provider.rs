@@ -9,13 +9,16 @@ use arrow::datatypes::{TimeUnit, TimestampMicrosecondType};
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::statistics::StatisticsArgs;
 use datafusion::physical_plan::stream::{
     RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
 };
@@ -223,6 +226,8 @@ pub struct NyalaScanExec {
     /// Which tablets, at which snapshot; each partition opens its tablet's scan when
     /// executed (so the plan can run more than once, e.g. in a recursive query).
     plan: nyala_storage::db::ScanPlan,
+    /// Rows per chosen tablet when planned (inexact), for [`Statistics`].
+    estimated_rows: Vec<u64>,
     props: Arc<PlanProperties>,
 }
 
@@ -252,6 +257,7 @@ impl NyalaScanExec {
             Boundedness::Bounded,
         );
         NyalaScanExec {
+            estimated_rows: plan.estimated_rows(),
             table,
             tablets_total,
             snapshot: plan.snapshot,
@@ -324,6 +330,24 @@ impl ExecutionPlan for NyalaScanExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![]
+    }
+
+    /// Row counts (inexact) per tablet: without them DataFusion cannot tell a fact table from
+    /// a dimension table and may build a join's hash table on the big side.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let rows = &self.estimated_rows;
+        let n = match args.partition() {
+            Some(i) => rows.get(i).copied().unwrap_or(0),
+            None => rows.iter().sum(),
+        };
+        let n = self.limit.map_or(n as usize, |l| l.min(n as usize));
+        Ok(Arc::new(
+            Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(n)),
+        ))
     }
 
     fn apply_expressions(

@@ -664,3 +664,29 @@ async fn point_lookups_answer_as_planned_queries_do() {
         .unwrap_err();
     assert_eq!(err.sqlstate(), "42P01", "{err}");
 }
+
+/// Tables report their row counts to the planner, so a join builds its hash table on the
+/// small (dimension) side, whichever order the query names them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_build_on_the_smaller_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, "CREATE TABLE facts (uid INT PRIMARY KEY, v INT)").await;
+    run(&e, "CREATE TABLE dims (uid INT PRIMARY KEY, road TEXT)").await;
+    run(
+        &e,
+        "INSERT INTO facts SELECT v, v * 2 FROM generate_series(1, 20000) AS x(v)",
+    )
+    .await;
+    run(&e, "INSERT INTO dims VALUES (1, 'a'), (2, 'b')").await;
+    for q in [
+        "EXPLAIN SELECT d.road, sum(f.v) FROM facts f JOIN dims d ON f.uid = d.uid GROUP BY d.road",
+        "EXPLAIN SELECT d.road, sum(f.v) FROM dims d JOIN facts f ON f.uid = d.uid GROUP BY d.road",
+    ] {
+        let plan = text(&run(&e, q).await);
+        let join = plan.find("HashJoinExec").expect("a hash join");
+        let build = plan[join..].find("table=public.dims").unwrap();
+        let probe = plan[join..].find("table=public.facts").unwrap();
+        assert!(build < probe, "{plan}");
+    }
+}

@@ -507,6 +507,18 @@ pub struct ScanPlan {
 }
 
 impl ScanPlan {
+    /// About how many rows each chosen tablet holds (segment rows not deleted, plus buffered
+    /// versions): for the query planner's choices (which side of a join to build), not exact.
+    pub fn estimated_rows(&self) -> Vec<u64> {
+        self.pins
+            .iter()
+            .map(|h| {
+                let s = h.tablet().stats();
+                (s.segment_rows - s.deleted_rows.min(s.segment_rows)) + s.buffer_versions as u64
+            })
+            .collect()
+    }
+
     /// Starts the scan of the `i`-th chosen tablet.
     pub fn open(&self, i: usize) -> Result<TabletScan> {
         let handle = self.pins.get(i).ok_or_else(|| {
