@@ -156,7 +156,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Result rows as JSON arrays of strings (NULL as null), for comparison across engines.
 fn json_rows(batches: &[RecordBatch]) -> serde_json::Value {
-    let options = FormatOptions::default().with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S"));
+    let options = FormatOptions::default()
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S"))
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S"));
     let mut rows = Vec::new();
     for b in batches {
         let f: Vec<ArrayFormatter> = b

@@ -57,6 +57,7 @@ impl Engine {
         // Text columns are stored as Utf8; planning them as Utf8View would cast every batch.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(crate::functions::DatePart::udf());
         let catalog = Arc::new(NyalaCatalog::new(db.clone()));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.set_session_catalogs(ctx.state().catalog_list());

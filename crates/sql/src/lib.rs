@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 mod filters;
+mod functions;
 mod lookup;
 mod partition_clause;
 mod pg;
