@@ -87,6 +87,17 @@ fn rewrite_expr(e: &mut Expr) {
         }
         return;
     }
+    if let Expr::Extract { field, expr, .. } = e {
+        // DataFusion plans EXTRACT with its own date_part; as a call it resolves to the
+        // session's (crate::functions::DatePart, arithmetic for these parts).
+        let part = field.to_string().to_ascii_lowercase();
+        if matches!(part.as_str(), "hour" | "minute" | "dow" | "isodow") {
+            if let Some(new) = parse_expr(&format!("date_part('{part}', {expr})")) {
+                *e = new;
+            }
+        }
+        return;
+    }
     let Expr::Function(f) = e else { return };
     let name = f.name.to_string().to_lowercase();
     let FunctionArguments::List(list) = &mut f.args else {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
+    RowSelectionPolicy, RowSelector,
 };
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -639,6 +639,12 @@ impl Segment {
                 ))
                 .with_row_groups(rgs)
                 .with_row_selection(sel)
+                // Deletion vectors cut the selection into many short runs once a segment has
+                // a scattering of updated keys; below runs of ~1k rows, decoding everything and
+                // filtering with a mask beats skipping run by run.
+                .with_row_selection_policy(RowSelectionPolicy::Auto {
+                    threshold: MASK_BELOW_RUN_ROWS,
+                })
                 .with_batch_size(batch_size)
                 .build()?;
                 Ok(Box::new(reader.map(|r| r.map_err(StorageError::from))))
@@ -646,6 +652,10 @@ impl Segment {
         }
     }
 }
+
+/// Average selected-or-skipped run length (rows) below which a scan's row selection is applied
+/// as a decoded-then-filtered mask (see `Segment::scan`).
+const MASK_BELOW_RUN_ROWS: usize = 1024;
 
 /// Writes `batch` as Parquet, encoding the columns of each row group on all cores (the flush
 /// is otherwise bound by one core's encoding and compression speed).
