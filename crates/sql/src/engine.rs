@@ -73,8 +73,9 @@ impl Engine {
         &self.ctx
     }
 
-    /// Runs one statement and returns its result batches (empty for DDL; one row with
-    /// `count` for INSERT, UPSERT, UPDATE and DELETE).
+    /// Runs one statement and returns its result batches: none for DDL; one row with `count`
+    /// for INSERT, UPSERT, UPDATE and DELETE; for queries at least one batch (an empty one
+    /// when no rows match), so the result's schema is always known.
     pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
         let _one_at_a_time = self.statement.lock().await;
         // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
@@ -242,7 +243,17 @@ impl Engine {
                 "{} statements",
                 other.name()
             ))),
-            plan => Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?),
+            plan => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let mut batches = df.collect().await?;
+                // Keep the schema even when no rows come back (front ends describe it).
+                batches.retain(|b| b.num_rows() > 0);
+                if batches.is_empty() {
+                    batches.push(RecordBatch::new_empty(schema));
+                }
+                Ok(batches)
+            }
         }
     }
 

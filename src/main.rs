@@ -1,0 +1,272 @@
+//! The `nyala` binary: `nyala serve` runs the server; `nyala sql` talks to one.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use nyala_client::Client;
+use nyala_server::{serve, ServerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "nyala",
+    version,
+    about = "Nyala: tables with a primary key, fast lookups and fast analytics, in one server."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on a data directory.
+    Serve(ServeArgs),
+    /// Run SQL against a server: `-c "statement"`, or statements from standard input
+    /// (separated by `;`).
+    Sql(SqlArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// The database directory (created if missing).
+    #[arg(long, env = "NYALA_DATA_DIR", default_value = "./nyala-data")]
+    data_dir: PathBuf,
+    /// Address of the gRPC API.
+    #[arg(long, env = "NYALA_GRPC_ADDR", default_value = "127.0.0.1:7050")]
+    grpc_addr: SocketAddr,
+    /// Address of the HTTP endpoints (/healthz, /metrics).
+    #[arg(long, env = "NYALA_HTTP_ADDR", default_value = "127.0.0.1:8050")]
+    http_addr: SocketAddr,
+    /// Seconds in-flight requests may run on after SIGTERM/SIGINT.
+    #[arg(long, env = "NYALA_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Log filter (tracing's syntax, e.g. `info` or `nyala_server=debug`).
+    #[arg(long, env = "NYALA_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "NYALA_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Parser)]
+struct SqlArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "NYALA_GRPC_ADDR", default_value = "127.0.0.1:7050")]
+    grpc_addr: String,
+    /// Run this statement and exit.
+    #[arg(short = 'c', long = "command")]
+    command: Option<String>,
+    /// Print how long each statement took.
+    #[arg(long)]
+    timing: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(run_server(args)),
+        Command::Sql(args) => runtime.block_on(run_sql(args)),
+    }
+}
+
+async fn run_server(args: ServeArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        database: Default::default(),
+    };
+    let result = serve(
+        config,
+        |bound| {
+            tracing::info!(
+                grpc = %bound.grpc,
+                http = %bound.http,
+                "listening: gRPC {} (nyala sql --grpc-addr {}), HTTP http://{}/healthz",
+                bound.grpc,
+                bound.grpc,
+                bound.http
+            );
+        },
+        shutdown_signal(),
+    )
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("nyala serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn run_sql(args: SqlArgs) -> ExitCode {
+    let address = url(&args.grpc_addr);
+    let mut client = match Client::connect(&address).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nyala sql: {e} (is `nyala serve` running?)");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(statement) = args.command {
+        return if run_one(&mut client, &statement, args.timing).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    // Statements from standard input, each ended by `;` (or the end of input).
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    let mut pending = String::new();
+    let mut ok = true;
+    let prompt = |pending: &str| {
+        if interactive {
+            print!(
+                "{}",
+                if pending.is_empty() {
+                    "nyala> "
+                } else {
+                    "   ... "
+                }
+            );
+            let _ = std::io::stdout().flush();
+        }
+    };
+    prompt(&pending);
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        pending.push_str(&line);
+        pending.push('\n');
+        while let Some(end) = statement_end(&pending) {
+            let statement: String = pending.drain(..=end).collect();
+            let statement = statement.trim().trim_end_matches(';').trim();
+            if !statement.is_empty() {
+                ok &= run_one(&mut client, statement, args.timing).await;
+            }
+        }
+        prompt(pending.trim());
+    }
+    let rest = pending.trim();
+    if !rest.is_empty() {
+        ok &= run_one(&mut client, rest, args.timing).await;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The byte index of the first `;` outside quotes and comments, if any.
+fn statement_end(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut quote) = (0, None::<u8>);
+    while i < b.len() {
+        match (quote, b[i]) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(b[i]),
+            (None, b'-') if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            (None, b';') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Runs one statement and prints its result (or error); false if it failed.
+async fn run_one(client: &mut Client, statement: &str, timing: bool) -> bool {
+    let started = Instant::now();
+    match client.sql(statement).await {
+        Ok(result) => {
+            if result.schema.fields().is_empty() {
+                println!("OK");
+            } else {
+                match arrow::util::pretty::pretty_format_batches(&result.batches) {
+                    Ok(table) if result.num_rows() > 0 => println!("{table}"),
+                    _ => {
+                        let names: Vec<&str> = result
+                            .schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect();
+                        println!("{}\n(0 rows)", names.join(" | "));
+                    }
+                }
+            }
+            if timing {
+                println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1e3);
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_end;
+
+    #[test]
+    fn statements_end_at_semicolons_outside_quotes() {
+        assert_eq!(statement_end("SELECT 1; SELECT 2;"), Some(8));
+        assert_eq!(statement_end("SELECT ';' ;"), Some(11));
+        assert_eq!(statement_end("SELECT 1 -- ; not here\n;"), Some(23));
+        assert_eq!(statement_end("SELECT 1"), None);
+    }
+}

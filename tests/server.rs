@@ -1,0 +1,254 @@
+//! End to end: the real `nyala` binary on ephemeral ports, driven by the Rust client, curl-like
+//! HTTP requests and signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use nyala_client::{Client, ClientError};
+
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Server {
+    /// Starts `nyala serve` on `dir` and waits until it says where it listens.
+    // The child is waited for by `stop` or, on a failed test, by `Drop`.
+    #[allow(clippy::zombie_processes)]
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-format", "json", "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let f = &v["fields"];
+            if let (Some(g), Some(h)) = (f["grpc"].as_str(), f["http"].as_str()) {
+                // Keep draining the log so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Server {
+                    child,
+                    grpc: g.parse().unwrap(),
+                    http: h.parse().unwrap(),
+                };
+            }
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    /// Sends `signal` and waits for the exit code.
+    fn stop(mut self, signal: &str) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Server {
+    /// A failed test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn status(e: ClientError) -> tonic::Status {
+    match e {
+        ClientError::Status(s) => s,
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sql_health_shutdown_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let health = http_get(server.http, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
+
+    let mut c = server.client().await;
+    let created = c
+        .sql("CREATE TABLE readings (uid INT, ts TIMESTAMP, speed REAL, PRIMARY KEY (uid, ts))")
+        .await
+        .unwrap();
+    assert_eq!(created.schema.fields().len(), 0);
+    let inserted = c
+        .sql("INSERT INTO readings VALUES (1, '2024-05-01 10:00:00', 50), (2, '2024-05-01 10:00:00', 70)")
+        .await
+        .unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&inserted.batches)
+            .unwrap()
+            .to_string(),
+        "+-------+\n| count |\n+-------+\n| 2     |\n+-------+"
+    );
+    let avg = c.sql("SELECT avg(speed) AS a FROM readings").await.unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&avg.batches)
+            .unwrap()
+            .to_string(),
+        "+------+\n| a    |\n+------+\n| 60.0 |\n+------+"
+    );
+    // No rows still describes the columns.
+    let none = c
+        .sql("SELECT uid, speed FROM readings WHERE uid = 9")
+        .await
+        .unwrap();
+    assert_eq!(none.num_rows(), 0);
+    assert_eq!(none.schema.fields().len(), 2);
+    assert_eq!(
+        c.list_tables(None).await.unwrap(),
+        vec![("public".to_string(), "readings".to_string())]
+    );
+
+    // Errors carry a gRPC code and the SQLSTATE.
+    let e = status(c.sql("SELECT * FROM nope").await.unwrap_err());
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("42P01"), "{e:?}");
+    let e = status(
+        c.sql("INSERT INTO readings VALUES (1, '2024-05-01 10:00:00', 1)")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("23505"), "{e:?}");
+    let e = status(c.sql("SELEC 1").await.unwrap_err());
+    assert!(e.message().contains("42601"), "{e:?}");
+    let e = status(
+        c.sql("CREATE TABLE readings (a INT PRIMARY KEY)")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    let e = status(c.list_tables(Some("nowhere")).await.unwrap_err());
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    let metrics = http_get(server.http, "/metrics");
+    assert!(metrics.contains("nyala_sql_requests_total 8"), "{metrics}");
+    assert!(
+        metrics.contains("nyala_table_rows{namespace=\"public\",table=\"readings\"} 2"),
+        "{metrics}"
+    );
+
+    // A second server on the same directory fails fast, naming the problem.
+    let second = Command::new(env!("CARGO_BIN_EXE_nyala"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another Nyala process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // SIGTERM: a clean exit; the data is there after a restart.
+    drop(c);
+    assert_eq!(server.stop("-TERM"), Some(0));
+    let server = Server::start(dir.path());
+    let mut c = server.client().await;
+    assert_eq!(c.sql("SELECT * FROM readings").await.unwrap().num_rows(), 2);
+    // kill -9 right after an acknowledged write: it survives.
+    c.sql("INSERT INTO readings VALUES (3, '2024-05-01 11:00:00', 90)")
+        .await
+        .unwrap();
+    drop(c);
+    assert_eq!(server.stop("-KILL"), None);
+    let server = Server::start(dir.path());
+    let mut c = server.client().await;
+    assert_eq!(c.sql("SELECT * FROM readings").await.unwrap().num_rows(), 3);
+    drop(c);
+    assert_eq!(server.stop("-TERM"), Some(0));
+}
+
+#[test]
+fn sql_cli_runs_statements_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let nyala = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
+            .args(["sql", "--grpc-addr", &server.grpc.to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, _) = nyala(&["-c", "CREATE TABLE kv (k INT PRIMARY KEY, v TEXT)"], "");
+    assert!(ok);
+    assert_eq!(out, "OK\n");
+    let (ok, out, err) = nyala(
+        &[],
+        "INSERT INTO kv VALUES (1, 'a;b'),\n (2, 'c');\nSELECT v FROM kv ORDER BY k;\n",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("| 2     |"), "{out}");
+    assert!(out.contains("| a;b |") && out.contains("| c   |"), "{out}");
+    let (ok, _, err) = nyala(&["-c", "SELECT * FROM missing"], "");
+    assert!(!ok);
+    assert!(err.contains("ERROR:") && err.contains("42P01"), "{err}");
+    assert_eq!(server.stop("-TERM"), Some(0));
+}
