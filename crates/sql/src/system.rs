@@ -26,6 +26,16 @@ use crate::types::{default_text, sql_type_name};
 /// The schema name, as the SQL standard spells it.
 pub const INFORMATION_SCHEMA: &str = "information_schema";
 
+/// The leading columns of the constraint views: which constraint, on which table.
+const CONSTRAINT_OF_TABLE: [&str; 6] = [
+    "constraint_catalog",
+    "constraint_schema",
+    "constraint_name",
+    "table_catalog",
+    "table_schema",
+    "table_name",
+];
+
 /// The views Nyala builds itself (the rest are DataFusion's).
 const OWN_VIEWS: [&str; 3] = ["columns", "key_column_usage", "table_constraints"];
 
@@ -155,18 +165,18 @@ impl InformationSchema {
             text(vec!["YES"; n]),
         ];
         Ok(RecordBatch::try_new(
-            schema(&[
-                "constraint_catalog",
-                "constraint_schema",
-                "constraint_name",
-                "table_catalog",
-                "table_schema",
-                "table_name",
-                "constraint_type",
-                "is_deferrable",
-                "initially_deferred",
-                "enforced",
-            ]),
+            schema(
+                &[
+                    &CONSTRAINT_OF_TABLE[..],
+                    &[
+                        "constraint_type",
+                        "is_deferrable",
+                        "initially_deferred",
+                        "enforced",
+                    ],
+                ]
+                .concat(),
+            ),
             columns,
         )?)
     }
@@ -197,18 +207,11 @@ impl InformationSchema {
             }
         }
         let n = position.len();
-        let mut fields: Vec<Field> = [
-            "constraint_catalog",
-            "constraint_schema",
-            "constraint_name",
-            "table_catalog",
-            "table_schema",
-            "table_name",
-            "column_name",
-        ]
-        .iter()
-        .map(|f| Field::new(*f, ArrowType::Utf8, false))
-        .collect();
+        let mut fields: Vec<Field> = CONSTRAINT_OF_TABLE
+            .iter()
+            .chain(&["column_name"])
+            .map(|f| Field::new(*f, ArrowType::Utf8, false))
+            .collect();
         fields.push(Field::new("ordinal_position", ArrowType::Int32, false));
         fields.push(Field::new(
             "position_in_unique_constraint",
