@@ -79,10 +79,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match cli.command {
+    let code = match cli.command {
         Command::Serve(args) => runtime.block_on(run_server(args)),
         Command::Sql(args) => runtime.block_on(run_sql(args)),
-    }
+    };
+    // Work still running (a request past the shutdown grace period) does not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn run_server(args: ServeArgs) -> ExitCode {
@@ -100,6 +103,9 @@ async fn run_server(args: ServeArgs) -> ExitCode {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         database: Default::default(),
     };
+    // Handlers first: a signal during recovery is then a clean stop once the database is
+    // open, not the default abrupt exit.
+    let shutdown = shutdown_signal();
     let result = serve(
         config,
         |bound| {
@@ -112,7 +118,7 @@ async fn run_server(args: ServeArgs) -> ExitCode {
                 bound.http
             );
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     match result {
@@ -125,14 +131,25 @@ async fn run_server(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now; the future resolves on the first
+/// signal. A second one exits at once (status 130), e.g. to give up on a slow flush.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("nyala serve: second signal, exiting now");
+            std::process::exit(130);
+        });
     }
 }
 
@@ -186,14 +203,14 @@ async fn run_sql(args: SqlArgs) -> ExitCode {
         while let Some(end) = statement_end(&pending) {
             let statement: String = pending.drain(..=end).collect();
             let statement = statement.trim().trim_end_matches(';').trim();
-            if !statement.is_empty() {
+            if !only_comments(statement) {
                 ok &= run_one(&mut client, statement, args.timing).await;
             }
         }
         prompt(pending.trim());
     }
     let rest = pending.trim();
-    if !rest.is_empty() {
+    if !only_comments(rest) {
         ok &= run_one(&mut client, rest, args.timing).await;
     }
     if ok {
@@ -201,6 +218,12 @@ async fn run_sql(args: SqlArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Whether `text` holds nothing but whitespace and `--` comments.
+fn only_comments(text: &str) -> bool {
+    text.lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
 }
 
 /// The byte index of the first `;` outside quotes and comments, if any.
@@ -268,5 +291,7 @@ mod tests {
         assert_eq!(statement_end("SELECT ';' ;"), Some(11));
         assert_eq!(statement_end("SELECT 1 -- ; not here\n;"), Some(23));
         assert_eq!(statement_end("SELECT 1"), None);
+        assert!(super::only_comments("-- done\n  \n"));
+        assert!(!super::only_comments("-- a\nSELECT 1"));
     }
 }

@@ -112,9 +112,18 @@ impl Nyala for NyalaService {
             }
         };
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let is_count = batches
-            .first()
-            .is_some_and(|b| b.num_columns() == 1 && b.schema().field(0).name() == "count");
+        // A write statement answers one row with its `count` (a query may look alike).
+        let first_word = statement
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let is_count = matches!(
+            first_word.as_str(),
+            "insert" | "upsert" | "update" | "delete" | "create"
+        ) && batches.first().is_some_and(|b| {
+            b.num_rows() == 1 && b.num_columns() == 1 && b.schema().field(0).name() == "count"
+        });
         if is_count {
             if let Some(c) = batches[0]
                 .column(0)

@@ -134,7 +134,9 @@ pub async fn serve(
             match tokio::time::timeout(grace, &mut grpc).await {
                 Ok(ended) => ended.expect("the gRPC server does not panic")?,
                 Err(_) => {
-                    tracing::warn!("requests still running after {grace:?}: cut off");
+                    // Their tasks may still finish while the tables flush; their writes are
+                    // durable either way (the WAL), and the process exits without them.
+                    tracing::warn!("requests still running after {grace:?}: not waiting longer");
                     grpc.abort();
                 }
             }
@@ -162,10 +164,18 @@ fn tokio_stream_listener(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |l| async move {
-        let next = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((next, l))
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    return Some((Ok(s), l));
+                }
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::warn!("gRPC accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     })
 }

@@ -225,6 +225,24 @@ impl Engine {
             LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => {
                 let name = d.name.schema_name().to_string();
                 blocking(|| -> Result<(), SqlError> {
+                    // Refuse what drop_namespace would refuse before CASCADE drops anything.
+                    if name == DEFAULT_NAMESPACE {
+                        return Err(SqlError::Storage(
+                            nyala_storage::StorageError::InvalidInput(format!(
+                                "schema \"{name}\" cannot be dropped"
+                            )),
+                        ));
+                    }
+                    if !self.db.list_namespaces().contains(&name) {
+                        return if d.if_exists {
+                            Ok(())
+                        } else {
+                            Err(
+                                nyala_storage::StorageError::UndefinedNamespace(name.clone())
+                                    .into(),
+                            )
+                        };
+                    }
                     if d.cascade {
                         for t in self.db.list_tables(Some(&name)) {
                             self.db.drop_table(&t, IfExists::Skip)?;

@@ -20,6 +20,8 @@ use datafusion::logical_expr::{
 const DAY_US: i64 = 86_400_000_000;
 const HOUR_US: i64 = 3_600_000_000;
 const MINUTE_US: i64 = 60_000_000;
+/// Timestamps within this many microseconds of the epoch are inside chrono's calendar.
+const CALENDAR_US: u64 = 8_000_000_000_000_000_000;
 
 /// `date_part` (and so `extract`), with arithmetic fast paths for zoneless microsecond
 /// timestamps.
@@ -124,7 +126,13 @@ impl ScalarUDFImpl for DatePart {
             if let (Some(p), DataType::Timestamp(TimeUnit::Microsecond, None)) =
                 (fast_part(part), a.data_type())
             {
-                return Ok(ColumnarValue::Array(compute(p, a.as_ref())));
+                // Beyond chrono's calendar (about +-262,000 years) DataFusion answers NULL;
+                // leave such arrays to it.
+                let ts = a.as_primitive::<TimestampMicrosecondType>();
+                let in_calendar = |v: Option<i64>| v.is_none_or(|v| v.unsigned_abs() < CALENDAR_US);
+                if in_calendar(arrow::compute::min(ts)) && in_calendar(arrow::compute::max(ts)) {
+                    return Ok(ColumnarValue::Array(compute(p, a.as_ref())));
+                }
             }
         }
         self.inner.invoke_with_args(args)

@@ -124,11 +124,22 @@ impl PointLookup {
         if !with_hints.is_empty() || !partitions.is_empty() || !index_hints.is_empty() {
             return None;
         }
-        // `catalog.schema.table` and anything unusual goes the normal way.
-        if name.0.len() > 2 {
-            return None;
-        }
-        let table_name = TableName::parse(&name.to_string()).ok()?;
+        // `catalog.schema.table`, `information_schema` (served by the catalog, not the
+        // database) and anything unusual go the normal way. Names fold as DataFusion folds
+        // them (ASCII only).
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ast::ObjectNamePart::Identifier(i) => Some(normalize(i)),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let table_name = match parts.as_slice() {
+            [t] => TableName::new(nyala_storage::db::DEFAULT_NAMESPACE, t),
+            [ns, t] if ns != crate::system::INFORMATION_SCHEMA => TableName::new(ns, t),
+            _ => return None,
+        };
         let table = db.table(&table_name).ok()?;
         let schema = table.schema();
         // The name columns may be qualified with: the alias, else the table's own name.
@@ -292,7 +303,21 @@ fn constant_of(e: &Expr, t: DataType) -> Option<Value> {
                 ) | (ast::DataType::Date, DataType::Date)
             );
             return match &ts.value.value {
-                ast::Value::SingleQuotedString(s) if matches_type => parse_temporal(s, t),
+                // DataFusion reads `TIMESTAMP '...'` as nanoseconds: decline what that cannot
+                // hold exactly (sub-microsecond digits, years outside 1678-2261).
+                ast::Value::SingleQuotedString(s) if matches_type => {
+                    let sub_micro = s
+                        .split_once('.')
+                        .is_some_and(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).count() > 6);
+                    match parse_temporal(s, t)? {
+                        Value::Timestamp(us)
+                            if sub_micro || us.unsigned_abs() >= MAX_NANOS_AS_MICROS =>
+                        {
+                            None
+                        }
+                        v => Some(v),
+                    }
+                }
                 _ => None,
             };
         }
@@ -323,6 +348,9 @@ fn constant_of(e: &Expr, t: DataType) -> Option<Value> {
         _ => None,
     }
 }
+
+/// The largest |microseconds| whose nanoseconds fit an i64.
+const MAX_NANOS_AS_MICROS: u64 = (i64::MAX / 1000) as u64;
 
 /// Timestamp or date text as DataFusion casts it, for text without a time zone or offset
 /// (whose reading differs between a literal and a cast).
@@ -395,6 +423,17 @@ mod tests {
             Some(Value::Utf8("x".into()))
         );
         assert_eq!(constant_of(&e("now()"), DataType::Timestamp), None);
+        assert_eq!(
+            constant_of(&e("TIMESTAMP '2300-01-01 00:00:00'"), DataType::Timestamp),
+            None
+        );
+        assert_eq!(
+            constant_of(
+                &e("TIMESTAMP '1969-12-31 23:59:59.9999995'"),
+                DataType::Timestamp
+            ),
+            None
+        );
     }
 
     #[test]
@@ -451,6 +490,8 @@ mod tests {
             "SELECT * FROM t, t u WHERE t.a = 1 AND t.b = 'x'",
             "SELECT * FROM nope WHERE a = 1 AND b = 'x'",
             "WITH c AS (SELECT 1) SELECT * FROM t WHERE a = 1 AND b = 'x'",
+            "SELECT * FROM information_schema.t WHERE a = 1 AND b = 'x'",
+            "SELECT * FROM nyala.public.t WHERE a = 1 AND b = 'x'",
         ] {
             assert!(!recognised(no), "{no}");
         }
