@@ -76,8 +76,7 @@ impl Metrics {
                 let (mut rows, mut bytes) = (0u64, 0u64);
                 for tablet in &info.tablets {
                     let s = &tablet.stats;
-                    rows += s.segment_rows - s.deleted_rows.min(s.segment_rows)
-                        + s.buffer_versions as u64;
+                    rows += s.estimated_rows();
                     bytes += s.buffer_bytes as u64;
                 }
                 let label = format!(

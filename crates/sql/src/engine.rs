@@ -1014,7 +1014,7 @@ fn show_tables_query(options: &ast::ShowStatementOptions) -> Result<String, SqlE
 
 /// An identifier as SQL means it: unquoted ones fold to lower case (ASCII only, as
 /// DataFusion's planner does).
-fn normalize(ident: &ast::Ident) -> String {
+pub(crate) fn normalize(ident: &ast::Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_ascii_lowercase(),

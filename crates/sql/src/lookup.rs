@@ -23,6 +23,7 @@ use datafusion::sql::sqlparser::ast::{
 use nyala_common::{DataType, Schema, Value};
 use nyala_storage::{Database, Table, TableName};
 
+use crate::engine::normalize;
 use crate::error::SqlError;
 use crate::provider::{sql_columns, sql_type};
 
@@ -370,13 +371,6 @@ fn parse_temporal(s: &str, t: DataType) -> Option<Value> {
     };
     let cast = arrow::compute::cast_with_options(&text, &t.to_arrow(), &options).ok()?;
     Value::from_array(&cast, 0).ok().filter(|v| !v.is_null())
-}
-
-fn normalize(ident: &ast::Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_ascii_lowercase(),
-    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,15 @@ pub struct TabletStats {
     pub checkpoint_timestamp: Timestamp,
 }
 
+impl TabletStats {
+    /// About how many live rows the tablet holds: segment rows not deleted plus buffered
+    /// versions (a key updated in the buffer counts once per version). For planners and
+    /// gauges, not an exact count.
+    pub fn estimated_rows(&self) -> u64 {
+        self.segment_rows.saturating_sub(self.deleted_rows) + self.buffer_versions as u64
+    }
+}
+
 struct Inner {
     segment_dir: PathBuf,
     res: Resolver,

@@ -512,10 +512,7 @@ impl ScanPlan {
     pub fn estimated_rows(&self) -> Vec<u64> {
         self.pins
             .iter()
-            .map(|h| {
-                let s = h.tablet().stats();
-                (s.segment_rows - s.deleted_rows.min(s.segment_rows)) + s.buffer_versions as u64
-            })
+            .map(|h| h.tablet().stats().estimated_rows())
             .collect()
     }
 
