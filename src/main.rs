@@ -102,6 +102,7 @@ async fn run_server(args: ServeArgs) -> ExitCode {
         http_addr: args.http_addr,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         database: Default::default(),
+        limits: Default::default(),
     };
     // Handlers first: a signal during recovery is then a clean stop once the database is
     // open, not the default abrupt exit.

@@ -7,8 +7,10 @@
 //! once it is done), binds the listeners and runs until the shutdown future resolves; then it
 //! stops accepting, lets in-flight requests finish (bounded) and flushes every table.
 
+mod convert;
 pub mod grpc;
 pub mod http;
+mod ipc;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Storage settings.
     pub database: DatabaseOptions,
+    /// gRPC request limits.
+    pub limits: grpc::Limits,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -117,7 +121,7 @@ pub async fn serve(
     tracing::info!(dir = %config.data_dir.display(), "database open");
     on_bound(bound);
 
-    let service = grpc::NyalaService::new(db.clone(), metrics.clone());
+    let service = grpc::NyalaService::new(db.clone(), metrics.clone(), config.limits);
     let mut grpc_stop = stop_rx.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(service.into_server())

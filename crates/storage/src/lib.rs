@@ -44,7 +44,7 @@ pub use db::{Database, DatabaseOptions, IfExists, SchemaChange, Table, TableInfo
 pub use error::{Result, StorageError};
 pub use options::{Durability, SegmentCompression, TabletOptions};
 pub use predicate::{CmpOp, Predicate};
-pub use scan::{ScanRequest, TabletScan};
+pub use scan::{ScanRequest, TabletScan, DEFAULT_BATCH_ROWS};
 pub use tablet::{Tablet, TabletStats};
 pub use write::{BatchBuilder, RowError, RowErrorKind, WriteBatch, WriteOp, WriteOutcome};
 

@@ -385,6 +385,16 @@ impl Table {
     /// [`Table::get`] as a one-row batch (every column, table order): no per-value
     /// conversions, for callers that answer in Arrow (the SQL point-lookup path).
     pub fn get_batch(&self, key: &[Value]) -> Result<Option<RecordBatch>> {
+        self.get_batch_at(key, None)
+    }
+
+    /// [`Table::get_batch`] as of `snapshot` (`None`: the latest), so lookups can read at the
+    /// snapshot of an earlier scan or write.
+    pub fn get_batch_at(
+        &self,
+        key: &[Value],
+        snapshot: Option<Timestamp>,
+    ) -> Result<Option<RecordBatch>> {
         self.check_live()?;
         let layout = self.inner.layout.load_full();
         match self.tablet_of_key(&layout, key)? {
@@ -403,7 +413,23 @@ impl Table {
                         }
                     })
             }
-            Some(t) => layout.tablets[t].tablet().get_batch(key),
+            Some(t) => match snapshot {
+                None => layout.tablets[t].tablet().get_batch(key),
+                Some(ts) => {
+                    // As in `plan_scan`: a past timestamp of the table's clock becomes
+                    // readable in the tablet once every write before it is visible there.
+                    let now = self.inner.clock.next();
+                    if ts > now {
+                        return Err(StorageError::SnapshotInFuture {
+                            requested: ts,
+                            latest: now,
+                        });
+                    }
+                    let tablet = layout.tablets[t].tablet();
+                    tablet.make_visible(ts)?;
+                    tablet.get_batch_at(key, ts)
+                }
+            },
         }
     }
 
