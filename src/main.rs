@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "NYALA_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Largest gRPC request message, in bytes (bulk loads send many messages).
+    #[arg(long, env = "NYALA_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    max_message_bytes: usize,
 }
 
 #[derive(Parser)]
@@ -102,7 +105,10 @@ async fn run_server(args: ServeArgs) -> ExitCode {
         http_addr: args.http_addr,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         database: Default::default(),
-        limits: Default::default(),
+        limits: nyala_server::grpc::Limits {
+            max_message_bytes: args.max_message_bytes,
+            ..Default::default()
+        },
     };
     // Handlers first: a signal during recovery is then a clean stop once the database is
     // open, not the default abrupt exit.

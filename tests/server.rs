@@ -1,102 +1,12 @@
 //! End to end: the real `nyala` binary on ephemeral ports, driven by the Rust client, curl-like
 //! HTTP requests and signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
-use nyala_client::{Client, ClientError};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
-struct Server {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Server {
-    /// Starts `nyala serve` on `dir` and waits until it says where it listens.
-    // The child is waited for by `stop` or, on a failed test, by `Drop`.
-    #[allow(clippy::zombie_processes)]
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--log-format", "json", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let f = &v["fields"];
-            if let (Some(g), Some(h)) = (f["grpc"].as_str(), f["http"].as_str()) {
-                // Keep draining the log so the server never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return Server {
-                    child,
-                    grpc: g.parse().unwrap(),
-                    http: h.parse().unwrap(),
-                };
-            }
-        }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&format!("http://{}", self.grpc))
-            .await
-            .unwrap()
-    }
-
-    /// Sends `signal` and waits for the exit code.
-    fn stop(mut self, signal: &str) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Server {
-    /// A failed test must not leave a server behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn status(e: ClientError) -> tonic::Status {
-    match e {
-        ClientError::Status(s) => s,
-        other => panic!("expected a status, got {other}"),
-    }
-}
+use common::{http_get, status, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_sql_health_shutdown_and_restart() {
@@ -108,7 +18,7 @@ async fn serve_sql_health_shutdown_and_restart() {
         "{health}"
     );
 
-    let mut c = server.client().await;
+    let c = server.client().await;
     let created = c
         .sql("CREATE TABLE readings (uid INT, ts TIMESTAMP, speed REAL, PRIMARY KEY (uid, ts))")
         .await
@@ -196,7 +106,7 @@ async fn serve_sql_health_shutdown_and_restart() {
     drop(c);
     assert_eq!(server.stop("-TERM"), Some(0));
     let server = Server::start(dir.path());
-    let mut c = server.client().await;
+    let c = server.client().await;
     assert_eq!(c.sql("SELECT * FROM readings").await.unwrap().num_rows(), 2);
     // kill -9 right after an acknowledged write: it survives.
     c.sql("INSERT INTO readings VALUES (3, '2024-05-01 11:00:00', 90)")
@@ -205,7 +115,7 @@ async fn serve_sql_health_shutdown_and_restart() {
     drop(c);
     assert_eq!(server.stop("-KILL"), None);
     let server = Server::start(dir.path());
-    let mut c = server.client().await;
+    let c = server.client().await;
     assert_eq!(c.sql("SELECT * FROM readings").await.unwrap().num_rows(), 3);
     drop(c);
     assert_eq!(server.stop("-TERM"), Some(0));

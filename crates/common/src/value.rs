@@ -176,6 +176,33 @@ fn mismatch(column: &str, expected: DataType, got: &Value) -> SchemaError {
     }
 }
 
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Self {
+                Value::$variant(v)
+            }
+        }
+    )*};
+}
+
+// Conversions from Rust values: each Rust type maps to the one column type of its width, so a
+// client's `set("speed", 61.5f32)` means exactly REAL.
+value_from!(bool => Bool, i8 => Int8, i16 => Int16, i32 => Int32, i64 => Int64,
+    f32 => Float32, f64 => Float64, String => Utf8, Vec<u8> => Binary);
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Utf8(v.to_string())
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
