@@ -49,6 +49,7 @@ pub use nyala_proto::v1::Op;
 pub use scan::{Scan, ScanStream};
 pub use session::{FlushMode, RowError, Session};
 pub use table::{Operation, Predicate, Table, WriteResult};
+pub use tonic::Code;
 
 /// Largest message the client accepts or sends (the server's default limit).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

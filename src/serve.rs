@@ -1,0 +1,77 @@
+//! `nyala serve`: the server process, its logging and its signals.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nyala_server::{serve, ServerConfig};
+
+use crate::{LogFormat, ServeArgs};
+
+pub async fn run_server(args: ServeArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        database: Default::default(),
+        limits: nyala_server::grpc::Limits {
+            max_message_bytes: args.max_message_bytes,
+            ..Default::default()
+        },
+    };
+    // Handlers first: a signal during recovery is then a clean stop once the database is
+    // open, not the default abrupt exit.
+    let shutdown = shutdown_signal();
+    let result = serve(
+        config,
+        |bound| {
+            tracing::info!(
+                grpc = %bound.grpc,
+                http = %bound.http,
+                "listening: gRPC {} (nyala sql --grpc-addr {}), HTTP http://{}/healthz",
+                bound.grpc,
+                bound.grpc,
+                bound.http
+            );
+        },
+        shutdown,
+    )
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("nyala serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now; the future resolves on the first
+/// signal. A second one exits at once (status 130), e.g. to give up on a slow flush.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("nyala serve: second signal, exiting now");
+            std::process::exit(130);
+        });
+    }
+}
