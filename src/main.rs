@@ -1,5 +1,7 @@
-//! The `nyala` binary: `nyala serve` runs the server; `nyala sql` and `nyala load` talk to one.
+//! The `nyala` binary: `nyala serve` runs the server; `nyala sql`, `nyala load` and `nyala demo`
+//! talk to one.
 
+mod demo;
 mod load;
 mod serve;
 mod shell;
@@ -35,6 +37,8 @@ enum Command {
     Sql(SqlArgs),
     /// Load a CSV or Parquet file into a table (through the gRPC API, with a progress bar).
     Load(load::LoadArgs),
+    /// Generate a traffic dataset, load it and chart the average speed per hour at one point.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve::run_server(args)),
         Command::Sql(args) => runtime.block_on(shell::run_sql(args)),
         Command::Load(args) => runtime.block_on(load::run_load(args)),
+        Command::Demo(args) => runtime.block_on(demo::run_demo(args)),
     };
     // Work still running (a request past the shutdown grace period) does not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));

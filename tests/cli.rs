@@ -172,3 +172,62 @@ async fn load_parquet_into_a_new_table() {
         (20_000..30_000).map(|u| (u % 100) as i64).sum::<i64>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_loads_traffic_and_charts_one_point_and_the_shell_describes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = nyala(
+        &server,
+        &["demo", "--points", "3", "--days", "1", "--point", "2"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Loaded 8640 rows"), "{stdout}");
+    assert!(stdout.contains("at point 2 ("), "{stdout}");
+    let chart: Vec<&str> = stdout.lines().filter(|l| l.contains(" km/h █")).collect();
+    assert_eq!(chart.len(), 24, "{stdout}");
+    assert!(chart[8].starts_with("  08:00"), "{stdout}");
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM demo_traffic").await,
+        8640
+    );
+    assert_eq!(
+        count(
+            &server,
+            "SELECT count(*) FROM demo_traffic t JOIN demo_points p ON t.uid = p.uid WHERE p.uid = 2"
+        )
+        .await,
+        2880
+    );
+    // Rush hour is slower than the night, as the chart shows.
+    let speed = |hour: usize| -> f64 {
+        chart[hour]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(speed(8) < speed(3), "{stdout}");
+
+    // The shell's backslash commands.
+    let out = nyala(&server, &["sql", "-c", "\\d"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("demo_traffic") && stdout.contains("demo_points"),
+        "{stdout}"
+    );
+    let out = nyala(&server, &["sql", "-c", "\\d demo_traffic"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("| speed_c5 | REAL"), "{stdout}");
+    assert!(stdout.contains("HASH (uid) PARTITIONS 2"), "{stdout}");
+    let out = nyala(&server, &["sql", "-c", "\\d nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
