@@ -1,6 +1,7 @@
 //! The `nyala` binary: `nyala serve` runs the server; `nyala sql`, `nyala load` and `nyala demo`
 //! talk to one.
 
+mod config;
 mod demo;
 mod load;
 mod serve;
@@ -24,6 +25,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Nyala: tables with a primary key, fast lookups and fast analytics, in one server."
 )]
 struct Cli {
+    /// Settings file (default: ./nyala.toml if it exists). Keys are flag names (`grpc_addr`
+    /// or `grpc-addr`), at the top level or in a `[serve]`/`[sql]`/`[load]`/`[demo]` table;
+    /// flags and environment variables override it.
+    #[arg(long, global = true, env = "NYALA_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +78,28 @@ pub(crate) struct ServeArgs {
     /// Largest gRPC request message, in bytes (bulk loads send many messages).
     #[arg(long, env = "NYALA_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub(crate) max_message_bytes: usize,
+    /// When a write is acknowledged: `sync` (its WAL record is on disk; concurrent writes
+    /// share a sync) or `async` (in memory, synced within --async-interval-ms; a crash may
+    /// lose that much).
+    #[arg(long, env = "NYALA_DURABILITY", value_enum, default_value = "sync")]
+    pub(crate) durability: DurabilityArg,
+    /// With --durability async: the longest an acknowledged write waits for its sync.
+    #[arg(long, env = "NYALA_ASYNC_INTERVAL_MS", default_value_t = 100)]
+    pub(crate) async_interval_ms: u64,
+    /// Write buffer size of one tablet, in MiB, at which it is flushed to a segment.
+    #[arg(long, env = "NYALA_FLUSH_THRESHOLD_MB", default_value_t = 128)]
+    pub(crate) flush_threshold_mb: usize,
+    /// How long old row versions stay readable by snapshot reads, in seconds.
+    #[arg(long, env = "NYALA_HISTORY_RETENTION_SECS", default_value_t = 900)]
+    pub(crate) history_retention_secs: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// Acknowledge after the WAL sync.
+    Sync,
+    /// Acknowledge before it; sync in the background.
+    Async,
 }
 
 #[derive(Parser)]
@@ -88,7 +116,13 @@ pub(crate) struct SqlArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("nyala: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

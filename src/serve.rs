@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nyala_server::{serve, ServerConfig};
 
-use crate::{LogFormat, ServeArgs};
+use crate::{DurabilityArg, LogFormat, ServeArgs};
 
 pub async fn run_server(args: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
@@ -20,7 +20,20 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-        database: Default::default(),
+        database: nyala_server::DatabaseOptions {
+            tablet: nyala_server::TabletOptions {
+                durability: match args.durability {
+                    DurabilityArg::Sync => nyala_server::Durability::Sync,
+                    DurabilityArg::Async => nyala_server::Durability::Async {
+                        interval: Duration::from_millis(args.async_interval_ms.max(1)),
+                    },
+                },
+                flush_threshold_bytes: Some(args.flush_threshold_mb.max(1) << 20),
+                history_retention: Duration::from_secs(args.history_retention_secs),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         limits: nyala_server::grpc::Limits {
             max_message_bytes: args.max_message_bytes,
             ..Default::default()

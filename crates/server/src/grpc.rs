@@ -49,10 +49,46 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: 64 << 20,
-            max_write_rows: 1 << 20,
+            max_write_rows: 1_000_000,
             max_get_keys: 10_000,
             max_scan_batch_rows: 1 << 16,
             max_row_errors: 1_000,
+        }
+    }
+}
+
+/// SQL sessions kept for reuse: setting one up (DataFusion's function registry, the catalog)
+/// costs more than a point lookup, and a `Sql` call needs a session only while it runs.
+#[derive(Debug, Default)]
+struct EnginePool {
+    idle: parking_lot::Mutex<Vec<Engine>>,
+}
+
+/// Most idle sessions kept.
+const MAX_IDLE_ENGINES: usize = 64;
+
+impl EnginePool {
+    fn take(&self, db: &Arc<Database>) -> Engine {
+        self.idle
+            .lock()
+            .pop()
+            .unwrap_or_else(|| Engine::new(db.clone()))
+    }
+
+    /// Returns a session after a statement. One that ran `SET`/`RESET` changed its settings
+    /// and is dropped: every call starts from the defaults.
+    fn give_back(&self, engine: Engine, statement: &str) {
+        let first = statement
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if first == "set" || first == "reset" {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_ENGINES {
+            idle.push(engine);
         }
     }
 }
@@ -63,6 +99,7 @@ pub struct NyalaService {
     db: Arc<Database>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    engines: Arc<EnginePool>,
 }
 
 impl NyalaService {
@@ -72,6 +109,7 @@ impl NyalaService {
             db,
             metrics,
             limits,
+            engines: Arc::default(),
         }
     }
 
@@ -325,9 +363,11 @@ impl Nyala for NyalaService {
             ));
         }
         let started = Instant::now();
-        // One session per call: statements from different clients run concurrently.
-        let engine = Engine::new(self.db.clone());
+        // One session per call (from the pool): statements from different clients run
+        // concurrently, each at its own snapshot.
+        let engine = self.engines.take(&self.db);
         let result = engine.execute(&statement).await;
+        self.engines.give_back(engine, &statement);
         Metrics::add(
             &self.metrics.sql_micros,
             started.elapsed().as_micros() as u64,

@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nyala_storage::{Database, DatabaseOptions, StorageError};
+use nyala_storage::{Database, StorageError};
+
+// The storage settings a server is configured with.
+pub use nyala_storage::{DatabaseOptions, Durability, TabletOptions};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
