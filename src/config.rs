@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::Cli;
 
@@ -19,12 +19,24 @@ const DEFAULT_FILE: &str = "nyala.toml";
 /// The command line, completed from the settings file.
 pub(crate) fn parse() -> Result<Cli, String> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let matches = Cli::command().get_matches_from(&args);
-    let explicit = matches.get_one::<PathBuf>("config").cloned();
+    // A first pass that tolerates missing flags: the file may supply required ones. Help,
+    // version and real errors are reported by the normal parse.
+    let matches = match Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+    {
+        Ok(m) if m.subcommand().is_some() => m,
+        _ => Cli::command().get_matches_from(&args),
+    };
+    // `--config` is global: it may have been given before or after the command.
+    let config_of =
+        |m: &clap::ArgMatches| m.try_get_one::<PathBuf>("config").ok().flatten().cloned();
+    let explicit =
+        config_of(&matches).or_else(|| matches.subcommand().and_then(|(_, m)| config_of(m)));
     let path = match &explicit {
         Some(p) => p.clone(),
         None if Path::new(DEFAULT_FILE).exists() => PathBuf::from(DEFAULT_FILE),
-        None => return Cli::from_arg_matches(&matches).map_err(|e| e.to_string()),
+        None => return Ok(Cli::parse_from(args)),
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -24,6 +24,10 @@ use nyala_client::{Client, ClientError, ColumnSchema, DataType, Op, Schema, Tabl
 
 use crate::url;
 
+/// Largest batch sent in one message, in bytes of Arrow memory (the server's default limit is
+/// 64 MiB per message).
+const MAX_SEND_BYTES: usize = 16 << 20;
+
 /// Bad rows printed one by one; beyond this only counted.
 const MAX_REPORTED: usize = 20;
 
@@ -286,7 +290,8 @@ fn targets(file: &ArrowSchema, table: &Schema) -> Result<Vec<Target>, String> {
             // Nullable on the wire: rows with a NULL where none is allowed are left out
             // before sending, and the server checks again.
             field: Field::new(col.name.clone(), t, true),
-            required: table.is_key(idx) || (!col.nullable && col.default.is_none()),
+            // A default fills a column left out, not a NULL sent: NULL is refused either way.
+            required: table.is_key(idx) || !col.nullable,
             type_name: col.data_type.to_string(),
         });
     }
@@ -527,8 +532,21 @@ async fn load(args: LoadArgs) -> Result<bool, String> {
                 line += n;
                 read += n;
                 sent += out.num_rows() as u64;
-                if out.num_rows() > 0 && tx.blocking_send(out).is_err() {
-                    // The call ended early (the server refused the stream): it says why.
+                // Messages stay well under the server's size limit, whatever the row width.
+                let pieces = out.get_array_memory_size().div_ceil(MAX_SEND_BYTES).max(1);
+                let step = out.num_rows().div_ceil(pieces).max(1);
+                let mut offset = 0;
+                let mut gone = false;
+                while offset < out.num_rows() {
+                    let len = step.min(out.num_rows() - offset);
+                    if tx.blocking_send(out.slice(offset, len)).is_err() {
+                        // The call ended early (the server refused the stream): it says why.
+                        gone = true;
+                        break;
+                    }
+                    offset += len;
+                }
+                if gone {
                     break;
                 }
                 if total_rows.is_some() {

@@ -28,7 +28,11 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
                         interval: Duration::from_millis(args.async_interval_ms.max(1)),
                     },
                 },
-                flush_threshold_bytes: Some(args.flush_threshold_mb.max(1) << 20),
+                flush_threshold_bytes: Some(
+                    args.flush_threshold_mb
+                        .clamp(1, 1 << 20)
+                        .saturating_mul(1 << 20),
+                ),
                 history_retention: Duration::from_secs(args.history_retention_secs),
                 ..Default::default()
             },

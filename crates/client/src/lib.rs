@@ -80,6 +80,15 @@ pub enum ClientError {
     /// In [`FlushMode::AutoFlushSync`], the row was refused (duplicate key, missing key, ...).
     #[error("{0}")]
     Row(RowError),
+    /// A session's batch failed as a whole (server unreachable, table dropped, ...): these
+    /// operations were not applied (the ones before them were), in order, ready to retry.
+    #[error("{} operations not applied: {source}", ops.len())]
+    NotApplied {
+        /// Why the batch failed.
+        source: Box<ClientError>,
+        /// The operations not applied.
+        ops: Vec<Operation>,
+    },
 }
 
 impl ClientError {

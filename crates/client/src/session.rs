@@ -57,7 +57,8 @@ pub struct Session {
     buffer: Vec<Operation>,
     buffer_limit: usize,
     errors: Vec<RowError>,
-    /// The background flush in flight (AutoFlushBackground): its row errors, or why it failed.
+    /// The background flush in flight (AutoFlushBackground): its row errors, or why it failed
+    /// (with the operations it did not apply).
     in_flight: Option<JoinHandle<Result<Vec<RowError>, ClientError>>>,
 }
 
@@ -111,11 +112,23 @@ impl Session {
                 Ok(())
             }
             FlushMode::AutoFlushBackground => {
+                if self.buffer.len() + 1 >= self.buffer_limit {
+                    // Wait for the previous batch first: one in flight keeps memory bounded
+                    // and the rows in order. If it failed, neither its unapplied operations
+                    // nor this one are kept: the error returns them all.
+                    if let Err(e) = self.wait_in_flight().await {
+                        return Err(match e {
+                            ClientError::NotApplied { source, mut ops } => {
+                                ops.append(&mut self.buffer);
+                                ops.push(op);
+                                ClientError::NotApplied { source, ops }
+                            }
+                            other => other,
+                        });
+                    }
+                }
                 self.buffer.push(op);
                 if self.buffer.len() >= self.buffer_limit {
-                    // Wait for the previous batch first: one in flight keeps memory bounded
-                    // and the rows in order.
-                    self.wait_in_flight().await?;
                     let ops = std::mem::take(&mut self.buffer);
                     let client = self.client.clone();
                     self.in_flight = Some(tokio::spawn(async move { send(&client, ops).await }));
@@ -138,9 +151,18 @@ impl Session {
     /// Sends every buffered operation and waits for all of them (including a background
     /// batch in flight). Refused rows are collected, not returned: see
     /// [`Session::take_errors`]. An `Err` means a batch was refused whole (e.g. the table
-    /// is gone) or the server was unreachable.
+    /// is gone) or the server was unreachable: [`ClientError::NotApplied`] then returns every
+    /// operation not applied, in order (the buffer is left empty).
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        self.wait_in_flight().await?;
+        if let Err(e) = self.wait_in_flight().await {
+            return Err(match e {
+                ClientError::NotApplied { source, mut ops } => {
+                    ops.append(&mut self.buffer);
+                    ClientError::NotApplied { source, ops }
+                }
+                other => other,
+            });
+        }
         if !self.buffer.is_empty() {
             let ops = std::mem::take(&mut self.buffer);
             let errors = send(&self.client, ops).await?;
@@ -163,10 +185,15 @@ impl Session {
 }
 
 /// Sends `ops` in order (one write request per run of one table's operations setting the same
-/// columns) and returns the refused rows.
+/// columns) and returns the refused rows. A request that fails whole stops the sending: the
+/// error carries that request's operations and every later one.
 async fn send(client: &Client, ops: Vec<Operation>) -> Result<Vec<RowError>, ClientError> {
     let mut errors = Vec::new();
     let mut start = 0;
+    let not_applied = |e: ClientError, from: usize, ops: &[Operation]| ClientError::NotApplied {
+        source: Box::new(e),
+        ops: ops[from..].to_vec(),
+    };
     while start < ops.len() {
         let table = ops[start].table.clone();
         let mut end = start + 1;
@@ -175,8 +202,24 @@ async fn send(client: &Client, ops: Vec<Operation>) -> Result<Vec<RowError>, Cli
         }
         let run = &ops[start..end];
         let mut first = 0;
-        for (request, n) in encode_ops(run)? {
-            let r = client.rpc().write(request).await?.into_inner();
+        let requests = encode_ops(run).map_err(|e| not_applied(e, start, &ops))?;
+        for (request, n) in requests {
+            let r = match client.rpc().write(request).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Err(not_applied(status.into(), start + first, &ops)),
+            };
+            let unlisted = r.failed.saturating_sub(r.errors.len() as u64);
+            if unlisted > 0 {
+                errors.push(RowError {
+                    table: format!("{}.{}", table.name.namespace, table.name.name),
+                    op: pb::Op::Unspecified,
+                    key: Vec::new(),
+                    code: pb::RowErrorCode::Unspecified,
+                    message: format!(
+                        "{unlisted} more rows of this batch failed (the server lists a limited number; use a smaller buffer limit to see each)"
+                    ),
+                });
+            }
             for e in r.errors {
                 let Some(op) = run.get(first + e.row as usize) else {
                     continue;

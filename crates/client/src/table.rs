@@ -139,13 +139,29 @@ impl Operation {
     }
 
     /// Refuses an operation whose key is incomplete.
+    /// Refuses an operation the server would refuse with its whole batch: an incomplete key,
+    /// or a row that may be created without a value for a NOT NULL column lacking a default.
     pub(crate) fn check(&self) -> Result<(), ClientError> {
-        for &i in self.table.schema.key_indices() {
+        let schema = &self.table.schema;
+        for &i in schema.key_indices() {
             if self.values[i].is_none() {
                 return Err(ClientError::InvalidArgument(format!(
                     "key column \"{}\" is not set",
-                    self.table.schema.columns()[i].name
+                    schema.columns()[i].name
                 )));
+            }
+        }
+        if matches!(
+            self.op,
+            pb::Op::Insert | pb::Op::InsertIgnore | pb::Op::Upsert
+        ) {
+            for (c, v) in schema.columns().iter().zip(&self.values) {
+                if v.is_none() && !c.nullable && c.default.is_none() {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "column \"{}\" is NOT NULL without a default: set it",
+                        c.name
+                    )));
+                }
             }
         }
         Ok(())

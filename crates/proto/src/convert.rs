@@ -48,8 +48,21 @@ pub fn value_from_proto(v: &pb::Value, data_type: DataType, column: &str) -> Res
         }
         (Kind::Bool(b), DataType::Bool) => Value::Bool(*b),
         (Kind::Int(i), DataType::Timestamp) => Value::Timestamp(*i),
-        (Kind::Int(i), _) => cast_one(Arc::new(Int64Array::from(vec![*i])), data_type)
+        (
+            Kind::Int(i),
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal { .. },
+        ) => cast_one(Arc::new(Int64Array::from(vec![*i])), data_type)
             .map_err(|_| bad(&format!("integer {i}")))?,
+        (Kind::Float(f), DataType::Float32) if f.is_finite() && !(*f as f32).is_finite() => {
+            return Err(bad(&format!("number {f} (out of REAL's range)")))
+        }
+        // Rounded to a decimal column's scale, as SQL does.
         (Kind::Float(f), DataType::Float32 | DataType::Float64 | DataType::Decimal { .. }) => {
             cast_one(Arc::new(Float64Array::from(vec![*f])), data_type)
                 .map_err(|_| bad(&format!("number {f}")))?
@@ -63,6 +76,7 @@ pub fn value_from_proto(v: &pb::Value, data_type: DataType, column: &str) -> Res
         (Kind::Binary(b), DataType::Binary) => Value::Binary(b.clone()),
         (Kind::TimestampMicros(t), DataType::Timestamp) => Value::Timestamp(*t),
         (Kind::DateDays(d), DataType::Date) => Value::Date(*d),
+        (Kind::Int(i), _) => return Err(bad(&format!("integer {i}"))),
         (Kind::Bool(_), _) => return Err(bad("a boolean")),
         (Kind::Float(f), _) => return Err(bad(&format!("number {f}"))),
         (Kind::Binary(_), _) => return Err(bad("a binary value")),
@@ -248,6 +262,9 @@ mod tests {
             Value::Int16(7)
         );
         assert!(value_from_proto(&v(Kind::Int(70_000)), DataType::Int16, "c").is_err());
+        assert!(value_from_proto(&v(Kind::Int(1)), DataType::Bool, "c").is_err());
+        assert!(value_from_proto(&v(Kind::Int(1)), DataType::Utf8, "c").is_err());
+        assert!(value_from_proto(&v(Kind::Float(1e300)), DataType::Float32, "c").is_err());
         assert!(value_from_proto(&v(Kind::Float(1.5)), DataType::Int32, "c").is_err());
         assert_eq!(
             value_from_proto(&v(Kind::Float(1.5)), DataType::Float32, "c").unwrap(),

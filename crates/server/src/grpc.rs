@@ -43,6 +43,10 @@ pub struct Limits {
     pub max_scan_batch_rows: usize,
     /// Most per-row errors listed in a write response (all are counted).
     pub max_row_errors: usize,
+    /// Most scans streaming at once (each holds a blocking thread while it runs).
+    pub max_concurrent_scans: usize,
+    /// A scan whose client reads nothing for this long is stopped.
+    pub scan_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +57,8 @@ impl Default for Limits {
             max_get_keys: 10_000,
             max_scan_batch_rows: 1 << 16,
             max_row_errors: 1_000,
+            max_concurrent_scans: 128,
+            scan_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -62,6 +68,25 @@ impl Default for Limits {
 #[derive(Debug, Default)]
 struct EnginePool {
     idle: parking_lot::Mutex<Vec<Engine>>,
+}
+
+/// The first word of a statement, after whitespace and comments.
+fn first_word(statement: &str) -> &str {
+    let mut rest = statement;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// Most idle sessions kept.
@@ -78,11 +103,7 @@ impl EnginePool {
     /// Returns a session after a statement. One that ran `SET`/`RESET` changed its settings
     /// and is dropped: every call starts from the defaults.
     fn give_back(&self, engine: Engine, statement: &str) {
-        let first = statement
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let first = first_word(statement).to_ascii_lowercase();
         if first == "set" || first == "reset" {
             return;
         }
@@ -286,25 +307,40 @@ fn produce_scan(
     mut scan: nyala_storage::TableScan,
     tx: tokio::sync::mpsc::Sender<Result<pb::ScanResponse, Status>>,
     deadline: Option<Instant>,
+    idle_timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), Status> {
     let snapshot = scan.snapshot();
     let mut enc = IpcEncoder::new(&scan.schema().clone())?;
-    let send = |bytes: Vec<u8>, first: bool| -> bool {
+    let runtime = tokio::runtime::Handle::current();
+    // Waits while the client is not reading, but not past the deadline or the idle timeout.
+    let send = |bytes: Vec<u8>, first: bool| -> Result<(), Status> {
         for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
             let msg = pb::ScanResponse {
                 arrow_ipc: chunk.to_vec(),
                 snapshot_timestamp: if first && i == 0 { snapshot } else { 0 },
             };
-            if tx.blocking_send(Ok(msg)).is_err() {
-                return false;
+            let idle = Instant::now() + idle_timeout;
+            let until = deadline.map_or(idle, |d| d.min(idle));
+            let sent = runtime.block_on(tokio::time::timeout_at(until.into(), tx.send(Ok(msg))));
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::cancelled("the client went away")),
+                Err(_) if deadline.is_some_and(|d| d <= until) => {
+                    return Err(Status::deadline_exceeded(
+                        "the scan's deadline passed before it finished",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Status::cancelled(format!(
+                        "the client read nothing for {idle_timeout:?}"
+                    )))
+                }
             }
         }
-        true
+        Ok(())
     };
-    if !send(enc.take(), true) {
-        return Err(Status::cancelled("the client went away"));
-    }
+    send(enc.take(), true)?;
     for batch in scan.by_ref() {
         if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(Status::deadline_exceeded(
@@ -314,15 +350,10 @@ fn produce_scan(
         let batch = batch.map_err(|e| storage_status(&e))?;
         Metrics::add(&metrics.rows_returned, batch.num_rows() as u64);
         enc.write(&batch)?;
-        if !send(enc.take(), false) {
-            return Err(Status::cancelled("the client went away"));
-        }
+        send(enc.take(), false)?;
     }
     enc.finish()?;
-    if !send(enc.take(), false) {
-        return Err(Status::cancelled("the client went away"));
-    }
-    Ok(())
+    send(enc.take(), false)
 }
 
 /// Counts a scan as active while it lives.
@@ -710,9 +741,10 @@ impl Nyala for NyalaService {
                 }
             };
             // A few keys are answered on this thread (a lookup is tens of microseconds;
-            // handing it to a blocking thread would cost as much); many go to one.
+            // handing it to a blocking thread would cost as much), telling the runtime it may
+            // block on a segment page; many go to a blocking thread.
             let (batch, key_index) = if req.keys.len() <= 8 {
-                lookup()?
+                tokio::task::block_in_place(lookup)?
             } else {
                 blocking(lookup).await?
             };
@@ -758,6 +790,18 @@ impl Nyala for NyalaService {
             blocking(move || table.scan(&sreq).map_err(|e| storage_status(&e))).await
         }
         .await;
+        let active = self
+            .metrics
+            .active_scans
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let prepared = match prepared {
+            Ok(_) if active >= self.limits.max_concurrent_scans => Err(too_many(
+                "scans running",
+                active,
+                self.limits.max_concurrent_scans,
+            )),
+            other => other,
+        };
         let scan = match prepared {
             Ok(s) => s,
             Err(e) => {
@@ -767,17 +811,30 @@ impl Nyala for NyalaService {
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let metrics = self.metrics.clone();
+        let idle_timeout = self.limits.scan_idle_timeout;
         tokio::task::spawn_blocking(move || {
             let _active = ActiveScan::new(metrics.clone());
-            let r = produce_scan(scan, tx.clone(), deadline, &metrics);
+            let r = produce_scan(scan, tx.clone(), deadline, idle_timeout, &metrics);
             metrics.record(Method::Scan, started, r.is_ok());
             if let Err(status) = r {
+                // Best effort: a client that is not reading does not get to hold the thread.
                 if status.code() != tonic::Code::Cancelled {
-                    let _ = tx.blocking_send(Err(status));
+                    let _ = tx.try_send(Err(status));
                 }
             }
         });
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_first_word_skips_comments() {
+        assert_eq!(super::first_word("  SET x = 1"), "SET");
+        assert_eq!(super::first_word("-- c\n/* d */ set x"), "set");
+        assert_eq!(super::first_word("/* unterminated"), "");
+        assert_eq!(super::first_word("select(1)"), "select");
     }
 }
