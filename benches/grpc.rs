@@ -164,6 +164,18 @@ async fn main() {
         upserts as f64 / secs
     );
 
+    // The floor: a round trip that does no storage work.
+    let mut rt = Vec::new();
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        client.list_tables(Some("public")).await.unwrap();
+        rt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "ListTables round trip (no storage work): p50 {:.0} us",
+        percentile(&mut rt, 0.5)
+    );
+
     // 3. Get latency, one client, one key per call.
     let mut lat = Vec::with_capacity(gets as usize);
     for _ in 0..gets {

@@ -740,11 +740,12 @@ impl Nyala for NyalaService {
                     Ok((batch, index))
                 }
             };
-            // A few keys are answered on this thread (a lookup is tens of microseconds;
-            // handing it to a blocking thread would cost as much), telling the runtime it may
-            // block on a segment page; many go to a blocking thread.
+            // A few keys are answered on this thread: a lookup is tens of microseconds (a
+            // segment page is memory-mapped and usually cached), and handing it to another
+            // thread (`spawn_blocking`, `block_in_place`) costs more than the lookup. Many go
+            // to a blocking thread.
             let (batch, key_index) = if req.keys.len() <= 8 {
-                tokio::task::block_in_place(lookup)?
+                lookup()?
             } else {
                 blocking(lookup).await?
             };
