@@ -811,6 +811,10 @@ impl Nyala for NyalaService {
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        // How the producer ended, if with an error: reported after the queued messages, so a
+        // stopped scan never looks complete (the queue may be full when it stops).
+        let ended: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
+        let ended_tx = ended.clone();
         let metrics = self.metrics.clone();
         let idle_timeout = self.limits.scan_idle_timeout;
         tokio::task::spawn_blocking(move || {
@@ -818,13 +822,15 @@ impl Nyala for NyalaService {
             let r = produce_scan(scan, tx.clone(), deadline, idle_timeout, &metrics);
             metrics.record(Method::Scan, started, r.is_ok());
             if let Err(status) = r {
-                // Best effort: a client that is not reading does not get to hold the thread.
-                if status.code() != tonic::Code::Cancelled {
-                    let _ = tx.try_send(Err(status));
-                }
+                *ended_tx.lock() = Some(status);
             }
+            // Dropping the sender ends the stream once the client has read what is queued.
+            drop(tx);
         });
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let stream = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(ended.lock().take().map(Err)),
+            other => other,
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
