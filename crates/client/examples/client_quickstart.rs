@@ -1,6 +1,6 @@
 //! The client quickstart: create a table, write through a session, look up, scan.
 //!
-//! Start a server first (`nyala serve`), then `cargo run -p nyala-client --example quickstart`
+//! Start a server first (`nyala serve`), then `cargo run -p nyala-client --example client_quickstart`
 //! (`NYALA_URL` picks another server).
 
 use futures::TryStreamExt;
@@ -33,10 +33,15 @@ async fn main() -> Result<(), ClientError> {
         eprintln!("refused: {e}");
     }
 
-    let row = table
-        .get(&[Value::Int32(2), Value::Timestamp(90 * MINUTE)])
-        .await?
-        .expect("written above");
+    // Timestamps come back as Arrow's Timestamp(µs, "UTC"); arrow-rs prints a named zone only
+    // with its chrono-tz feature, so this prints the other columns.
+    let (row, _) = table
+        .get_many(
+            &[vec![Value::Int32(2), Value::Timestamp(90 * MINUTE)]],
+            &["uid", "speed"],
+            None,
+        )
+        .await?;
     println!("{}", arrow::util::pretty::pretty_format_batches(&[row])?);
 
     let scan = table
