@@ -51,6 +51,18 @@ fn name(t: &str) -> Option<pb::TableName> {
 
 const MINUTE: i64 = 60_000_000;
 
+/// Runs a scan to its end and counts its rows.
+trait CountRows {
+    async fn rows(self) -> usize;
+}
+
+impl CountRows for nyala_client::Scan {
+    async fn rows(self) -> usize {
+        let batches: Vec<RecordBatch> = self.execute().await.unwrap().try_collect().await.unwrap();
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
 /// uid, lane, ts (minute i), speed = i % 100, note NULL for odd uids.
 async fn load_readings(client: &Client, table: &str, uids: i32, minutes: i64) {
     let t = client.table(table).await.unwrap();
@@ -321,30 +333,9 @@ async fn writes_lookups_and_scans_through_the_client() {
             assert!(*u == 2 || *u == 7);
         }
     }
-    let nulls: usize = t
-        .scan()
-        .filter(Predicate::is_null("note"))
-        .execute()
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .collect::<Vec<_>>()
-        .await
-        .iter()
-        .sum();
+    let nulls: usize = t.scan().filter(Predicate::is_null("note")).rows().await;
     assert_eq!(nulls, 10 * 300);
-    let limited: usize = t
-        .scan()
-        .limit(123)
-        .batch_rows(50)
-        .execute()
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .collect::<Vec<_>>()
-        .await
-        .iter()
-        .sum();
+    let limited: usize = t.scan().limit(123).batch_rows(50).rows().await;
     assert_eq!(limited, 123);
 
     // Snapshots: a scan's snapshot reads the same data after later writes, as does a Get.
@@ -449,14 +440,8 @@ async fn writes_lookups_and_scans_through_the_client() {
         .scan()
         .filter(Predicate::eq("lane", 2i16))
         .snapshot(w.timestamp)
-        .execute()
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .collect::<Vec<_>>()
-        .await
-        .iter()
-        .sum();
+        .rows()
+        .await;
     assert_eq!(seen, 100);
     let w = t
         .write_stream(
@@ -974,16 +959,7 @@ async fn scans_stop_when_the_client_goes_away_or_the_deadline_passes() {
     wait_for_no_active_scans(&server).await;
 
     // And the server goes on serving complete scans.
-    let n: usize = t
-        .scan()
-        .execute()
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .collect::<Vec<_>>()
-        .await
-        .iter()
-        .sum();
+    let n: usize = t.scan().rows().await;
     assert_eq!(n, 50_000);
 }
 
@@ -1020,16 +996,7 @@ async fn acknowledged_client_writes_survive_kill_9_and_restart() {
         .unwrap()
         .expect("the acknowledged row");
     assert_eq!(row.column(3).as_primitive::<Float32Type>().value(0), 12.5);
-    let n: usize = t
-        .scan()
-        .execute()
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .collect::<Vec<_>>()
-        .await
-        .iter()
-        .sum();
+    let n: usize = t.scan().rows().await;
     assert_eq!(n, 1501);
     // A graceful restart keeps them as well.
     assert_eq!(server.stop("-TERM"), Some(0));

@@ -117,14 +117,7 @@ impl Session {
                     // and the rows in order. If it failed, neither its unapplied operations
                     // nor this one are kept: the error returns them all.
                     if let Err(e) = self.wait_in_flight().await {
-                        return Err(match e {
-                            ClientError::NotApplied { source, mut ops } => {
-                                ops.append(&mut self.buffer);
-                                ops.push(op);
-                                ClientError::NotApplied { source, ops }
-                            }
-                            other => other,
-                        });
+                        return Err(with_unsent(e, &mut self.buffer, Some(op)));
                     }
                 }
                 self.buffer.push(op);
@@ -155,13 +148,7 @@ impl Session {
     /// operation not applied, in order (the buffer is left empty).
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         if let Err(e) = self.wait_in_flight().await {
-            return Err(match e {
-                ClientError::NotApplied { source, mut ops } => {
-                    ops.append(&mut self.buffer);
-                    ClientError::NotApplied { source, ops }
-                }
-                other => other,
-            });
+            return Err(with_unsent(e, &mut self.buffer, None));
         }
         if !self.buffer.is_empty() {
             let ops = std::mem::take(&mut self.buffer);
@@ -181,6 +168,23 @@ impl Session {
     pub async fn close(mut self) -> Result<Vec<RowError>, ClientError> {
         self.flush().await?;
         Ok(self.take_errors())
+    }
+}
+
+/// A failed background batch's error, with the buffered operations (and `next`) queued after
+/// it added to the ones it did not apply. Other errors leave the buffer as it is.
+fn with_unsent(
+    e: ClientError,
+    buffer: &mut Vec<Operation>,
+    next: Option<Operation>,
+) -> ClientError {
+    match e {
+        ClientError::NotApplied { source, mut ops } => {
+            ops.append(buffer);
+            ops.extend(next);
+            ClientError::NotApplied { source, ops }
+        }
+        other => other,
     }
 }
 

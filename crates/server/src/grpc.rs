@@ -200,6 +200,15 @@ fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
     Instant::now().checked_add(d)
 }
 
+/// A request's `if_[not_]exists` flag as the database's setting.
+fn if_exists(skip: bool) -> IfExists {
+    if skip {
+        IfExists::Skip
+    } else {
+        IfExists::Error
+    }
+}
+
 fn too_many(what: &str, got: usize, limit: usize) -> Status {
     Status::resource_exhausted(format!("{got} {what}; the limit is {limit}"))
 }
@@ -503,11 +512,7 @@ impl Nyala for NyalaService {
             let schema =
                 Schema::new(columns, &key).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let spec = convert::partitioning_from_proto(req.partitioning.as_ref(), &schema)?;
-            let if_exists = if req.if_not_exists {
-                IfExists::Skip
-            } else {
-                IfExists::Error
-            };
+            let if_exists = if_exists(req.if_not_exists);
             let db = self.db.clone();
             let table = blocking(move || {
                 db.create_table(&name, &schema, &spec, if_exists)
@@ -528,11 +533,7 @@ impl Nyala for NyalaService {
         self.timed(Method::Admin, async {
             let req = request.into_inner();
             let name = convert::table_name(req.table.as_ref())?;
-            let if_exists = if req.if_exists {
-                IfExists::Skip
-            } else {
-                IfExists::Error
-            };
+            let if_exists = if_exists(req.if_exists);
             let db = self.db.clone();
             blocking(move || {
                 db.drop_table(&name, if_exists)
