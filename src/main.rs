@@ -63,6 +63,27 @@ pub(crate) struct ServeArgs {
     /// Address of the gRPC API.
     #[arg(long, env = "NYALA_GRPC_ADDR", default_value = "127.0.0.1:7050")]
     pub(crate) grpc_addr: SocketAddr,
+    /// Address of the PostgreSQL wire protocol listener (psql, psycopg, JDBC, BI tools).
+    #[arg(long, env = "NYALA_PG_ADDR", default_value = "127.0.0.1:5433")]
+    pub(crate) pg_addr: SocketAddr,
+    /// PostgreSQL user name clients log in as.
+    #[arg(long, env = "NYALA_PG_USER", default_value = "nyala")]
+    pub(crate) pg_user: String,
+    /// PostgreSQL password (checked with SCRAM-SHA-256). Without one, any user logs in
+    /// without a password, and the listener must be on a loopback address.
+    #[arg(long, env = "NYALA_PG_PASSWORD", hide_env_values = true)]
+    pub(crate) pg_password: Option<String>,
+    /// How the password is checked: scram (SCRAM-SHA-256) or cleartext (for old clients;
+    /// use with TLS).
+    #[arg(long, env = "NYALA_PG_AUTH", value_enum, default_value_t = PgAuthArg::Scram)]
+    pub(crate) pg_auth: PgAuthArg,
+    /// TLS certificate chain (PEM) for the PostgreSQL listener; with --pg-tls-key, clients
+    /// may ask for TLS (sslmode=require).
+    #[arg(long, env = "NYALA_PG_TLS_CERT", requires = "pg_tls_key")]
+    pub(crate) pg_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the PostgreSQL listener.
+    #[arg(long, env = "NYALA_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pub(crate) pg_tls_key: Option<PathBuf>,
     /// Address of the HTTP endpoints (/healthz, /metrics).
     #[arg(long, env = "NYALA_HTTP_ADDR", default_value = "127.0.0.1:8050")]
     pub(crate) http_addr: SocketAddr,
@@ -92,6 +113,14 @@ pub(crate) struct ServeArgs {
     /// How long old row versions stay readable by snapshot reads, in seconds.
     #[arg(long, env = "NYALA_HISTORY_RETENTION_SECS", default_value_t = 900)]
     pub(crate) history_retention_secs: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PgAuthArg {
+    /// SCRAM-SHA-256: the password never crosses the wire.
+    Scram,
+    /// The password in clear text (old clients; use TLS).
+    Cleartext,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

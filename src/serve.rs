@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nyala_server::{serve, ServerConfig};
 
-use crate::{DurabilityArg, LogFormat, ServeArgs};
+use crate::{DurabilityArg, LogFormat, PgAuthArg, ServeArgs};
 
 pub async fn run_server(args: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
@@ -19,6 +19,21 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
+        pg: nyala_server::pg::PgConfig {
+            addr: args.pg_addr,
+            auth: match (args.pg_password, args.pg_auth) {
+                (None, _) => nyala_server::pg::PgAuth::Trust,
+                (Some(password), PgAuthArg::Scram) => nyala_server::pg::PgAuth::Scram {
+                    user: args.pg_user,
+                    password,
+                },
+                (Some(password), PgAuthArg::Cleartext) => nyala_server::pg::PgAuth::Cleartext {
+                    user: args.pg_user,
+                    password,
+                },
+            },
+            tls: args.pg_tls_cert.zip(args.pg_tls_key),
+        },
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         database: nyala_server::DatabaseOptions {
             tablet: nyala_server::TabletOptions {
@@ -51,10 +66,13 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
         |bound| {
             tracing::info!(
                 grpc = %bound.grpc,
+                pg = %bound.pg,
                 http = %bound.http,
-                "listening: gRPC {} (nyala sql --grpc-addr {}), HTTP http://{}/healthz",
+                "listening: gRPC {} (nyala sql --grpc-addr {}), PostgreSQL {} (psql \"postgresql://nyala@{}/nyala\"), HTTP http://{}/healthz",
                 bound.grpc,
                 bound.grpc,
+                bound.pg,
+                bound.pg,
                 bound.http
             );
         },

@@ -12,6 +12,7 @@ pub struct Server {
     pub child: Child,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub pg: SocketAddr,
 }
 
 impl Server {
@@ -32,6 +33,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--http-addr",
                 "127.0.0.1:0",
+                "--pg-addr",
+                "127.0.0.1:0",
             ])
             .args(flags)
             .args(["--log-format", "json", "--data-dir"])
@@ -48,13 +51,16 @@ impl Server {
                 .unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             let f = &v["fields"];
-            if let (Some(g), Some(h)) = (f["grpc"].as_str(), f["http"].as_str()) {
+            if let (Some(g), Some(h), Some(p)) =
+                (f["grpc"].as_str(), f["http"].as_str(), f["pg"].as_str())
+            {
                 // Keep draining the log so the server never blocks on a full pipe.
                 std::thread::spawn(move || for _ in lines {});
                 return Server {
                     child,
                     grpc: g.parse().unwrap(),
                     http: h.parse().unwrap(),
+                    pg: p.parse().unwrap(),
                 };
             }
         }

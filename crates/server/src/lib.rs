@@ -1,5 +1,5 @@
-//! Nyala's server: one database directory, served over gRPC (`nyala.v1.Nyala`) with HTTP for
-//! health checks and metrics.
+//! Nyala's server: one database directory, served over gRPC (`nyala.v1.Nyala`) and the
+//! PostgreSQL wire protocol ([`pg`]), with HTTP for health checks and metrics.
 //!
 //! Data flows one way: a request reaches [`grpc`], which plans and runs SQL through
 //! `nyala-sql` (each call its own session) or asks the database directly, and answers in
@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 mod ipc;
 pub mod metrics;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// HTTP address (`/healthz`, `/metrics`).
     pub http_addr: SocketAddr,
+    /// The PostgreSQL listener.
+    pub pg: pg::PgConfig,
     /// How long in-flight requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
     /// Storage settings.
@@ -63,6 +66,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The PostgreSQL listener's settings are refused.
+    #[error("PostgreSQL listener: {0}")]
+    Pg(#[from] pg::PgConfigError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -78,6 +84,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// HTTP.
     pub http: SocketAddr,
+    /// PostgreSQL wire protocol.
+    pub pg: SocketAddr,
 }
 
 /// Opens the database, binds the listeners, reports them through `on_bound`, and serves until
@@ -96,9 +104,12 @@ pub async fn serve(
     };
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
+    let tls = config.pg.acceptor()?;
+    let pg_listener = bind("PostgreSQL", config.pg.addr).await?;
     let bound = Bound {
         grpc: grpc_listener.local_addr().expect("bound"),
         http: http_listener.local_addr().expect("bound"),
+        pg: pg_listener.local_addr().expect("bound"),
     };
     let ready = Arc::new(tokio::sync::OnceCell::<Arc<Database>>::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -124,6 +135,13 @@ pub async fn serve(
     tracing::info!(dir = %config.data_dir.display(), "database open");
     on_bound(bound);
 
+    let pg_task = tokio::spawn(pg::serve(
+        pg_listener,
+        db.clone(),
+        config.pg.auth.clone(),
+        tls,
+        stop_rx.clone(),
+    ));
     let service = grpc::NyalaService::new(db.clone(), metrics.clone(), config.limits);
     let mut grpc_stop = stop_rx.clone();
     let grpc = tonic::transport::Server::builder()
@@ -150,6 +168,7 @@ pub async fn serve(
         }
     }
     let _ = tokio::time::timeout(grace, http_task).await;
+    let _ = tokio::time::timeout(grace, pg_task).await;
     let flush_db = db.clone();
     tokio::task::spawn_blocking(move || {
         for name in flush_db.list_tables(None) {

@@ -1,7 +1,10 @@
 //! The database's namespaces and tables as a DataFusion catalog, looked up live: a table
 //! created, renamed or dropped is seen by the next statement.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::RwLock;
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
@@ -22,6 +25,8 @@ pub struct NyalaCatalog {
     db: Arc<Database>,
     /// The session's catalogs, which `information_schema` lists (set once registered).
     catalogs: OnceLock<Weak<dyn CatalogProviderList>>,
+    /// Schemas a session adds beside the database's namespaces (`pg_catalog`).
+    system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl NyalaCatalog {
@@ -30,6 +35,7 @@ impl NyalaCatalog {
         NyalaCatalog {
             db,
             catalogs: OnceLock::new(),
+            system: RwLock::new(HashMap::new()),
         }
     }
 
@@ -41,10 +47,25 @@ impl NyalaCatalog {
 
 impl CatalogProvider for NyalaCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.db.list_namespaces()
+        let mut names = self.db.list_namespaces();
+        names.extend(self.system.read().keys().cloned());
+        names
+    }
+
+    /// Adds a system schema (a namespace of the database cannot be created this way: that
+    /// is `CREATE SCHEMA`).
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Result<Option<Arc<dyn SchemaProvider>>> {
+        Ok(self.system.write().insert(name.to_string(), schema))
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(s) = self.system.read().get(name) {
+            return Some(s.clone());
+        }
         if name == INFORMATION_SCHEMA {
             let catalogs = self.catalogs.get().cloned().unwrap_or_else(|| {
                 Weak::<datafusion::catalog::MemoryCatalogProviderList>::new()

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
-use datafusion::common::{Constraint, TableReference};
+use datafusion::common::{Constraint, ScalarValue, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{
     CreateMemoryTable, DdlStatement, DmlStatement, DropTable, Expr, LogicalPlan,
@@ -24,7 +24,9 @@ use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBa
 use crate::catalog::{NyalaCatalog, CATALOG};
 use crate::error::{RowFailure, SqlError};
 use crate::lookup::PointLookup;
-use crate::partition_clause::{range_change, split_create, RangeChange, RawPartitioning, RawRange};
+use crate::params;
+use crate::partition_clause::{RangeChange, RawPartitioning, RawRange};
+use crate::statement::{Command, Description, Output, Prepared, PreparedKind};
 use crate::types::{default_value, storage_type};
 
 /// A SQL session over a database: runs one statement at a time, each at its own snapshot.
@@ -57,15 +59,35 @@ impl Engine {
         // Text columns are stored as Utf8; planning them as Utf8View would cast every batch.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_udf(crate::functions::DatePart::udf());
         let catalog = Arc::new(NyalaCatalog::new(db.clone()));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.set_session_catalogs(ctx.state().catalog_list());
+        crate::pg_catalog::install(&ctx, &db).expect("pg_catalog installs in a new session");
+        // After pg_catalog's functions: Nyala's date_part (PostgreSQL's units) wins.
+        ctx.register_udf(crate::functions::DatePart::udf());
+        ctx.register_udf(crate::bytea::ByteaIn::udf());
+        ctx.add_analyzer_rule(Arc::new(crate::bytea::ByteaInput::new()));
         Engine {
             db,
             ctx,
             statement: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Makes `schema` the one unqualified table names resolve in (PostgreSQL's
+    /// `search_path`); `false` if the database has no such schema.
+    pub fn set_default_schema(&self, schema: &str) -> bool {
+        if !self.db.list_namespaces().iter().any(|n| n == schema) {
+            return false;
+        }
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = schema.to_string();
+        true
     }
 
     /// The DataFusion session (for planning by other front ends).
@@ -77,6 +99,26 @@ impl Engine {
     /// for INSERT, UPSERT, UPDATE and DELETE; for queries at least one batch (an empty one
     /// when no rows match), so the result's schema is always known.
     pub async fn execute(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        Ok(match self.run(&self.prepare(sql)?, &[]).await? {
+            Output::Rows(batches) => batches,
+            Output::Affected { rows, .. } => vec![count_batch(rows)?],
+            Output::Done(_) => vec![],
+        })
+    }
+
+    /// Parses one statement for [`Engine::run`] (possibly many times, with different
+    /// parameters). Parsing reads no catalog: a prepared statement stays valid across DDL.
+    pub fn prepare(&self, sql: &str) -> Result<Prepared, SqlError> {
+        Prepared::parse(sql)
+    }
+
+    /// Runs a prepared statement with `params` bound to its `$1`, `$2`, ... placeholders
+    /// (as constants, so a bound point lookup takes the fast path like a literal one).
+    pub async fn run(
+        &self,
+        prepared: &Prepared,
+        params: &[ScalarValue],
+    ) -> Result<Output, SqlError> {
         let _one_at_a_time = self.statement.lock().await;
         // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
         // same snapshot: every write acknowledged before the statement started.
@@ -86,109 +128,55 @@ impl Engine {
             .write()
             .config_mut()
             .set_extension(Arc::new(snapshot));
-        // `UPSERT INTO` (Impala/Kudu) is `INSERT INTO` with upsert semantics.
-        let trimmed = sql.trim_start();
-        let b = trimmed.as_bytes();
-        let upsert =
-            b.len() > 6 && b[..6].eq_ignore_ascii_case(b"upsert") && b[6].is_ascii_whitespace();
-        let text = if upsert {
-            format!("INSERT{}", &trimmed[6..])
-        } else {
-            sql.to_string()
+        let (mut statement, partitioning, upsert) = match &prepared.kind {
+            PreparedKind::Range(change) => {
+                blocking(|| self.change_range(change.clone()))?;
+                return Ok(Output::Done(Command::AlterTable));
+            }
+            PreparedKind::Statement {
+                statement,
+                partitioning,
+                upsert,
+            } => (statement.clone(), partitioning.clone(), *upsert),
         };
-        if let Some(change) = range_change(&text)? {
-            blocking(|| self.change_range(change))?;
-            return Ok(vec![]);
-        }
-        let (text, partitioning) = split_create(&text)?;
-        let mut statements = DFParser::parse_sql_with_dialect(&text, &PostgreSqlDialect {})?;
-        if statements.len() != 1 {
-            return Err(SqlError::Unsupported(format!(
-                "{} statements in one call; send one at a time",
-                statements.len()
-            )));
-        }
-        let mut statement = statements.pop_front().expect("one statement");
-        let mut set_columns: Vec<String> = Vec::new();
+        params::bind(&mut statement, params)?;
         let mut mode = if upsert {
             InsertMode::Upsert
         } else {
             InsertMode::Insert
         };
-        if let DFStatement::Statement(s) = &statement {
-            let rewritten = match s.as_ref() {
-                ast::Statement::ShowTables { show_options, .. } => {
-                    Some(show_tables_query(show_options)?)
-                }
-                ast::Statement::ExplainTable { table_name, .. } => {
-                    Some(self.describe_query(table_name)?)
-                }
-                _ => None,
-            };
-            if let Some(query) = rewritten {
-                statement = DFParser::parse_sql_with_dialect(&query, &PostgreSqlDialect {})?
-                    .pop_front()
-                    .expect("one statement");
-            }
-        }
+        self.rewrite_shows(&mut statement)?;
         if let DFStatement::Statement(s) = &statement {
             if let Some(lookup) = PointLookup::recognise(&self.db, s) {
                 // Inline: a lookup takes tens of microseconds, less than handing the worker
                 // thread over for blocking would.
                 if let Some(out) = lookup.run()? {
-                    return Ok(out);
+                    return Ok(Output::Rows(out));
                 }
             }
         }
-        if let DFStatement::Statement(s) = &mut statement {
-            crate::pg::rewrite(s);
-            match s.as_mut() {
-                ast::Statement::Insert(insert) => {
-                    if insert.replace_into || insert.or == Some(SqliteOnConflict::Replace) {
-                        mode = InsertMode::Upsert;
-                        insert.replace_into = false;
-                        insert.or = None;
-                    }
-                    if let Some(on) = insert.on.take() {
-                        if let OnInsert::OnConflict(oc) = &on {
-                            self.check_conflict_target(&insert.table, oc)?;
-                        }
-                        mode = on_conflict_mode(on)?;
-                    }
-                }
-                ast::Statement::Update(update) => {
-                    // DataFusion's planner takes SET targets verbatim: fold unquoted ones.
-                    for a in &mut update.assignments {
-                        let names: Vec<&mut ast::ObjectName> = match &mut a.target {
-                            AssignmentTarget::ColumnName(n) => vec![n],
-                            AssignmentTarget::Tuple(ns) => ns.iter_mut().collect(),
-                        };
-                        for n in names {
-                            for part in &mut n.0 {
-                                if let ObjectNamePart::Identifier(i) = part {
-                                    if i.quote_style.is_none() {
-                                        i.value = i.value.to_ascii_lowercase();
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    set_columns = self.check_update(update)?
-                }
-                ast::Statement::AlterTable(alter) => {
-                    self.alter_table(alter).await?;
-                    return Ok(vec![]);
-                }
-                _ => {}
+        let set_columns = self.adapt(&mut statement, &mut mode)?;
+        if let DFStatement::Statement(s) = &statement {
+            if let ast::Statement::AlterTable(alter) = s.as_ref() {
+                self.alter_table(alter).await?;
+                return Ok(Output::Done(Command::AlterTable));
             }
         }
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         match plan {
-            LogicalPlan::Dml(dml) => self.write(dml, mode, set_columns).await,
+            LogicalPlan::Dml(dml) => {
+                let command = match dml.op {
+                    DmlOp::Update => Command::Update,
+                    DmlOp::Delete => Command::Delete,
+                    _ => Command::Insert,
+                };
+                let rows = self.write(dml, mode, set_columns).await?;
+                Ok(Output::Affected { command, rows })
+            }
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
                 let created = blocking(|| self.create_table(&c, partitioning))?;
                 if matches!(c.input.as_ref(), LogicalPlan::EmptyRelation(_)) || !created {
-                    return Ok(vec![]);
+                    return Ok(Output::Done(Command::CreateTable));
                 }
                 // CREATE TABLE ... AS SELECT: fill it (as an INSERT; a failure leaves the
                 // table with the rows written so far).
@@ -203,11 +191,14 @@ impl Engine {
                             write_batch(&table, WriteOp::Insert, relabel(&table, batch)?).await?;
                     }
                 }
-                Ok(vec![count_batch(count)?])
+                Ok(Output::Affected {
+                    command: Command::CreateTableAs,
+                    rows: count,
+                })
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
                 blocking(|| self.drop_table(&d))?;
-                Ok(vec![])
+                Ok(Output::Done(Command::DropTable))
             }
             LogicalPlan::Ddl(DdlStatement::CreateCatalogSchema(c)) => {
                 let name = c
@@ -220,7 +211,7 @@ impl Engine {
                     IfExists::Error
                 };
                 blocking(|| self.db.create_namespace(name, if_exists))?;
-                Ok(vec![])
+                Ok(Output::Done(Command::CreateSchema))
             }
             LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => {
                 let name = d.name.schema_name().to_string();
@@ -255,12 +246,24 @@ impl Engine {
                     };
                     Ok(self.db.drop_namespace(&name, if_exists)?)
                 })?;
-                Ok(vec![])
+                Ok(Output::Done(Command::DropSchema))
             }
             LogicalPlan::Ddl(other) => Err(SqlError::Unsupported(format!(
                 "{} statements",
                 other.name()
             ))),
+            LogicalPlan::Statement(st) => {
+                let command = match &st {
+                    datafusion::logical_expr::Statement::SetVariable(_) => Command::Set,
+                    _ => Command::Other,
+                };
+                self.ctx
+                    .execute_logical_plan(LogicalPlan::Statement(st))
+                    .await?
+                    .collect()
+                    .await?;
+                Ok(Output::Done(command))
+            }
             plan => {
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
@@ -270,9 +273,139 @@ impl Engine {
                 if batches.is_empty() {
                     batches.push(RecordBatch::new_empty(schema));
                 }
-                Ok(batches)
+                Ok(Output::Rows(batches))
             }
         }
+    }
+
+    /// What a prepared statement takes and returns, without running it: parameter types as
+    /// the planner infers them and, for statements that return rows, the result columns.
+    /// With `params`, describes the statement as bound to them.
+    pub async fn describe(
+        &self,
+        prepared: &Prepared,
+        params: Option<&[ScalarValue]>,
+    ) -> Result<Description, SqlError> {
+        let unknown = Description {
+            params: vec![None; prepared.param_count()],
+            columns: None,
+        };
+        let PreparedKind::Statement {
+            statement, upsert, ..
+        } = &prepared.kind
+        else {
+            return Ok(unknown);
+        };
+        let mut statement = statement.clone();
+        if let Some(p) = params {
+            params::bind(&mut statement, p)?;
+        }
+        let mut mode = if *upsert {
+            InsertMode::Upsert
+        } else {
+            InsertMode::Insert
+        };
+        self.rewrite_shows(&mut statement)?;
+        self.adapt(&mut statement, &mut mode)?;
+        let plannable = match &statement {
+            DFStatement::Statement(s) => matches!(
+                s.as_ref(),
+                ast::Statement::Query(_)
+                    | ast::Statement::Insert(_)
+                    | ast::Statement::Update(_)
+                    | ast::Statement::Delete(_)
+                    | ast::Statement::Explain { .. }
+            ),
+            _ => false,
+        };
+        if !plannable {
+            return Ok(unknown);
+        }
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let types = plan.get_parameter_types()?;
+        let casts = params::cast_types(&plan);
+        let params = (1..=prepared.param_count())
+            .map(|i| {
+                let id = format!("${i}");
+                types
+                    .get(&id)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| casts.get(&id).cloned())
+            })
+            .collect();
+        let columns = match plan {
+            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => None,
+            plan => Some(Arc::new(plan.schema().as_arrow().clone())),
+        };
+        Ok(Description { params, columns })
+    }
+
+    /// Rewrites a parsed statement into what DataFusion plans: PostgreSQL and Impala
+    /// spellings, `ON CONFLICT` and upsert forms (into `mode`), folded `UPDATE ... SET`
+    /// targets. Returns the columns an UPDATE sets.
+    fn adapt(
+        &self,
+        statement: &mut DFStatement,
+        mode: &mut InsertMode,
+    ) -> Result<Vec<String>, SqlError> {
+        let mut set_columns = Vec::new();
+        if let DFStatement::Statement(s) = statement {
+            crate::pg_catalog::rewrite(s);
+            crate::pg::rewrite(s);
+            match s.as_mut() {
+                ast::Statement::Insert(insert) => {
+                    if insert.replace_into || insert.or == Some(SqliteOnConflict::Replace) {
+                        *mode = InsertMode::Upsert;
+                        insert.replace_into = false;
+                        insert.or = None;
+                    }
+                    if let Some(on) = insert.on.take() {
+                        if let OnInsert::OnConflict(oc) = &on {
+                            self.check_conflict_target(&insert.table, oc)?;
+                        }
+                        *mode = on_conflict_mode(on)?;
+                    }
+                }
+                ast::Statement::Update(update) => {
+                    // DataFusion's planner takes SET targets verbatim: fold unquoted ones.
+                    for a in &mut update.assignments {
+                        let names: Vec<&mut ast::ObjectName> = match &mut a.target {
+                            AssignmentTarget::ColumnName(n) => vec![n],
+                            AssignmentTarget::Tuple(ns) => ns.iter_mut().collect(),
+                        };
+                        for n in names {
+                            for part in &mut n.0 {
+                                if let ObjectNamePart::Identifier(i) = part {
+                                    if i.quote_style.is_none() {
+                                        i.value = i.value.to_ascii_lowercase();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    set_columns = self.check_update(update)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(set_columns)
+    }
+
+    /// `SHOW TABLES` and `DESCRIBE t` become queries of `information_schema`.
+    fn rewrite_shows(&self, statement: &mut DFStatement) -> Result<(), SqlError> {
+        let DFStatement::Statement(s) = statement else {
+            return Ok(());
+        };
+        let query = match s.as_ref() {
+            ast::Statement::ShowTables { show_options, .. } => show_tables_query(show_options)?,
+            ast::Statement::ExplainTable { table_name, .. } => self.describe_query(table_name)?,
+            _ => return Ok(()),
+        };
+        *statement = DFParser::parse_sql_with_dialect(&query, &PostgreSqlDialect {})?
+            .pop_front()
+            .expect("one statement");
+        Ok(())
     }
 
     /// `ALTER TABLE t ADD [COLUMN] c type ..., DROP [COLUMN] c, RENAME [COLUMN] a TO b,
@@ -495,7 +628,7 @@ impl Engine {
         dml: DmlStatement,
         mode: InsertMode,
         set_columns: Vec<String>,
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<u64, SqlError> {
         let table = self.db.table(&Self::table_name(&dml.table_name)?)?;
         let schema = table.schema();
         let input = Arc::unwrap_or_clone(dml.input);
@@ -545,7 +678,7 @@ impl Engine {
             for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
                 count += self.insert_batch(&table, &mode, batch).await?;
             }
-            return Ok(vec![count_batch(count)?]);
+            return Ok(count);
         }
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -557,7 +690,7 @@ impl Engine {
                 None => self.insert_batch(&table, &mode, batch).await?,
             };
         }
-        Ok(vec![count_batch(count)?])
+        Ok(count)
     }
 
     /// A plain INSERT, as in PostgreSQL: if any row fails (a duplicate key), the rows this
@@ -568,7 +701,7 @@ impl Engine {
         &self,
         table: &Table,
         mut stream: datafusion::physical_plan::SendableRecordBatchStream,
-    ) -> Result<Vec<RecordBatch>, SqlError> {
+    ) -> Result<u64, SqlError> {
         let schema = table.schema();
         let key_names: Vec<String> = schema
             .key_indices()
@@ -610,7 +743,7 @@ impl Engine {
         }
         .await;
         match result {
-            Ok(()) => Ok(vec![count_batch(count)?]),
+            Ok(()) => Ok(count),
             Err(e) => {
                 for keys in written.into_iter().filter(|k| k.num_rows() > 0) {
                     if let Err(undo) = write_batch(table, WriteOp::DeleteIgnore, keys).await {

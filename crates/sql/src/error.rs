@@ -28,6 +28,10 @@ pub enum SqlError {
     /// `ON CONFLICT` names columns that are not the primary key (PostgreSQL's 42P10).
     #[error("{0}")]
     ConflictTarget(String),
+    /// The parameters given do not fit the statement (too few, or of a type that cannot be
+    /// bound).
+    #[error("{0}")]
+    Parameter(String),
     /// The statement is valid SQL that Nyala does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -74,6 +78,7 @@ impl SqlError {
             },
             SqlError::Cardinality(_) => "21000", // cardinality_violation
             SqlError::ConflictTarget(_) => "42P10", // invalid_column_reference
+            SqlError::Parameter(_) => "08P01",   // protocol_violation, as PostgreSQL's Bind
             SqlError::Unsupported(_) => "0A000", // feature_not_supported
             SqlError::DataFusion(e) => match e.find_root() {
                 DataFusionError::SQL(..) => "42601", // syntax_error
@@ -87,6 +92,11 @@ impl SqlError {
                 }
                 DataFusionError::Plan(_) => "42000",
                 DataFusionError::NotImplemented(_) => "0A000",
+                DataFusionError::ArrowError(e, _)
+                    if matches!(e.as_ref(), arrow_schema::ArrowError::DivideByZero) =>
+                {
+                    "22012" // division_by_zero
+                }
                 DataFusionError::ArrowError(..) => "22000", // data_exception (casts, overflow)
                 DataFusionError::ResourcesExhausted(_) => "53000",
                 _ => "XX000",
@@ -117,6 +127,12 @@ impl From<DataFusionError> for SqlError {
 impl From<arrow_schema::ArrowError> for SqlError {
     fn from(e: arrow_schema::ArrowError) -> Self {
         SqlError::DataFusion(e.into())
+    }
+}
+
+impl From<datafusion::sql::sqlparser::parser::ParserError> for SqlError {
+    fn from(e: datafusion::sql::sqlparser::parser::ParserError) -> Self {
+        SqlError::DataFusion(DataFusionError::SQL(Box::new(e), None))
     }
 }
 

@@ -5,17 +5,23 @@
 //! projection, filter and limit pushed down and write through the storage engine
 //! ([`provider`]); DDL goes straight to the database ([`engine`]).
 
+mod bytea;
 pub mod catalog;
 pub mod engine;
 pub mod error;
 mod filters;
 mod functions;
 mod lookup;
+mod params;
 mod partition_clause;
 mod pg;
+mod pg_catalog;
 pub mod provider;
+pub mod statement;
 mod system;
 mod types;
 
 pub use engine::Engine;
 pub use error::SqlError;
+pub use pg_catalog::{version_string, POSTGRES_VERSION};
+pub use statement::{split_statements, Command, Description, Output, Prepared};

@@ -690,3 +690,93 @@ async fn joins_build_on_the_smaller_table() {
         assert!(build < probe, "{plan}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_describe_and_bind_parameters() {
+    use arrow::datatypes::DataType;
+    use datafusion::common::ScalarValue;
+    use nyala_sql::{Command, Output};
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, CREATE).await;
+    let insert = e
+        .prepare("INSERT INTO traffic VALUES ($1, $2, $3, $4, $5)")
+        .unwrap();
+    assert_eq!(insert.param_count(), 5);
+    let d = e.describe(&insert, None).await.unwrap();
+    assert_eq!(
+        d.params,
+        vec![
+            Some(DataType::Int32),
+            Some(DataType::Int16),
+            Some(DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                None
+            )),
+            Some(DataType::Float64),
+            Some(DataType::Utf8)
+        ]
+    );
+    assert!(d.columns.is_none(), "an INSERT returns no rows");
+    for lane in 1..=3i16 {
+        let out = e
+            .run(
+                &insert,
+                &[
+                    ScalarValue::Int32(Some(7)),
+                    ScalarValue::Int16(Some(lane)),
+                    ScalarValue::Utf8(Some("2024-05-01 10:00:00".into())),
+                    ScalarValue::Float64(Some(f64::from(lane) * 10.0)),
+                    ScalarValue::Utf8(None),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            out,
+            Output::Affected {
+                command: Command::Insert,
+                rows: 1
+            }
+        ));
+    }
+    let lookup = e
+        .prepare("SELECT speed, note FROM traffic WHERE uid = $1 AND lane = $2 AND ts = $3")
+        .unwrap();
+    let d = e.describe(&lookup, None).await.unwrap();
+    let names: Vec<&str> = d
+        .columns
+        .as_ref()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, ["speed", "note"]);
+    assert_eq!(d.params[1], Some(DataType::Int16));
+    let Output::Rows(rows) = e
+        .run(
+            &lookup,
+            &[
+                ScalarValue::Int64(Some(7)),
+                ScalarValue::Int64(Some(2)),
+                ScalarValue::TimestampMicrosecond(Some(1_714_557_600_000_000), None),
+            ],
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("rows")
+    };
+    assert_eq!(
+        text(&rows),
+        "+-------+------+\n| speed | note |\n+-------+------+\n| 20.0  |      |\n+-------+------+"
+    );
+    // Too few parameters: a clear error, nothing run.
+    let err = e
+        .run(&lookup, &[ScalarValue::Int64(Some(7))])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no parameter $2"), "{err}");
+}

@@ -1,0 +1,570 @@
+//! The simple and extended query protocols over the SQL engine.
+//!
+//! A connection's [`Session`] lives in pgwire's per-connection extensions, created at its
+//! first statement. Statements about the session ([`Special`]) are answered here; everything
+//! else is prepared and run by the connection's `nyala_sql::Engine`, and its [`Output`]
+//! becomes PostgreSQL's row description, data rows and command tag.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::common::ScalarValue;
+use futures::{stream, Sink, SinkExt, StreamExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_APPLICATION_NAME};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::response::{NoticeResponse, TransactionStatus};
+use pgwire::messages::PgWireBackendMessage;
+use tokio::sync::OnceCell;
+
+use nyala_sql::{split_statements, Command, Description, Output, Prepared, SqlError};
+use nyala_storage::Database;
+
+use super::session::{special, Session, Special};
+
+/// Answers queries for every connection of one database.
+pub(crate) struct QueryHandler {
+    db: Arc<Database>,
+    parser: Arc<StatementParser>,
+}
+
+impl QueryHandler {
+    pub fn new(db: Arc<Database>) -> Self {
+        QueryHandler {
+            db: db.clone(),
+            parser: Arc::new(StatementParser { db }),
+        }
+    }
+}
+
+/// The connection's session, created at its first use.
+fn session<C: ClientInfo + ?Sized>(db: &Arc<Database>, client: &C) -> Arc<Session> {
+    client.session_extensions().get_or_insert_with(|| {
+        Session::new(
+            db.clone(),
+            client
+                .metadata()
+                .get(METADATA_APPLICATION_NAME)
+                .map(String::as_str),
+        )
+    })
+}
+
+/// A statement of the extended protocol: parsed at `Parse`, described (planned) once when
+/// first needed, run at each `Execute`.
+#[derive(Clone)]
+pub(crate) struct PgStatement {
+    kind: Arc<Kind>,
+    described: Arc<OnceCell<Description>>,
+}
+
+enum Kind {
+    Special(Special),
+    Sql(Box<Prepared>),
+}
+
+/// Parses `Parse` messages (pgwire's `QueryParser`).
+pub(crate) struct StatementParser {
+    db: Arc<Database>,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        // As PostgreSQL: nothing is parsed in a failed transaction block either.
+        if client.transaction_status() == TransactionStatus::Error {
+            return Err(aborted());
+        }
+        let statements = split_statements(sql);
+        let sql = match statements.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(user_error(
+                    "42601",
+                    "cannot insert multiple commands into a prepared statement".into(),
+                ))
+            }
+        };
+        let kind = match special(sql) {
+            Some(s) => Kind::Special(s),
+            None => Kind::Sql(Box::new(
+                session(&self.db, client)
+                    .engine
+                    .prepare(sql)
+                    .map_err(sql_error)?,
+            )),
+        };
+        Ok(Some(PgStatement {
+            kind: Arc::new(kind),
+            described: Arc::new(OnceCell::new()),
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .described
+            .get()
+            .map(|d| d.params.iter().map(|p| param_type(p.as_ref())).collect())
+            .unwrap_or_default())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match stmt.described.get().and_then(|d| d.columns.as_ref()) {
+            Some(schema) => {
+                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+            }
+            None => Ok(vec![]),
+        }
+    }
+}
+
+/// The PostgreSQL type a parameter is described with: the inferred one, else `text` (the
+/// client then sends text, which the engine coerces like a quoted literal).
+fn param_type(t: Option<&arrow::datatypes::DataType>) -> Type {
+    t.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::TEXT)
+}
+
+/// An `ErrorResponse` of severity ERROR.
+fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        code.into(),
+        message,
+    )))
+}
+
+/// A SQL engine error, with its SQLSTATE.
+fn sql_error(e: SqlError) -> PgWireError {
+    user_error(e.sqlstate(), e.to_string())
+}
+
+/// The error PostgreSQL answers every statement with in a failed transaction block.
+fn aborted() -> PgWireError {
+    user_error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block".into(),
+    )
+}
+
+impl QueryHandler {
+    /// Describes a statement once (planning it), and remembers the answer.
+    async fn describe<'a>(
+        &self,
+        session: &Session,
+        stmt: &'a PgStatement,
+    ) -> PgWireResult<Option<&'a Description>> {
+        let Kind::Sql(prepared) = stmt.kind.as_ref() else {
+            return Ok(None);
+        };
+        stmt.described
+            .get_or_try_init(|| async { session.engine.describe(prepared, None).await })
+            .await
+            .map(Some)
+            .map_err(sql_error)
+    }
+
+    /// Runs one statement and answers it in the given result format.
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        session: &Session,
+        kind: &Kind,
+        params: &[ScalarValue],
+        format: &Format,
+        status: TransactionStatus,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let ends_block = matches!(kind, Kind::Special(Special::Commit | Special::Rollback));
+        if status == TransactionStatus::Error && !ends_block {
+            return Err(aborted());
+        }
+        let special = match kind {
+            Kind::Sql(prepared) => {
+                let output = session
+                    .engine
+                    .run(prepared, params)
+                    .await
+                    .map_err(sql_error)?;
+                if status == TransactionStatus::Transaction
+                    && matches!(output, Output::Affected { .. })
+                {
+                    *session.writes_in_block.lock() += 1;
+                }
+                return output_response(output, format);
+            }
+            Kind::Special(s) => s,
+        };
+        Ok(match special {
+            Special::Begin => {
+                if status != TransactionStatus::Idle {
+                    notice(
+                        client,
+                        "WARNING",
+                        "25001",
+                        "there is already a transaction in progress",
+                    )
+                    .await?;
+                }
+                *session.writes_in_block.lock() = 0;
+                Response::TransactionStart(Tag::new("BEGIN"))
+            }
+            Special::Commit => {
+                if status == TransactionStatus::Idle {
+                    notice(
+                        client,
+                        "WARNING",
+                        "25P01",
+                        "there is no transaction in progress",
+                    )
+                    .await?;
+                }
+                if status == TransactionStatus::Error {
+                    Response::TransactionEnd(Tag::new("ROLLBACK"))
+                } else {
+                    Response::TransactionEnd(Tag::new("COMMIT"))
+                }
+            }
+            Special::Rollback => {
+                let writes = std::mem::take(&mut *session.writes_in_block.lock());
+                if status == TransactionStatus::Idle {
+                    notice(
+                        client,
+                        "WARNING",
+                        "25P01",
+                        "there is no transaction in progress",
+                    )
+                    .await?;
+                } else if writes > 0 {
+                    let message = format!(
+                        "ROLLBACK does not undo the {writes} statement(s) that wrote since BEGIN: \
+                         Nyala applies each statement when it runs (see docs/postgres.md)"
+                    );
+                    notice(client, "WARNING", "01000", &message).await?;
+                }
+                Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
+            Special::Set { name, value } => {
+                session.set(name, value.clone());
+                Response::Execution(Tag::new("SET"))
+            }
+            Special::SetTransaction => Response::Execution(Tag::new("SET")),
+            Special::Reset(name) => {
+                session.set(name, None);
+                Response::Execution(Tag::new("RESET"))
+            }
+            Special::ResetAll => {
+                session.reset_all();
+                Response::Execution(Tag::new("RESET"))
+            }
+            Special::Show(name) => {
+                let value = session.show(name).ok_or_else(|| {
+                    user_error(
+                        "42704",
+                        format!("unrecognized configuration parameter \"{name}\""),
+                    )
+                })?;
+                text_rows(&[name.as_str()], vec![vec![value]], format)
+            }
+            Special::ShowAll => {
+                let rows = session
+                    .show_all()
+                    .into_iter()
+                    .map(|(k, v)| vec![k, v, String::new()])
+                    .collect();
+                text_rows(&["name", "setting", "description"], rows, format)
+            }
+            Special::Ignored(tag) => Response::Execution(Tag::new(tag)),
+        })
+    }
+}
+
+/// Sends a notice (or warning) ahead of the statement's answer.
+async fn notice<C>(client: &mut C, severity: &str, code: &str, message: &str) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let info = ErrorInfo::new(severity.into(), code.into(), message.into());
+    client
+        .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+            info,
+        )))
+        .await?;
+    Ok(())
+}
+
+/// Rows of text columns (SHOW).
+fn text_rows(columns: &[&str], rows: Vec<Vec<String>>, format: &Format) -> Response {
+    use arrow::array::StringArray;
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        columns
+            .iter()
+            .map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays = (0..columns.len())
+        .map(|i| {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r[i])))
+                as arrow::array::ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema, arrays).expect("columns of equal length");
+    match rows_response(vec![batch], format) {
+        Ok(r) => r,
+        Err(e) => Response::Error(Box::new(e.into())),
+    }
+}
+
+/// A statement's output as PostgreSQL's answer.
+fn output_response(output: Output, format: &Format) -> PgWireResult<Response> {
+    Ok(match output {
+        Output::Rows(batches) => rows_response(batches, format)?,
+        Output::Affected { command, rows } => {
+            let tag = Tag::new(command.tag()).with_rows(rows as usize);
+            Response::Execution(if command == Command::Insert {
+                tag.with_oid(0)
+            } else {
+                tag
+            })
+        }
+        Output::Done(command) => Response::Execution(Tag::new(command.tag())),
+    })
+}
+
+/// Result rows, encoded batch by batch as the client reads them.
+fn rows_response(batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<Response> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+    let encode = fields.clone();
+    let rows = stream::iter(batches)
+        .flat_map(move |b| stream::iter(encode_recordbatch(encode.clone(), b)));
+    Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let mut status = client.transaction_status();
+        let mut out = Vec::new();
+        for sql in split_statements(query) {
+            let kind = match special(sql) {
+                Some(s) => Ok(Kind::Special(s)),
+                None => session
+                    .engine
+                    .prepare(sql)
+                    .map(|p| Kind::Sql(Box::new(p)))
+                    .map_err(sql_error),
+            };
+            let result = match kind {
+                Ok(kind) => {
+                    let r = self
+                        .run(client, &session, &kind, &[], &Format::UnifiedText, status)
+                        .await;
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(r) => {
+                    status = match &r {
+                        Response::TransactionStart(_) => status.to_in_transaction_state(),
+                        Response::TransactionEnd(_) => status.to_idle_state(),
+                        _ => status,
+                    };
+                    out.push(r);
+                }
+                // As PostgreSQL: the first error ends the query string.
+                Err(e) => {
+                    out.push(Response::Error(Box::new(e.into())));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = PgStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        client: &mut C,
+        target: &StoredStatement<PgStatement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let stmt = &target.statement;
+        if let Kind::Special(s) = stmt.kind.as_ref() {
+            return Ok(DescribeStatementResponse::new(
+                vec![],
+                special_fields(s, &Format::UnifiedText),
+            ));
+        }
+        let described = self
+            .describe(&session, stmt)
+            .await?
+            .expect("a SQL statement");
+        let params = described
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, inferred)| match target.parameter_types.get(i) {
+                Some(Some(t)) if *t != Type::UNKNOWN => t.clone(),
+                _ => param_type(inferred.as_ref()),
+            })
+            .collect();
+        let fields = match &described.columns {
+            Some(schema) => arrow_schema_to_pg_fields(schema, &Format::UnifiedText, None)?,
+            None => vec![],
+        };
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let stmt = &portal.statement.statement;
+        if let Kind::Special(s) = stmt.kind.as_ref() {
+            return Ok(DescribePortalResponse::new(special_fields(
+                s,
+                &portal.result_column_format,
+            )));
+        }
+        let described = self
+            .describe(&session, stmt)
+            .await?
+            .expect("a SQL statement");
+        let fields = match &described.columns {
+            Some(schema) => arrow_schema_to_pg_fields(schema, &portal.result_column_format, None)?,
+            None => vec![],
+        };
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let stmt = &portal.statement.statement;
+        let params = if portal.parameter_len() == 0 {
+            Vec::new()
+        } else {
+            // The planner's parameter types are needed only where the client sent none.
+            let typed = (0..portal.parameter_len()).all(|i| {
+                matches!(portal.statement.parameter_types.get(i), Some(Some(t)) if *t != Type::UNKNOWN)
+            });
+            let inferred: Vec<Option<arrow::datatypes::DataType>> = if typed {
+                vec![]
+            } else {
+                self.describe(&session, stmt)
+                    .await?
+                    .map(|d| d.params.clone())
+                    .unwrap_or_default()
+            };
+            let refs: Vec<Option<&arrow::datatypes::DataType>> =
+                inferred.iter().map(Option::as_ref).collect();
+            match arrow_pg::datatypes::df::deserialize_parameters(portal, &refs)? {
+                ParamValues::List(values) => values.into_iter().map(|v| v.value).collect(),
+                ParamValues::Map(_) => {
+                    return Err(user_error(
+                        "42601",
+                        "named parameters are not supported".into(),
+                    ))
+                }
+            }
+        };
+        let status = client.transaction_status();
+        self.run(
+            client,
+            &session,
+            &stmt.kind,
+            &params,
+            &portal.result_column_format,
+            status,
+        )
+        .await
+    }
+}
+
+/// The columns a session statement answers with (only SHOW has any).
+fn special_fields(s: &Special, format: &Format) -> Vec<FieldInfo> {
+    let names: Vec<String> = match s {
+        Special::Show(name) => vec![name.clone()],
+        Special::ShowAll => vec!["name".into(), "setting".into(), "description".into()],
+        _ => return vec![],
+    };
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| FieldInfo::new(n, None, None, Type::TEXT, format.format_for(i)))
+        .collect()
+}

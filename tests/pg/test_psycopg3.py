@@ -1,0 +1,39 @@
+"""psycopg 3: the extended protocol, server-side parameters, binary results, prepared
+statements."""
+
+import datetime
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def test_binary_parameters_and_prepared_statements(pg, table_name):
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {table_name} (uid INT, ts TIMESTAMP, speed REAL, note TEXT, "
+            "PRIMARY KEY (uid, ts))"
+        )
+        ts = datetime.datetime(2026, 11, 15, 8)
+        with conn.cursor(binary=True) as cur:
+            cur.executemany(
+                f"INSERT INTO {table_name} VALUES (%s, %s, %s, %s)",
+                [(i, ts, 50.0 + i, None if i % 2 else f"n{i}") for i in range(10)],
+            )
+            for i in range(10):
+                cur.execute(
+                    f"SELECT speed, note FROM {table_name} WHERE uid = %s AND ts = %s",
+                    (i, ts),
+                    prepare=True,
+                )
+                assert cur.fetchone() == (pytest.approx(50.0 + i), None if i % 2 else f"n{i}")
+            cur.execute(f"SELECT count(*), min(ts) FROM {table_name} WHERE speed >= %s", (55.0,))
+            assert cur.fetchone() == (5, ts)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"INSERT INTO {table_name} (uid, ts) VALUES (%s, %s)", (1, ts))
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM missing WHERE a = %s", (1,))
+        cur = conn.execute(
+            f"UPDATE {table_name} SET note = %s WHERE uid < %s", ("low", 3)
+        )
+        assert cur.rowcount == 3
