@@ -66,7 +66,20 @@ impl Engine {
         // After pg_catalog's functions: Nyala's date_part (PostgreSQL's units) wins.
         ctx.register_udf(crate::functions::DatePart::udf());
         ctx.register_udf(crate::bytea::ByteaIn::udf());
-        ctx.add_analyzer_rule(Arc::new(crate::bytea::ByteaInput::new()));
+        {
+            // PostgreSQL's literal typing runs before DataFusion's type coercion; bytea
+            // input after it (it rewrites the casts coercion adds).
+            let mut rules = datafusion::optimizer::Analyzer::new().rules;
+            rules.insert(0, Arc::new(crate::literals::BooleanLiterals));
+            rules.push(Arc::new(crate::bytea::ByteaInput::new()));
+            let state =
+                datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
+                    ctx.state(),
+                )
+                .with_analyzer_rules(rules)
+                .build();
+            *ctx.state_ref().write() = state;
+        }
         Engine {
             db,
             ctx,

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 mod filters;
 mod functions;
+mod literals;
 mod lookup;
 mod params;
 mod partition_clause;

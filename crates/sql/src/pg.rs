@@ -57,7 +57,72 @@ fn binary_to_bytea(t: &mut SqlType) {
     }
 }
 
+/// The text of a pattern made of string literals joined by `||` (as SQLAlchemy writes
+/// `LIKE 'pg/_' || '%' ESCAPE '/'`).
+fn literal_text(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::StringConcat,
+            right,
+        } => Some(literal_text(left)? + &literal_text(right)?),
+        Expr::Nested(inner) => literal_text(inner),
+        _ => None,
+    }
+}
+
+/// `LIKE pattern ESCAPE 'c'` with another escape character than backslash (which is all
+/// DataFusion takes): the pattern rewritten to escape with backslashes.
+fn backslash_escaped(pattern: &str, escape: char) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == escape {
+            match chars.next() {
+                Some(n @ ('%' | '_' | '\\')) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                Some(n) => out.push(n),
+                None => {}
+            }
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn rewrite_expr(e: &mut Expr) {
+    if let Expr::Like {
+        pattern,
+        escape_char: Some(escape),
+        ..
+    }
+    | Expr::ILike {
+        pattern,
+        escape_char: Some(escape),
+        ..
+    } = e
+    {
+        let c = match &escape.value {
+            Value::SingleQuotedString(s) if s.chars().count() == 1 => s.chars().next(),
+            _ => None,
+        };
+        if let (Some(c), Some(text)) = (c, literal_text(pattern)) {
+            if c != '\\' {
+                **pattern = Expr::value(Value::SingleQuotedString(backslash_escaped(&text, c)));
+                escape.value = Value::SingleQuotedString("\\".into());
+            }
+        }
+        return;
+    }
     if let Expr::Cast { data_type, .. } = e {
         binary_to_bytea(data_type);
     }
@@ -244,6 +309,12 @@ fn push_literal(out: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_escapes_become_backslashes() {
+        assert_eq!(backslash_escaped("pg/_%", '/'), "pg\\_%");
+        assert_eq!(backslash_escaped("a!%b\\c!!", '!'), "a\\%b\\\\c!");
+    }
 
     #[test]
     fn translates_postgresql_patterns() {

@@ -31,7 +31,13 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::sql::sqlparser::ast::Statement;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions_mut, Expr as SqlExpr, GroupByExpr, SelectItem, SetExpr, Statement,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::{
@@ -136,6 +142,17 @@ pub(crate) fn install(ctx: &SessionContext, db: &Arc<Database>) -> Result<(), Sq
     }
     lib::generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
     ctx.register_udf(ScalarUDF::new_from_impl(Version::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    // No sequences, no views, no index expressions, no user-defined types.
+    for name in [
+        "pg_get_serial_sequence",
+        "pg_get_indexdef",
+        "pg_get_viewdef",
+        "to_regtype",
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
+    }
+    ctx.register_udf(ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")));
     Ok(())
 }
 
@@ -167,7 +184,107 @@ pub(crate) fn parse_catalog_query(sql: &str) -> Option<Vec<Statement>> {
     if !sql.to_ascii_lowercase().contains("pg_") {
         return None;
     }
-    COMPAT.parse(sql).ok()
+    let mut statements = COMPAT.parse(sql).ok()?;
+    for s in &mut statements {
+        let _ = visit_expressions_mut(s, |e| {
+            aggregate_scalar_subquery(e);
+            generate_subscripts(e);
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    Some(statements)
+}
+
+/// `generate_subscripts(a, 1)` (the positions of an array's elements, as rows beside
+/// `unnest(a)`) becomes `unnest(range(1, array_length(a) + 1))`, which DataFusion zips
+/// with the other `unnest` of the same projection as PostgreSQL does.
+fn generate_subscripts(e: &mut SqlExpr) {
+    let SqlExpr::Function(f) = e else { return };
+    if !f
+        .name
+        .to_string()
+        .eq_ignore_ascii_case("generate_subscripts")
+    {
+        return;
+    }
+    let datafusion::sql::sqlparser::ast::FunctionArguments::List(list) = &f.args else {
+        return;
+    };
+    let Some(array) = list.args.first() else {
+        return;
+    };
+    let sql = format!("unnest(range(1, CAST(array_length({array}) AS BIGINT) + 1))");
+    if let Ok(new) = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+    {
+        *e = new;
+    }
+}
+
+/// Aggregate functions a scalar subquery may already project.
+const AGGREGATES: [&str; 12] = [
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "first_value",
+    "last_value",
+    "json_agg",
+];
+
+/// `(SELECT e FROM ... WHERE <correlated>)`, which catalog queries use to look up one row
+/// (a column's default, its collation), becomes `(SELECT first_value(e) ...)`: DataFusion
+/// plans correlated scalar subqueries only when they aggregate. The answer is the same
+/// whenever the subquery finds at most one row, which PostgreSQL requires anyway.
+fn aggregate_scalar_subquery(e: &mut SqlExpr) {
+    let SqlExpr::Subquery(query) = e else { return };
+    if query.limit_clause.is_some() || query.fetch.is_some() {
+        return;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let plain_group =
+        matches!(&select.group_by, GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    if select.distinct.is_some()
+        || !plain_group
+        || select.having.is_some()
+        || select.projection.len() != 1
+    {
+        return;
+    }
+    let (expr, alias) = match select.projection.remove(0) {
+        SelectItem::UnnamedExpr(expr) => (expr, None),
+        SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+        other => {
+            select.projection.push(other);
+            return;
+        }
+    };
+    let aggregated = matches!(&expr, SqlExpr::Function(f)
+        if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()));
+    let expr = if aggregated {
+        expr
+    } else {
+        let sql = format!("first_value({expr})");
+        match Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_expr())
+        {
+            Ok(wrapped) => wrapped,
+            Err(_) => expr,
+        }
+    };
+    select.projection.push(match alias {
+        Some(alias) => SelectItem::ExprWithAlias { expr, alias },
+        None => SelectItem::UnnamedExpr(expr),
+    });
 }
 
 /// The database's schemas and tables, as the catalog crate's dynamic tables read them.
@@ -217,11 +334,20 @@ impl CatalogInfo for DbCatalogInfo {
         if catalog != CATALOG {
             return Ok(None);
         }
-        Ok(self
-            .db
-            .table(&TableName::new(schema, table))
-            .ok()
-            .map(|t| NyalaTable::new(t).schema()))
+        let Ok(t) = self.db.table(&TableName::new(schema, table)) else {
+            return Ok(None);
+        };
+        // The SQL schema (all nullable for DataFusion), with each column's real nullability
+        // for `pg_attribute.attnotnull`.
+        let columns = t.schema();
+        let sql = NyalaTable::new(t).schema();
+        let fields: Vec<_> = sql
+            .fields()
+            .iter()
+            .zip(columns.columns())
+            .map(|(f, c)| f.as_ref().clone().with_nullable(c.nullable))
+            .collect();
+        Ok(Some(Arc::new(arrow_schema::Schema::new(fields))))
     }
 
     async fn table_type(
@@ -257,16 +383,64 @@ impl SchemaProvider for PgCatalogSchema {
         let kind = match name.to_ascii_lowercase().as_str() {
             "pg_constraint" => KeyTable::Constraint,
             "pg_index" => KeyTable::Index,
+            "pg_class" => {
+                // Columns clients select that the crate's pg_class lacks (always NULL here:
+                // no storage options, default privileges).
+                let Some(inner) = self.inner.table(name).await? else {
+                    return Ok(None);
+                };
+                let text_list = ArrowType::new_list(ArrowType::Utf8, true);
+                return Ok(Some(Arc::new(WithNullColumns::new(
+                    self.inner.clone(),
+                    "pg_class",
+                    inner.schema(),
+                    &[("reloptions", text_list.clone()), ("relacl", text_list)],
+                ))));
+            }
             _ => return self.inner.table(name).await,
         };
         let base = match kind {
             KeyTable::Constraint => self.statics.pg_constraint.clone(),
             KeyTable::Index => self.statics.pg_index.clone(),
         };
+        // Attribute-number vectors are arrays (PostgreSQL's int2vector unnests and
+        // subscripts like one).
+        let attnums = ArrowType::new_list(ArrowType::Int16, true);
+        let oids = ArrowType::new_list(ArrowType::Int64, true);
+        let schema = Arc::new(arrow_schema::Schema::new(
+            base.schema()
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    "indkey" | "conkey" | "confkey" | "indoption"
+                        if !matches!(f.data_type(), ArrowType::List(_)) =>
+                    {
+                        f.as_ref().clone().with_data_type(attnums.clone())
+                    }
+                    "indclass" | "indcollation" if !matches!(f.data_type(), ArrowType::List(_)) => {
+                        f.as_ref().clone().with_data_type(oids.clone())
+                    }
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let rows = base
+            .data()
+            .iter()
+            .map(|b| {
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| conform(c, f.data_type()))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Some(Arc::new(KeyCatalogTable {
             kind,
-            base_schema: base.schema(),
-            base: base.data().to_vec(),
+            base_schema: schema,
+            base: rows,
             inner: self.inner.clone(),
             db: self.db.clone(),
         })))
@@ -454,9 +628,29 @@ impl KeyCatalogTable {
     }
 }
 
-/// `a` as the catalog's column type (lists of attribute numbers become the space-separated
-/// text of an `int2vector` where the column is text).
+/// `a` as the catalog's column type: the space-separated text of an `int2vector` (how
+/// PostgreSQL's rows were exported) becomes a list; a list becomes that text where the column
+/// is text.
 fn conform(a: &ArrayRef, to: &ArrowType) -> Result<ArrayRef> {
+    if matches!(to, ArrowType::List(_))
+        && matches!(a.data_type(), ArrowType::Utf8 | ArrowType::LargeUtf8)
+    {
+        let text = cast(a, &ArrowType::Utf8)?;
+        let mut out = ListBuilder::new(arrow::array::Int64Builder::new());
+        for v in text.as_string::<i32>().iter() {
+            match v {
+                Some(v) => {
+                    let v = v.trim_matches(|c| c == '{' || c == '}');
+                    for n in v.split([' ', ',']).filter(|n| !n.is_empty()) {
+                        out.values().append_option(n.parse::<i64>().ok());
+                    }
+                    out.append(true);
+                }
+                None => out.append(false),
+            }
+        }
+        return Ok(cast(&(Arc::new(out.finish()) as ArrayRef), to)?);
+    }
     if matches!(to, ArrowType::Utf8 | ArrowType::LargeUtf8)
         && matches!(a.data_type(), ArrowType::List(_))
     {
@@ -504,6 +698,70 @@ impl TableProvider for KeyCatalogTable {
     }
 }
 
+/// One of the crate's tables with NULL columns added.
+#[derive(Debug)]
+struct WithNullColumns {
+    inner: Arc<Inner>,
+    name: &'static str,
+    schema: SchemaRef,
+}
+
+impl WithNullColumns {
+    fn new(
+        inner: Arc<Inner>,
+        name: &'static str,
+        base: SchemaRef,
+        extra: &[(&str, ArrowType)],
+    ) -> Self {
+        let mut fields: Vec<arrow_schema::Field> =
+            base.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (n, t) in extra {
+            if base.index_of(n).is_err() {
+                fields.push(arrow_schema::Field::new(*n, t.clone(), true));
+            }
+        }
+        WithNullColumns {
+            inner,
+            name,
+            schema: Arc::new(arrow_schema::Schema::new(fields)),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for WithNullColumns {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = read(&self.inner, self.name, state)
+            .await?
+            .into_iter()
+            .map(|b| {
+                let mut columns = b.columns().to_vec();
+                for f in self.schema.fields().iter().skip(columns.len()) {
+                    columns.push(new_null_array(f.data_type(), b.num_rows()));
+                }
+                Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        MemTable::try_new(self.schema.clone(), vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
 /// `version()`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Version {
@@ -535,5 +793,148 @@ impl ScalarUDFImpl for Version {
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
             version_string(),
         ))))
+    }
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object as text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        JsonBuildObject {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return datafusion::common::plan_err!(
+                "json_build_object takes an even number of arguments (key, value, ...)"
+            );
+        }
+        let n = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = arrow::array::StringBuilder::new();
+        for row in 0..n {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = arrow::util::display::array_value_to_string(&pair[0], row)?;
+                object.insert(key, json_value(&pair[1], row)?);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// One value as JSON (numbers and booleans as themselves, NULL as null, else text).
+fn json_value(a: &ArrayRef, row: usize) -> Result<serde_json::Value> {
+    use serde_json::Value as J;
+    if a.is_null(row) {
+        return Ok(J::Null);
+    }
+    let text = arrow::util::display::array_value_to_string(a, row)?;
+    Ok(match a.data_type() {
+        ArrowType::Boolean => J::Bool(text == "true"),
+        t if t.is_numeric() => text
+            .parse::<serde_json::Number>()
+            .map(J::Number)
+            .unwrap_or(J::String(text)),
+        _ => J::String(text),
+    })
+}
+
+/// A catalog function whose answer is NULL in Nyala (`pg_get_serial_sequence`: there are
+/// no sequences; `to_regtype`: a type beyond the built-in ones, e.g. `hstore`, does not
+/// exist).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullText {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl NullText {
+    fn new(name: &'static str) -> Self {
+        NullText {
+            name,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for NullText {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// `pg_type_is_visible(oid)`: every type is (Nyala has one search path and no user types).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Visible {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl Visible {
+    fn new(name: &'static str) -> Self {
+        Visible {
+            name,
+            signature: Signature::any(1, Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Visible {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = args.args[0].to_array(args.number_rows)?;
+        let out: BooleanArray = (0..a.len())
+            .map(|i| (!a.is_null(i)).then_some(true))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
