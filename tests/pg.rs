@@ -306,3 +306,121 @@ async fn scram_passwords_cancel_and_bad_clients() {
     let (_, rows) = simple(&c, "SELECT 8").await;
     assert_eq!(rows, vec![vec![Some("8".into())]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out() {
+    use futures::{SinkExt, TryStreamExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let c = connect(&server, "user=nyala").await.unwrap();
+    simple(
+        &c,
+        "CREATE TABLE t (k INT PRIMARY KEY, name TEXT, ts TIMESTAMP, raw BYTEA, speed REAL)",
+    )
+    .await;
+
+    // Text format, in pieces that split rows; 20,000 rows (several chunks).
+    let sink = c
+        .copy_in("COPY t (k, name, ts, raw) FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    let mut data = String::new();
+    for k in 0..20_000 {
+        data.push_str(&format!(
+            "{k}\tn\\t{k}\t2026-11-15 08:00:00\t\\\\x0{}\n",
+            k % 10
+        ));
+    }
+    data.push_str("20000\t\\N\t\\N\t\\N\n");
+    for piece in data.as_bytes().chunks(7777) {
+        sink.send(bytes::Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 20_001);
+    let (_, rows) = simple(&c, "SELECT count(*), count(name), max(k) FROM t").await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("20001".into()),
+            Some("20000".into()),
+            Some("20000".into())
+        ]]
+    );
+    let row = c
+        .query_one("SELECT name, raw FROM t WHERE k = 7", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "n\t7");
+    assert_eq!(row.get::<_, Vec<u8>>(1), vec![7]);
+
+    // CSV with a header, quotes and NULLs.
+    let sink = c
+        .copy_in("COPY t (k, name, speed) FROM STDIN WITH (FORMAT csv, HEADER)")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"k,name,speed\n30000,\"a, \"\"quoted\"\"\nname\",1.5\n30001,,\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    let row = c
+        .query_one("SELECT name, speed FROM t WHERE k = 30000", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "a, \"quoted\"\nname");
+    let row = c
+        .query_one("SELECT name FROM t WHERE k = 30001", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+
+    // All or nothing: a duplicate key, or a value that does not read, keeps no row of it.
+    for (bad, state) in [
+        ("40000\tx\n1\ty\n", SqlState::UNIQUE_VIOLATION),
+        (
+            "40000\tx\nnot-a-number\ty\n",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+        ),
+    ] {
+        let sink = c.copy_in("COPY t (k, name) FROM STDIN").await.unwrap();
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(bad)).await.unwrap();
+        let e = sink.finish().await.unwrap_err();
+        assert_eq!(code(&e), state, "{e:?}");
+        let (_, rows) = simple(&c, "SELECT count(*) FROM t WHERE k = 40000").await;
+        assert_eq!(rows, vec![vec![Some("0".into())]]);
+    }
+    // Files are the client's business.
+    let e = c
+        .simple_query("COPY t FROM '/etc/passwd'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), SqlState::FEATURE_NOT_SUPPORTED);
+
+    // Out, as text and as CSV.
+    let out: Vec<bytes::Bytes> = c
+        .copy_out("COPY (SELECT k, name FROM t WHERE k IN (7, 20000) ORDER BY k) TO STDOUT")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.concat(), b"7\tn\\t7\n20000\t\\N\n");
+    let out: Vec<bytes::Bytes> = c
+        .copy_out(
+            "COPY (SELECT k, name FROM t WHERE k = 30000) TO STDOUT WITH (FORMAT csv, HEADER)",
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.concat(), b"k,name\n30000,\"a, \"\"quoted\"\"\nname\"\n");
+    let (tags, _) = simple(&c, "SELECT 1").await;
+    assert_eq!(tags, vec![1]);
+}

@@ -104,3 +104,28 @@ def test_cancel(pg):
     assert time.monotonic() - started < 20
     cur.execute("SELECT 3")
     assert cur.fetchone() == (3,)
+
+
+def test_copy_in_and_out(pg, table_name):
+    import io
+
+    conn = connect(pg)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, name TEXT, speed REAL)")
+    rows = "".join(f"{k},name {k},{k / 2}\n" for k in range(5000)) + "5000,,\n"
+    cur.copy_expert(f"COPY {table_name} FROM STDIN WITH (FORMAT csv)", io.StringIO(rows))
+    assert cur.rowcount == 5001
+    cur.execute(f"SELECT count(*), count(name), sum(k) FROM {table_name}")
+    assert cur.fetchone() == (5001, 5000, sum(range(5001)))
+    # A bad row fails the whole COPY.
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        cur.copy_expert(f"COPY {table_name} FROM STDIN WITH (FORMAT csv)", io.StringIO("6000,a,1\n1,b,2\n"))
+    cur.execute(f"SELECT count(*) FROM {table_name} WHERE k = 6000")
+    assert cur.fetchone() == (0,)
+    out = io.StringIO()
+    cur.copy_expert(
+        f"COPY (SELECT k, name FROM {table_name} WHERE k IN (1, 5000) ORDER BY k) TO STDOUT WITH CSV HEADER",
+        out,
+    )
+    assert out.getvalue() == "k,name\n1,name 1\n5000,\n"

@@ -37,3 +37,19 @@ def test_binary_parameters_and_prepared_statements(pg, table_name):
             f"UPDATE {table_name} SET note = %s WHERE uid < %s", ("low", 3)
         )
         assert cur.rowcount == 3
+
+
+def test_copy_rows(pg, table_name):
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, ts TIMESTAMP, note TEXT)")
+        ts = datetime.datetime(2026, 11, 15, 8)
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table_name} (k, ts, note) FROM STDIN") as copy:
+                for k in range(3000):
+                    copy.write_row((k, ts, None if k % 3 else f"tab\there {k}"))
+            assert cur.rowcount == 3000
+            cur.execute(f"SELECT note FROM {table_name} WHERE k = 3")
+            assert cur.fetchone() == ("tab\there 3",)
+            with cur.copy(f"COPY (SELECT k, note FROM {table_name} WHERE k < 3 ORDER BY k) TO STDOUT") as copy:
+                got = [row for row in copy.rows()]
+            assert got == [("0", "tab\there 0"), ("1", None), ("2", None)]

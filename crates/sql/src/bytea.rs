@@ -25,7 +25,7 @@ use datafusion::optimizer::AnalyzerRule;
 pub(crate) const BYTEA_IN: &str = "bytea_in";
 
 /// Decodes PostgreSQL's bytea text forms.
-fn decode(text: &str) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn decode(text: &str) -> std::result::Result<Vec<u8>, String> {
     let invalid = || format!("invalid input syntax for type bytea: \"{text}\"");
     if let Some(hex) = text
         .strip_prefix("\\x")

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt64Array};
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 use datafusion::common::{Constraint, ScalarValue, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -85,6 +85,54 @@ impl Engine {
             ctx,
             statement: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The column names of `table` (as a statement names it), in order.
+    pub fn column_names(&self, table: &str) -> Result<Vec<String>, SqlError> {
+        let name = Self::table_name(&TableReference::from(table))?;
+        let schema = self.db.table(&name)?.schema();
+        Ok(schema.columns().iter().map(|c| c.name.clone()).collect())
+    }
+
+    /// Inserts rows given as text (PostgreSQL's `COPY FROM`): `chunks` yields, per chunk of
+    /// rows, one string array per column of `columns` (all of the table's columns, in order,
+    /// when empty); each is read as its column's type (binary columns as PostgreSQL's bytea
+    /// text). All or nothing, as PostgreSQL's COPY: an error in any chunk (a value that does
+    /// not read, a duplicate key, an error the stream yields) removes the rows written
+    /// before it. Returns the number of rows inserted.
+    pub async fn copy_in(
+        &self,
+        table: &str,
+        columns: &[String],
+        chunks: impl futures::Stream<Item = Result<Vec<ArrayRef>, SqlError>> + Send + 'static,
+    ) -> Result<u64, SqlError> {
+        let _one_at_a_time = self.statement.lock().await;
+        let name = Self::table_name(&TableReference::from(table))?;
+        let table = self.db.table(&name)?;
+        let schema = table.schema();
+        let columns: Vec<String> = if columns.is_empty() {
+            schema.columns().iter().map(|c| c.name.clone()).collect()
+        } else {
+            columns.to_vec()
+        };
+        let mut fields = Vec::with_capacity(columns.len());
+        for c in &columns {
+            let i = schema.index_of(c)?;
+            let t = schema.columns()[i].data_type.to_arrow();
+            fields.push(Field::new(c, t, true));
+        }
+        let arrow_schema = Arc::new(ArrowSchema::new(fields));
+        let batch_schema = arrow_schema.clone();
+        let batches = chunks.map(move |chunk| {
+            let chunk =
+                chunk.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            text_batch(&batch_schema, chunk)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+        });
+        let stream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(arrow_schema, batches),
+        );
+        self.insert_all_or_nothing(&table, stream).await
     }
 
     /// Makes `schema` the one unqualified table names resolve in (PostgreSQL's
@@ -1057,6 +1105,42 @@ fn relabel(table: &Table, batch: RecordBatch) -> Result<RecordBatch, SqlError> {
         Arc::new(ArrowSchema::new(fields)),
         columns,
     )?)
+}
+
+/// Text columns read as `schema`'s types (see [`Engine::copy_in`]).
+fn text_batch(schema: &Arc<ArrowSchema>, columns: Vec<ArrayRef>) -> Result<RecordBatch, SqlError> {
+    if columns.len() != schema.fields().len() {
+        return Err(SqlError::InvalidText(format!(
+            "a row has {} values for {} columns",
+            columns.len(),
+            schema.fields().len()
+        )));
+    }
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(columns.len());
+    for (f, c) in schema.fields().iter().zip(columns) {
+        let column = if matches!(f.data_type(), ArrowType::Binary) {
+            let text = arrow::compute::cast(&c, &ArrowType::Utf8)?;
+            let mut b = arrow::array::BinaryBuilder::new();
+            for v in text.as_string::<i32>().iter() {
+                match v {
+                    Some(v) => {
+                        b.append_value(crate::bytea::decode(v).map_err(SqlError::InvalidText)?)
+                    }
+                    None => b.append_null(),
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        } else {
+            arrow::compute::cast_with_options(&c, f.data_type(), &options)
+                .map_err(|e| SqlError::InvalidText(format!("column \"{}\": {e}", f.name())))?
+        };
+        out.push(column);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), out)?)
 }
 
 /// How an INSERT treats keys that exist already.

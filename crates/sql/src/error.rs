@@ -32,6 +32,9 @@ pub enum SqlError {
     /// bound).
     #[error("{0}")]
     Parameter(String),
+    /// A value given as text does not read as its column's type (COPY input).
+    #[error("{0}")]
+    InvalidText(String),
     /// The statement is valid SQL that Nyala does not support (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -79,6 +82,7 @@ impl SqlError {
             SqlError::Cardinality(_) => "21000", // cardinality_violation
             SqlError::ConflictTarget(_) => "42P10", // invalid_column_reference
             SqlError::Parameter(_) => "08P01",   // protocol_violation, as PostgreSQL's Bind
+            SqlError::InvalidText(_) => "22P02", // invalid_text_representation
             SqlError::Unsupported(_) => "0A000", // feature_not_supported
             SqlError::DataFusion(e) => match e.find_root() {
                 DataFusionError::SQL(..) => "42601", // syntax_error
@@ -112,7 +116,11 @@ impl From<DataFusionError> for SqlError {
                 Ok(s) => SqlError::Storage(*s),
                 Err(other) => match other.downcast::<RowFailure>() {
                     Ok(r) => SqlError::Row(r.0),
-                    Err(other) => SqlError::DataFusion(DataFusionError::External(other)),
+                    Err(other) => match other.downcast::<SqlError>() {
+                        // An error of Nyala's carried through a DataFusion stream (COPY).
+                        Ok(e) => *e,
+                        Err(other) => SqlError::DataFusion(DataFusionError::External(other)),
+                    },
                 },
             },
             DataFusionError::Context(ctx, inner) => match SqlError::from(*inner) {

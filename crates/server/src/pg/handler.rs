@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
 use futures::{stream, Sink, SinkExt, StreamExt};
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -23,6 +24,7 @@ use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_APPLICATION_NAME};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::{NoticeResponse, TransactionStatus};
 use pgwire::messages::PgWireBackendMessage;
 use tokio::sync::OnceCell;
@@ -30,6 +32,7 @@ use tokio::sync::OnceCell;
 use nyala_sql::{split_statements, Command, Description, Output, Prepared, SqlError};
 use nyala_storage::Database;
 
+use super::copy;
 use super::session::{special, Session, Special};
 
 /// Answers queries for every connection of one database.
@@ -192,7 +195,7 @@ impl QueryHandler {
     async fn run<C>(
         &self,
         client: &mut C,
-        session: &Session,
+        session: &Arc<Session>,
         kind: &Kind,
         params: &[ScalarValue],
         format: &Format,
@@ -303,7 +306,173 @@ impl QueryHandler {
                 text_rows(&["name", "setting", "description"], rows, format)
             }
             Special::Ignored(tag) => Response::Execution(Tag::new(tag)),
+            Special::CopyRefused(why) => return Err(user_error("0A000", why.clone())),
+            Special::Copy(spec) if spec.to => {
+                let query = match &spec.query {
+                    Some(q) => q.clone(),
+                    None if spec.columns.is_empty() => format!("SELECT * FROM {}", spec.table),
+                    None => format!(
+                        "SELECT {} FROM {}",
+                        spec.columns
+                            .iter()
+                            .map(|c| quote_ident(c))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        spec.table
+                    ),
+                };
+                let prepared = session.engine.prepare(&query).map_err(sql_error)?;
+                let Output::Rows(batches) = session
+                    .engine
+                    .run(&prepared, &[])
+                    .await
+                    .map_err(sql_error)?
+                else {
+                    return Err(user_error("42601", "COPY (query) needs a query".into()));
+                };
+                Response::CopyOut(copy::copy_out(batches, &spec.format)?)
+            }
+            Special::Copy(spec) => {
+                let all = session
+                    .engine
+                    .column_names(&spec.table)
+                    .map_err(sql_error)?;
+                for c in &spec.columns {
+                    if !all.contains(c) {
+                        return Err(sql_error(SqlError::Storage(
+                            nyala_common::SchemaError::UnknownColumn(c.clone()).into(),
+                        )));
+                    }
+                }
+                let columns = if spec.columns.is_empty() {
+                    all.len()
+                } else {
+                    spec.columns.len()
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let task_session = session.clone();
+                let (table, listed) = (spec.table.clone(), spec.columns.clone());
+                let task = tokio::spawn(async move {
+                    task_session
+                        .engine
+                        .copy_in(&table, &listed, copy::chunks(rx))
+                        .await
+                });
+                *session.copy.lock().await =
+                    Some(copy::CopyIn::new(spec.format.clone(), columns, tx, task));
+                Response::CopyIn(pgwire::api::results::CopyResponse::new(
+                    0,
+                    columns,
+                    futures::stream::empty(),
+                ))
+            }
         })
+    }
+}
+
+/// An identifier quoted for SQL text.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[async_trait]
+impl CopyHandler for QueryHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let mut guard = session.copy.lock().await;
+        let Some(copy) = guard.as_mut() else {
+            return Err(user_error(
+                "08P01",
+                "CopyData without a COPY in progress".into(),
+            ));
+        };
+        if copy.failed.is_some() {
+            return Ok(());
+        }
+        match copy.data(&data.data) {
+            Ok(chunks) => {
+                for chunk in chunks {
+                    if copy.tx.send(chunk).await.is_err() {
+                        // The insert stopped (its error is the answer to CopyDone).
+                        copy.failed = Some(SqlError::InvalidText("COPY stopped".into()));
+                        break;
+                    }
+                }
+            }
+            Err(e) => copy.failed = Some(e),
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        let Some(mut copy) = session.copy.lock().await.take() else {
+            return Err(user_error(
+                "08P01",
+                "CopyDone without a COPY in progress".into(),
+            ));
+        };
+        let mut failed = copy.failed.take();
+        if failed.is_none() {
+            match copy.finish() {
+                Ok(chunks) => {
+                    for chunk in chunks.into_iter().chain([copy::Chunk::Done]) {
+                        if copy.tx.send(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let copy::CopyIn { tx, task, .. } = copy;
+        // Without `Done`, the closed channel fails the insert, which removes its rows.
+        drop(tx);
+        let result = task
+            .await
+            .map_err(|e| user_error("XX000", format!("COPY: {e}")))?;
+        match (failed, result) {
+            // The insert's own error (a duplicate key, a bad value) says more than ours.
+            (_, Err(e)) if !e.to_string().starts_with("COPY did not finish") => Err(sql_error(e)),
+            (Some(e), _) => Err(sql_error(e)),
+            (None, Err(e)) => Err(sql_error(e)),
+            (None, Ok(n)) => {
+                if client.transaction_status() == TransactionStatus::Transaction {
+                    *session.writes_in_block.lock() += 1;
+                }
+                client
+                    .send(PgWireBackendMessage::CommandComplete(
+                        Tag::new("COPY").with_rows(n as usize).into(),
+                    ))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        if let Some(copy) = session.copy.lock().await.take() {
+            let copy::CopyIn { tx, task, .. } = copy;
+            drop(tx);
+            let _ = task.await;
+        }
+        user_error("57014", format!("COPY from stdin failed: {}", fail.message))
     }
 }
 

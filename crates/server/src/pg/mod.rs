@@ -7,6 +7,7 @@
 //! connections cost a few kilobytes.
 
 mod auth;
+mod copy;
 mod handler;
 mod session;
 
@@ -93,6 +94,10 @@ impl PgWireServerHandlers for Handlers {
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         Arc::new(self.auth.startup())
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.query.clone()
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {

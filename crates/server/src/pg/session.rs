@@ -19,6 +19,8 @@ pub(crate) struct Session {
     vars: Mutex<BTreeMap<String, String>>,
     /// Statements that wrote since `BEGIN` (a `ROLLBACK` warns that it cannot undo them).
     pub writes_in_block: Mutex<u64>,
+    /// The COPY FROM in progress.
+    pub copy: tokio::sync::Mutex<Option<super::copy::CopyIn>>,
 }
 
 /// The run-time parameters a session starts with, as PostgreSQL 16 names and shows them.
@@ -73,6 +75,7 @@ impl Session {
             engine: Engine::new(db),
             vars: Mutex::new(vars),
             writes_in_block: Mutex::new(0),
+            copy: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -136,6 +139,10 @@ pub(crate) enum Special {
     Show(String),
     /// `SHOW ALL`.
     ShowAll,
+    /// `COPY ... FROM STDIN` / `COPY ... TO STDOUT`.
+    Copy(Box<super::copy::CopySpec>),
+    /// A COPY Nyala does not run (files, programs, binary format), and why.
+    CopyRefused(String),
     /// Statements accepted with nothing to do (`LISTEN`, `UNLISTEN`, `DEALLOCATE`,
     /// `DISCARD PLANS`, ...), answered with this command tag.
     Ignored(&'static str),
@@ -181,6 +188,10 @@ pub(crate) fn special(sql: &str) -> Option<Special> {
             "all" => Some(Special::ResetAll),
             _ => Some(Special::Ignored("DISCARD")),
         },
+        "COPY" => Some(match super::copy::parse(sql) {
+            Ok(spec) => Special::Copy(Box::new(spec)),
+            Err(why) => Special::CopyRefused(why),
+        }),
         "LISTEN" => Some(Special::Ignored("LISTEN")),
         "UNLISTEN" => Some(Special::Ignored("UNLISTEN")),
         "DEALLOCATE" => Some(Special::Ignored("DEALLOCATE")),
