@@ -89,3 +89,78 @@ fn psql() {
         );
     }
 }
+
+#[test]
+fn psql_over_tls_with_a_password() {
+    if Command::new("psql").arg("--version").output().is_err()
+        || Command::new("openssl").arg("version").output().is_err()
+    {
+        return skip("psql and openssl");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[
+            "--pg-password",
+            "pw",
+            "--pg-tls-cert",
+            cert.to_str().unwrap(),
+            "--pg-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let run = |url: String| {
+        Command::new("psql")
+            .arg(url)
+            .args(["-X", "-A", "-t", "-c", "SELECT 6 * 7"])
+            .env("PGPASSWORD", "pw")
+            .output()
+            .unwrap()
+    };
+    let out = run(format!(
+        "postgresql://nyala@{}/nyala?sslmode=require",
+        server.pg
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // A wrong password is refused over TLS too.
+    let out = Command::new("psql")
+        .arg(format!(
+            "postgresql://nyala@{}/nyala?sslmode=require",
+            server.pg
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+}

@@ -103,6 +103,34 @@ impl PgWireServerHandlers for Handlers {
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
     }
+
+    fn error_handler(&self) -> Arc<impl pgwire::api::ErrorHandler> {
+        Arc::new(Errors)
+    }
+}
+
+/// Words errors as PostgreSQL does where clients or people match on them.
+struct Errors;
+
+impl pgwire::api::ErrorHandler for Errors {
+    fn on_error<C>(&self, client: &C, error: &mut pgwire::error::PgWireError)
+    where
+        C: pgwire::api::ClientInfo,
+    {
+        use pgwire::error::{ErrorInfo, PgWireError};
+        if let PgWireError::InvalidPassword(_) = error {
+            let user = client
+                .metadata()
+                .get(pgwire::api::METADATA_USER)
+                .cloned()
+                .unwrap_or_default();
+            *error = PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28P01".into(),
+                format!("password authentication failed for user \"{user}\""),
+            )));
+        }
+    }
 }
 
 /// Serves PostgreSQL connections on `listener` until `stop` turns true. Connections that are
@@ -142,5 +170,30 @@ pub(crate) async fn serve(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_less_logins_only_on_loopback() {
+        let config = |addr: &str, auth| PgConfig {
+            addr: addr.parse().unwrap(),
+            auth,
+            tls: None,
+        };
+        assert!(config("127.0.0.1:5433", PgAuth::Trust).acceptor().is_ok());
+        assert!(config("[::1]:5433", PgAuth::Trust).acceptor().is_ok());
+        let Err(err) = config("0.0.0.0:5433", PgAuth::Trust).acceptor() else {
+            panic!("a password-less listener on 0.0.0.0 was accepted");
+        };
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        let scram = PgAuth::Scram {
+            user: "nyala".into(),
+            password: "pw".into(),
+        };
+        assert!(config("0.0.0.0:5433", scram).acceptor().is_ok());
     }
 }
