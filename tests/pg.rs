@@ -279,6 +279,50 @@ async fn scram_passwords_cancel_and_bad_clients() {
     let (_, rows) = simple(&c, "SELECT 1").await;
     assert_eq!(rows, vec![vec![Some("1".into())]]);
 
+    // As BI tools cancel: another session finds the query in pg_stat_activity and
+    // terminates its backend; pg_backend_pid() is the pid listed there.
+    let (_, rows) = simple(&c, "SELECT pg_backend_pid()").await;
+    let pid = rows[0][0].clone().unwrap();
+    let other = connect(&server, "user=nyala password=s3cret")
+        .await
+        .unwrap();
+    let (_, rows) = simple(
+        &other,
+        &format!("SELECT usename, state FROM pg_stat_activity WHERE pid = {pid}"),
+    )
+    .await;
+    assert_eq!(rows, vec![vec![Some("nyala".into()), Some("idle".into())]]);
+    let slow = tokio::spawn(async move {
+        let r = c
+            .simple_query("SELECT count(*) FROM generate_series(1, 20000000000) a")
+            .await;
+        (c, r)
+    });
+    let mut found = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, rows) = simple(
+            &other,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = {pid} AND state = 'active' AND query LIKE '%generate_series%'"
+            ),
+        )
+        .await;
+        if rows == vec![vec![Some("t".into())]] {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "the running query was not listed as active");
+    let (c, r) = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("terminated in time")
+        .unwrap();
+    assert_eq!(code(&r.unwrap_err()), SqlState::QUERY_CANCELED);
+    let (_, rows) = simple(&c, "SELECT 1").await;
+    assert_eq!(rows, vec![vec![Some("1".into())]]);
+
     // Garbage on a socket closes that connection only.
     let mut raw = std::net::TcpStream::connect(server.pg).unwrap();
     raw.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])

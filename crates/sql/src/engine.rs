@@ -35,6 +35,8 @@ pub struct Engine {
     ctx: SessionContext,
     /// One statement at a time: each sets the session's snapshot for its scans.
     statement: tokio::sync::Mutex<()>,
+    /// The server's sessions, when a front end attached this one ([`Engine::attach_backend`]).
+    activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
 }
 
 /// The snapshot every scan of the running statement reads (a session config extension).
@@ -62,7 +64,9 @@ impl Engine {
         let catalog = Arc::new(NyalaCatalog::new(db.clone()));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.set_session_catalogs(ctx.state().catalog_list());
-        crate::pg_catalog::install(&ctx, &db).expect("pg_catalog installs in a new session");
+        let activity = Arc::new(std::sync::OnceLock::new());
+        crate::pg_catalog::install(&ctx, &db, activity.clone())
+            .expect("pg_catalog installs in a new session");
         // After pg_catalog's functions: Nyala's date_part (PostgreSQL's units) wins.
         ctx.register_udf(crate::functions::DatePart::udf());
         ctx.register_udf(crate::bytea::ByteaIn::udf());
@@ -84,7 +88,21 @@ impl Engine {
             db,
             ctx,
             statement: tokio::sync::Mutex::new(()),
+            activity,
         }
+    }
+
+    /// Makes this session one of `backends` with process id `pid`: `pg_backend_pid()` answers
+    /// it, `pg_stat_activity` lists the server's sessions, `pg_cancel_backend(pid)` and
+    /// `pg_terminate_backend(pid)` stop their statements. (The front end registers the
+    /// session in `backends` itself.) Once per session.
+    pub fn attach_backend(&self, backends: Arc<crate::activity::Backends>, pid: i32) {
+        self.ctx.register_udf(crate::activity::BackendPid::udf(pid));
+        for name in ["pg_cancel_backend", "pg_terminate_backend"] {
+            self.ctx
+                .register_udf(crate::activity::CancelBackend::udf(name, backends.clone()));
+        }
+        let _ = self.activity.set(backends);
     }
 
     /// The column names of `table` (as a statement names it), in order.

@@ -5,6 +5,7 @@
 //! projection, filter and limit pushed down and write through the storage engine
 //! ([`provider`]); DDL goes straight to the database ([`engine`]).
 
+pub mod activity;
 mod bytea;
 pub mod catalog;
 pub mod engine;

@@ -60,6 +60,9 @@ pub const POSTGRES_VERSION: &str = "16.6";
 /// The schema's name.
 const PG_CATALOG: &str = "pg_catalog";
 
+/// The sessions view (see [`crate::activity`]).
+const PG_STAT_ACTIVITY: &str = "pg_stat_activity";
+
 /// `version()`, as PostgreSQL formats it (SQLAlchemy matches `PostgreSQL (\d+)\.(\d+)`).
 pub fn version_string() -> String {
     format!(
@@ -79,7 +82,11 @@ static STATIC_TABLES: LazyLock<std::result::Result<Arc<PgCatalogStaticTables>, S
     });
 
 /// Installs `pg_catalog`, its functions and `version()` in a session over `db`.
-pub(crate) fn install(ctx: &SessionContext, db: &Arc<Database>) -> Result<(), SqlError> {
+pub(crate) fn install(
+    ctx: &SessionContext,
+    db: &Arc<Database>,
+    activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
+) -> Result<(), SqlError> {
     let statics = STATIC_TABLES
         .as_ref()
         .map_err(|e| SqlError::DataFusion(DataFusionError::Internal(e.clone())))?
@@ -93,6 +100,7 @@ pub(crate) fn install(ctx: &SessionContext, db: &Arc<Database>) -> Result<(), Sq
         inner: Arc::new(inner),
         db: db.clone(),
         statics: statics.clone(),
+        activity,
     });
     ctx.catalog(CATALOG)
         .expect("the session's catalog is registered first")
@@ -186,6 +194,19 @@ pub(crate) fn parse_catalog_query(sql: &str) -> Option<Vec<Statement>> {
     }
     let mut statements = COMPAT.parse(sql).ok()?;
     for s in &mut statements {
+        // PostgreSQL finds pg_catalog's tables without the schema; the crate's rule knows
+        // only its own tables.
+        let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(s, |name| {
+            if name.0.len() == 1 && name.to_string().eq_ignore_ascii_case(PG_STAT_ACTIVITY) {
+                name.0.insert(
+                    0,
+                    datafusion::sql::sqlparser::ast::ObjectNamePart::Identifier(
+                        datafusion::sql::sqlparser::ast::Ident::new(PG_CATALOG),
+                    ),
+                );
+            }
+            ControlFlow::<()>::Continue(())
+        });
         let _ = visit_expressions_mut(s, |e| {
             aggregate_scalar_subquery(e);
             generate_subscripts(e);
@@ -371,15 +392,27 @@ struct PgCatalogSchema {
     inner: Arc<Inner>,
     db: Arc<Database>,
     statics: Arc<PgCatalogStaticTables>,
+    /// The server's sessions, once a front end attached them (`pg_stat_activity`).
+    activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
 }
 
 #[async_trait]
 impl SchemaProvider for PgCatalogSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.push(PG_STAT_ACTIVITY.to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name.eq_ignore_ascii_case(PG_STAT_ACTIVITY) {
+            let schema = crate::activity::Backends::schema();
+            let rows = match self.activity.get() {
+                Some(b) => vec![b.rows()?],
+                None => vec![],
+            };
+            return Ok(Some(Arc::new(MemTable::try_new(schema, vec![rows])?)));
+        }
         let kind = match name.to_ascii_lowercase().as_str() {
             "pg_constraint" => KeyTable::Constraint,
             "pg_index" => KeyTable::Index,
@@ -447,7 +480,7 @@ impl SchemaProvider for PgCatalogSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        name.eq_ignore_ascii_case(PG_STAT_ACTIVITY) || self.inner.table_exist(name)
     }
 }
 

@@ -22,13 +22,16 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_APPLICATION_NAME};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, Type, METADATA_APPLICATION_NAME, METADATA_USER,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::{NoticeResponse, TransactionStatus};
 use pgwire::messages::PgWireBackendMessage;
 use tokio::sync::OnceCell;
 
+use nyala_sql::activity::{BackendInfo, Backends};
 use nyala_sql::{split_statements, Command, Description, Output, Prepared, SqlError};
 use nyala_storage::Database;
 
@@ -37,12 +40,23 @@ use super::session::{special, Session, Special};
 
 /// Answers queries for every connection of one database.
 pub(crate) struct QueryHandler {
-    db: Arc<Database>,
+    db: Db,
     parser: Arc<StatementParser>,
+}
+
+/// The database and the server's sessions: what a connection's session is made from.
+#[derive(Clone)]
+pub(crate) struct Db {
+    db: Arc<Database>,
+    backends: Arc<Backends>,
 }
 
 impl QueryHandler {
     pub fn new(db: Arc<Database>) -> Self {
+        let db = Db {
+            db,
+            backends: Arc::new(Backends::default()),
+        };
         QueryHandler {
             db: db.clone(),
             parser: Arc::new(StatementParser { db }),
@@ -51,15 +65,34 @@ impl QueryHandler {
 }
 
 /// The connection's session, created at its first use.
-fn session<C: ClientInfo + ?Sized>(db: &Arc<Database>, client: &C) -> Arc<Session> {
-    client.session_extensions().get_or_insert_with(|| {
-        Session::new(
-            db.clone(),
-            client
-                .metadata()
-                .get(METADATA_APPLICATION_NAME)
-                .map(String::as_str),
-        )
+fn session<C: ClientInfo + ?Sized>(db: &Db, client: &C) -> Arc<Session> {
+    let extensions = client.session_extensions();
+    if let Some(s) = extensions.get::<Session>() {
+        return s;
+    }
+    // Read before `get_or_insert_with`, which holds the extensions' lock while it builds.
+    // The handle pgwire's cancel requests use; `pg_cancel_backend` fires it too.
+    let handle = extensions.get::<Arc<ConnectionHandle>>();
+    let metadata = client.metadata();
+    let info = BackendInfo {
+        user: metadata.get(METADATA_USER).cloned().unwrap_or_default(),
+        application_name: metadata
+            .get(METADATA_APPLICATION_NAME)
+            .cloned()
+            .unwrap_or_default(),
+        client_addr: client.socket_addr().ip().to_string(),
+        started: std::time::SystemTime::now(),
+    };
+    let pid = client.pid_and_secret_key().0;
+    extensions.get_or_insert_with(|| {
+        let cancel: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(h) = handle.clone() {
+                tokio::spawn(async move {
+                    h.cancel().await;
+                });
+            }
+        });
+        Session::new(db.db.clone(), &db.backends, pid, info, cancel)
     })
 }
 
@@ -67,6 +100,8 @@ fn session<C: ClientInfo + ?Sized>(db: &Arc<Database>, client: &C) -> Arc<Sessio
 /// first needed, run at each `Execute`.
 #[derive(Clone)]
 pub(crate) struct PgStatement {
+    /// The statement as the client sent it (for `pg_stat_activity`).
+    sql: Arc<str>,
     kind: Arc<Kind>,
     described: Arc<OnceCell<Description>>,
 }
@@ -78,7 +113,7 @@ enum Kind {
 
 /// Parses `Parse` messages (pgwire's `QueryParser`).
 pub(crate) struct StatementParser {
-    db: Arc<Database>,
+    db: Db,
 }
 
 #[async_trait]
@@ -119,6 +154,7 @@ impl QueryParser for StatementParser {
             )),
         };
         Ok(Some(PgStatement {
+            sql: sql.into(),
             kind: Arc::new(kind),
             described: Arc::new(OnceCell::new()),
         }))
@@ -193,6 +229,30 @@ impl QueryHandler {
 
     /// Runs one statement and answers it in the given result format.
     async fn run<C>(
+        &self,
+        client: &mut C,
+        session: &Arc<Session>,
+        (text, kind): (&str, &Kind),
+        params: &[ScalarValue],
+        format: &Format,
+        status: TransactionStatus,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.db.backends.set_state(session.pid, true, text);
+        // Idle again however the statement ends (a cancel drops this future).
+        let _idle = Idle {
+            backends: &self.db.backends,
+            pid: session.pid,
+        };
+        self.run_statement(client, session, kind, params, format, status)
+            .await
+    }
+
+    async fn run_statement<C>(
         &self,
         client: &mut C,
         session: &Arc<Session>,
@@ -476,6 +536,18 @@ impl CopyHandler for QueryHandler {
     }
 }
 
+/// Marks a session idle when its statement ends.
+struct Idle<'a> {
+    backends: &'a Backends,
+    pid: i32,
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.backends.set_state(self.pid, false, "");
+    }
+}
+
 /// Sends a notice (or warning) ahead of the statement's answer.
 async fn notice<C>(client: &mut C, severity: &str, code: &str, message: &str) -> PgWireResult<()>
 where
@@ -565,10 +637,15 @@ impl SimpleQueryHandler for QueryHandler {
             };
             let result = match kind {
                 Ok(kind) => {
-                    let r = self
-                        .run(client, &session, &kind, &[], &Format::UnifiedText, status)
-                        .await;
-                    r
+                    self.run(
+                        client,
+                        &session,
+                        (sql, &kind),
+                        &[],
+                        &Format::UnifiedText,
+                        status,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -715,7 +792,7 @@ impl ExtendedQueryHandler for QueryHandler {
         self.run(
             client,
             &session,
-            &stmt.kind,
+            (&stmt.sql, &stmt.kind),
             &params,
             &portal.result_column_format,
             status,

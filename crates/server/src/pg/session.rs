@@ -21,6 +21,9 @@ pub(crate) struct Session {
     pub writes_in_block: Mutex<u64>,
     /// The COPY FROM in progress.
     pub copy: tokio::sync::Mutex<Option<super::copy::CopyIn>>,
+    /// This session's process id, and its place in the server's sessions.
+    pub pid: i32,
+    _registered: nyala_sql::activity::BackendGuard,
 }
 
 /// The run-time parameters a session starts with, as PostgreSQL 16 names and shows them.
@@ -66,13 +69,26 @@ fn defaults() -> BTreeMap<String, String> {
 }
 
 impl Session {
-    pub fn new(db: Arc<Database>, application_name: Option<&str>) -> Session {
+    /// A session over `db`, listed in `backends` as `pid`; `cancel` stops its running
+    /// statement (for `pg_cancel_backend`).
+    pub fn new(
+        db: Arc<Database>,
+        backends: &Arc<nyala_sql::activity::Backends>,
+        pid: i32,
+        info: nyala_sql::activity::BackendInfo,
+        cancel: Arc<dyn Fn() + Send + Sync>,
+    ) -> Session {
         let mut vars = defaults();
-        if let Some(a) = application_name {
-            vars.insert("application_name".into(), a.to_string());
+        if !info.application_name.is_empty() {
+            vars.insert("application_name".into(), info.application_name.clone());
         }
+        let engine = Engine::new(db);
+        engine.attach_backend(backends.clone(), pid);
+        let registered = backends.register(pid, info, cancel);
         Session {
-            engine: Engine::new(db),
+            pid,
+            _registered: registered,
+            engine,
             vars: Mutex::new(vars),
             writes_in_block: Mutex::new(0),
             copy: tokio::sync::Mutex::new(None),
