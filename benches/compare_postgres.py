@@ -118,13 +118,18 @@ def upserts(conn, points, minutes, total):
 
 
 def queries(conn, path, runs):
-    text = open(path).read()
     statements = []
-    for chunk in text.split(";"):
-        lines = [l for l in chunk.strip().splitlines() if not l.startswith("--")]
-        name = next((l[3:].split(":")[0] for l in chunk.strip().splitlines() if l.startswith("-- Q")), None)
-        if lines and name:
-            statements.append((name, " ".join(lines)))
+    name, lines = None, []
+    for line in open(path).read().splitlines():
+        if line.startswith("-- Q"):
+            name = line[3:].split(":")[0]
+        elif line.startswith("--") or not line.strip():
+            continue
+        else:
+            lines.append(line)
+            if line.rstrip().endswith(";"):
+                statements.append((name, " ".join(lines).rstrip(";")))
+                lines = []
     out = {}
     for name, sql in statements:
         times = []

@@ -144,20 +144,18 @@ fn literal(v: &ScalarValue) -> Result<Expr, SqlError> {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             Expr::value(Value::HexStringLiteral(hex))
         }
-        ScalarValue::Date32(_) | ScalarValue::Date64(_) => cast(&text()?, "DATE")?,
+        // Typed literals (`DATE '...'`, `TIMESTAMP '...'`), as a client would write them: the
+        // point-lookup fast path recognises these.
+        ScalarValue::Date32(_) | ScalarValue::Date64(_) => typed(&text()?, "DATE")?,
         ScalarValue::TimestampSecond(..)
         | ScalarValue::TimestampMillisecond(..)
         | ScalarValue::TimestampMicrosecond(..)
         | ScalarValue::TimestampNanosecond(..) => {
-            let with_zone = matches!(v.data_type(), ArrowType::Timestamp(_, Some(_)));
-            cast(
-                &text()?,
-                if with_zone {
-                    "TIMESTAMPTZ"
-                } else {
-                    "TIMESTAMP"
-                },
-            )?
+            if matches!(v.data_type(), ArrowType::Timestamp(_, Some(_))) {
+                cast(&text()?, "TIMESTAMPTZ")?
+            } else {
+                typed(&text()?.replacen('T', " ", 1), "TIMESTAMP")?
+            }
         }
         ScalarValue::Time32Second(_)
         | ScalarValue::Time32Millisecond(_)
@@ -177,6 +175,14 @@ fn literal(v: &ScalarValue) -> Result<Expr, SqlError> {
             )))
         }
     })
+}
+
+/// `type 'text'`, parsed as SQL.
+fn typed(text: &str, sql_type: &str) -> Result<Expr, SqlError> {
+    let sql = format!("{sql_type} '{}'", text.replace('\'', "''"));
+    Ok(Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)?
+        .parse_expr()?)
 }
 
 /// `CAST('text' AS type)`, parsed as SQL so that it plans exactly as written.
@@ -214,7 +220,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            "SELECT * FROM t WHERE a = -7 AND b = 'it''s' AND c = CAST('2023-11-14T22:13:20.123456' AS TIMESTAMP) AND d = 'it''s'"
+            "SELECT * FROM t WHERE a = -7 AND b = 'it''s' AND c = TIMESTAMP '2023-11-14 22:13:20.123456' AND d = 'it''s'"
         );
         let s = bound(
             "INSERT INTO t VALUES ($1, $2, $3)",
