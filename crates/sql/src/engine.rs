@@ -430,7 +430,6 @@ impl Engine {
     ) -> Result<Vec<String>, SqlError> {
         let mut set_columns = Vec::new();
         if let DFStatement::Statement(s) = statement {
-            crate::pg_catalog::rewrite(s);
             crate::pg::rewrite(s);
             match s.as_mut() {
                 ast::Statement::Insert(insert) => {

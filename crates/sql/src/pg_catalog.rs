@@ -169,24 +169,11 @@ pub(crate) fn install(
 static COMPAT: LazyLock<PostgresCompatibilityParser> =
     LazyLock::new(PostgresCompatibilityParser::new);
 
-/// Rewrites a query as the compatibility rules do (only queries: the rules are written for
-/// catalog reads, and Nyala's own DML handling must see statements as written).
-pub(crate) fn rewrite(statement: &mut Box<Statement>) {
-    if matches!(statement.as_ref(), Statement::Query(_)) {
-        let taken = std::mem::replace(
-            statement.as_mut(),
-            Statement::Commit {
-                chain: false,
-                end: false,
-                modifier: None,
-            },
-        );
-        **statement = COMPAT.rewrite(taken);
-    }
-}
-
-/// Parses a catalog query (one that names `pg_...`) with the compatibility parser, which
-/// also replaces known client queries DataFusion cannot plan by equivalents it can.
+/// Parses a catalog query (one that names `pg_...`) with the compatibility parser: its rules
+/// (`::regclass`, `OPERATOR(...)`, `= ANY(array)`, ...) and its substitutions of known client
+/// queries DataFusion cannot plan. Only catalog queries: some rules trade exactness for
+/// plannability (a select-list subquery DataFusion cannot run becomes NULL), which is right
+/// for a tool's catalog probe and wrong for a user's query.
 /// `None` if it does not parse that way (the normal parser then reports the error).
 pub(crate) fn parse_catalog_query(sql: &str) -> Option<Vec<Statement>> {
     if !sql.to_ascii_lowercase().contains("pg_") {
