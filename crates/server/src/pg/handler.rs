@@ -410,14 +410,12 @@ impl QueryHandler {
                     spec.columns.len()
                 };
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
-                let task_session = session.clone();
+                let engine = session.engine.clone();
                 let (table, listed) = (spec.table.clone(), spec.columns.clone());
-                let task = tokio::spawn(async move {
-                    task_session
-                        .engine
-                        .copy_in(&table, &listed, copy::chunks(rx))
-                        .await
-                });
+                let task =
+                    tokio::spawn(
+                        async move { engine.copy_in(&table, &listed, copy::chunks(rx)).await },
+                    );
                 *session.copy.lock().await =
                     Some(copy::CopyIn::new(spec.format.clone(), columns, tx, task));
                 Response::CopyIn(pgwire::api::results::CopyResponse::new(

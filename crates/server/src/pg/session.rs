@@ -15,7 +15,10 @@ use nyala_storage::Database;
 
 /// The state of one connection.
 pub(crate) struct Session {
-    pub engine: Engine,
+    /// Shared with a COPY's insert task, which must not keep the session (and so the COPY's
+    /// channel) alive: when the connection goes away mid-COPY, the channel closes and the
+    /// insert undoes itself.
+    pub engine: Arc<Engine>,
     vars: Mutex<BTreeMap<String, String>>,
     /// Statements that wrote since `BEGIN` (a `ROLLBACK` warns that it cannot undo them).
     pub writes_in_block: Mutex<u64>,
@@ -82,7 +85,7 @@ impl Session {
         if !info.application_name.is_empty() {
             vars.insert("application_name".into(), info.application_name.clone());
         }
-        let engine = Engine::new(db);
+        let engine = Arc::new(Engine::new(db));
         engine.attach_backend(backends.clone(), pid);
         let registered = backends.register(pid, info, cancel);
         Session {
