@@ -95,20 +95,24 @@ impl Resolver {
     }
 
     /// The new encoded row for row `i`: as given, or merged over `old` for partial batches.
+    ///
+    /// `present` says which columns the write changes: the batch's, or for an `Upsert` of an
+    /// existing key with limited upsert columns, those.
     fn new_row(
         &self,
         v: &Version,
         b: &ValidatedBatch,
         i: usize,
         old: Option<RecordBatch>,
+        present: &[bool],
     ) -> Result<Box<[u8]>> {
         let old = match old {
-            Some(old) if !b.is_full_width() => old,
+            Some(old) if !present.iter().all(|p| *p) => old,
             _ => return Ok(b.rows.row(i).as_ref().into()),
         };
         let cols: Vec<ArrayRef> = (0..b.columns.len())
             .map(|c| {
-                if b.present[c] {
+                if present[c] {
                     b.columns[c].slice(i, 1)
                 } else {
                     old.column(c).clone()
@@ -146,7 +150,6 @@ impl Resolver {
             timestamp: ts,
             ..Default::default()
         };
-        let full = b.is_full_width();
         let key_columns = if v.segments.is_empty() {
             vec![]
         } else {
@@ -185,16 +188,20 @@ impl Resolver {
                 (WriteOp::InsertIgnore, true)
                 | (WriteOp::UpdateIgnore | WriteOp::DeleteIgnore, false) => out.ignored += 1,
                 (WriteOp::Insert | WriteOp::InsertIgnore | WriteOp::Upsert, false) => {
-                    entry.push(ts, Some(self.new_row(v, b, i, None)?));
+                    entry.push(ts, Some(self.new_row(v, b, i, None, &b.present)?));
                     out.applied += 1;
                 }
                 (WriteOp::Upsert | WriteOp::Update | WriteOp::UpdateIgnore, true) => {
-                    let old = if full {
+                    let present = match (&b.upsert, op) {
+                        (Some(u), WriteOp::Upsert) => &u.present,
+                        _ => &b.present,
+                    };
+                    let old = if present.iter().all(|p| *p) {
                         None
                     } else {
                         self.old_row(v, &entry, &loc)?
                     };
-                    let row = self.new_row(v, b, i, old)?;
+                    let row = self.new_row(v, b, i, old, present)?;
                     if let Location::Segment(seg, r) = &loc {
                         seg.dv.delete(*r, ts);
                     }

@@ -78,6 +78,9 @@ impl WriteOp {
 pub struct WriteBatch {
     rows: RecordBatch,
     ops: Vec<WriteOp>,
+    /// For `Upsert` rows whose key exists: the only columns that change (see
+    /// [`WriteBatch::with_upsert_columns`]); `None` changes every column of the batch.
+    upsert_columns: Option<Vec<String>>,
 }
 
 impl WriteBatch {
@@ -91,13 +94,46 @@ impl WriteBatch {
                 ops.len()
             )));
         }
-        Ok(WriteBatch { rows, ops })
+        Ok(WriteBatch {
+            rows,
+            ops,
+            upsert_columns: None,
+        })
     }
 
     /// A batch applying the same operation to every row.
     pub fn uniform(op: WriteOp, rows: RecordBatch) -> Self {
         let ops = vec![op; rows.num_rows()];
-        WriteBatch { rows, ops }
+        WriteBatch {
+            rows,
+            ops,
+            upsert_columns: None,
+        }
+    }
+
+    /// Limits what an `Upsert` changes in a row that exists to `columns` (besides the key),
+    /// while a new row still gets every column of the batch: PostgreSQL's `INSERT ...
+    /// ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c`, as one atomic operation. Each name
+    /// must be a column of the batch.
+    pub fn with_upsert_columns<S: Into<String>>(
+        mut self,
+        columns: impl IntoIterator<Item = S>,
+    ) -> Result<Self> {
+        let columns: Vec<String> = columns.into_iter().map(Into::into).collect();
+        for c in &columns {
+            if self.rows.schema().index_of(c).is_err() {
+                return Err(StorageError::InvalidInput(format!(
+                    "upsert column \"{c}\" is not a column of the batch"
+                )));
+            }
+        }
+        self.upsert_columns = Some(columns);
+        Ok(self)
+    }
+
+    /// The columns an `Upsert` of an existing key changes, if limited.
+    pub fn upsert_columns(&self) -> Option<&[String]> {
+        self.upsert_columns.as_deref()
     }
 
     /// The rows.
@@ -222,8 +258,19 @@ pub(crate) struct ValidatedBatch {
     pub columns: Vec<ArrayRef>,
     /// Which table columns the batch carried.
     pub present: Vec<bool>,
+    /// What an `Upsert` of an existing key changes, when not every column of `present`.
+    pub upsert: Option<UpsertColumns>,
     pub keys: Rows,
     pub rows: Rows,
+}
+
+/// The columns an `Upsert` of an existing key changes ([`WriteBatch::with_upsert_columns`]).
+#[derive(Clone, Debug)]
+pub(crate) struct UpsertColumns {
+    /// By table column: the key and the named columns.
+    pub present: Vec<bool>,
+    /// The same columns as positions in the batch as given (for the WAL).
+    pub positions: Vec<u16>,
 }
 
 impl ValidatedBatch {
@@ -243,14 +290,10 @@ impl ValidatedBatch {
             ops: indices.iter().map(|&i| self.ops[i as usize]).collect(),
             columns,
             present: self.present.clone(),
+            upsert: self.upsert.clone(),
             keys: codec.take_keys(&self.keys, indices),
             rows: codec.take_rows(&self.rows, indices),
         })
-    }
-
-    /// Whether the batch carries every column (then no row needs reading before it is written).
-    pub fn is_full_width(&self) -> bool {
-        self.present.iter().all(|p| *p)
     }
 }
 
@@ -375,6 +418,23 @@ pub(crate) fn validate(
             )));
         }
     }
+    let upsert = match &batch.upsert_columns {
+        None => None,
+        Some(names) => {
+            let mut present: Vec<bool> = (0..schema.len()).map(|i| schema.is_key(i)).collect();
+            for name in names {
+                present[schema.index_of(name)?] = true;
+            }
+            // `with_upsert_columns` checked the names are batch columns.
+            let positions = fields
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| schema.index_of(f.name()).is_ok_and(|i| present[i]))
+                .map(|(p, _)| p as u16)
+                .collect();
+            Some(UpsertColumns { present, positions })
+        }
+    };
     let opts_rb = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
     let original =
         RecordBatch::try_new_with_options(Arc::new(ArrowSchema::new(fields)), originals, &opts_rb)?;
@@ -384,6 +444,7 @@ pub(crate) fn validate(
         ops: batch.ops.clone(),
         columns,
         present,
+        upsert,
         keys,
         rows,
     })
@@ -439,17 +500,31 @@ fn check_cell_sizes(column: &str, array: &ArrayRef, limit: usize) -> Result<()> 
     Ok(())
 }
 
-/// WAL record format version; bump when the layout below changes.
+/// WAL record format versions; add one when the layout below changes (old records must stay
+/// readable).
 const WAL_FORMAT: u8 = 1;
+/// [`WAL_FORMAT`] plus the columns an `Upsert` of an existing key changes.
+const WAL_FORMAT_UPSERT_COLUMNS: u8 = 2;
 
 /// Encodes a validated batch as one WAL record:
-/// `[format u8][row count u32 LE][one op code per row][Arrow IPC stream of the rows]`.
+/// `[format u8][row count u32 LE][one op code per row]` then, in format 2 only,
+/// `[column count u16 LE][that many u16 LE positions in the rows]` (the upsert columns), then
+/// `[Arrow IPC stream of the rows]`.
 pub(crate) fn encode_wal_record(batch: &ValidatedBatch) -> Result<Vec<u8>> {
     let n = batch.ops.len();
     let mut out = Vec::with_capacity(16 + n + batch.original.get_array_memory_size());
-    out.push(WAL_FORMAT);
+    out.push(match batch.upsert {
+        None => WAL_FORMAT,
+        Some(_) => WAL_FORMAT_UPSERT_COLUMNS,
+    });
     out.extend_from_slice(&(n as u32).to_le_bytes());
     out.extend(batch.ops.iter().map(|op| *op as u8));
+    if let Some(upsert) = &batch.upsert {
+        out.extend_from_slice(&(upsert.positions.len() as u16).to_le_bytes());
+        for p in &upsert.positions {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+    }
     let mut w = StreamWriter::try_new(&mut out, &batch.original.schema())?;
     w.write(&batch.original)?;
     w.finish()?;
@@ -460,7 +535,8 @@ pub(crate) fn encode_wal_record(batch: &ValidatedBatch) -> Result<Vec<u8>> {
 /// Decodes a WAL record written by [`encode_wal_record`].
 pub(crate) fn decode_wal_record(bytes: &[u8]) -> Result<WriteBatch> {
     let corrupt = |m: &str| StorageError::Corrupt(format!("WAL record: {m}"));
-    if bytes.first() != Some(&WAL_FORMAT) {
+    let format = *bytes.first().ok_or_else(|| corrupt("empty"))?;
+    if format != WAL_FORMAT && format != WAL_FORMAT_UPSERT_COLUMNS {
         return Err(corrupt("unknown format version"));
     }
     let n = u32::from_le_bytes(
@@ -476,7 +552,45 @@ pub(crate) fn decode_wal_record(bytes: &[u8]) -> Result<WriteBatch> {
         .iter()
         .map(|c| WriteOp::from_code(*c).ok_or_else(|| corrupt("bad op code")))
         .collect::<Result<Vec<_>>>()?;
-    let mut reader = StreamReader::try_new(Cursor::new(&bytes[5 + n..]), None)?;
+    let mut at = 5 + n;
+    let mut positions = None;
+    if format == WAL_FORMAT_UPSERT_COLUMNS {
+        let u16_at = |i: usize| -> Result<usize> {
+            Ok(u16::from_le_bytes(
+                bytes
+                    .get(i..i + 2)
+                    .ok_or_else(|| corrupt("short"))?
+                    .try_into()
+                    .unwrap(),
+            ) as usize)
+        };
+        let m = u16_at(at)?;
+        positions = Some(
+            (0..m)
+                .map(|k| u16_at(at + 2 + 2 * k))
+                .collect::<Result<Vec<_>>>()?,
+        );
+        at += 2 + 2 * m;
+    }
+    let mut reader = StreamReader::try_new(Cursor::new(&bytes[at..]), None)?;
     let rows = reader.next().ok_or_else(|| corrupt("no rows"))??;
-    WriteBatch::new(rows, ops)
+    let names: Option<Vec<String>> = match positions {
+        None => None,
+        Some(p) => Some(
+            p.iter()
+                .map(|&i| {
+                    rows.schema()
+                        .fields()
+                        .get(i)
+                        .map(|f| f.name().clone())
+                        .ok_or_else(|| corrupt("bad upsert column"))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    };
+    let batch = WriteBatch::new(rows, ops)?;
+    match names {
+        None => Ok(batch),
+        Some(names) => batch.with_upsert_columns(names),
+    }
 }
