@@ -468,3 +468,77 @@ async fn copy_in_and_out() {
     let (tags, _) = simple(&c, "SELECT 1").await;
     assert_eq!(tags, vec![1]);
 }
+
+/// Upserts inside a transaction block are written at COMMIT (as PostgreSQL makes them visible
+/// to others then); outside one, each Sync ends the implicit transaction and writes them; the
+/// session always sees its own; a COMMIT that was answered survives `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_are_written_at_commit_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (a, b) = (
+        connect(&server, "user=a").await.unwrap(),
+        connect(&server, "user=b").await.unwrap(),
+    );
+    a.batch_execute("CREATE TABLE t (k INT PRIMARY KEY, x INT, y REAL)")
+        .await
+        .unwrap();
+    async fn rows(c: &Client) -> i64 {
+        c.query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    let upsert = a
+        .prepare(
+            "INSERT INTO t (k, x, y) VALUES ($1, $2, $3) \
+             ON CONFLICT (k) DO UPDATE SET y = EXCLUDED.y",
+        )
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    for k in 0..100i32 {
+        let n = a.execute(&upsert, &[&k, &k, &(k as f32)]).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(rows(&b).await, 0, "not committed yet");
+    a.execute(&upsert, &[&5i32, &-1i32, &0.5f32]).await.unwrap();
+    assert_eq!(rows(&a).await, 100, "the session sees its own writes");
+    a.execute(&upsert, &[&100i32, &100i32, &100f32])
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(rows(&b).await, 101);
+    let row = b
+        .query_one("SELECT x, y FROM t WHERE k = 5", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, f32>(1)), (5, 0.5));
+    // Autocommit: each Execute's Sync ends the implicit transaction.
+    a.execute(&upsert, &[&200i32, &200i32, &1f32])
+        .await
+        .unwrap();
+    assert_eq!(rows(&b).await, 102);
+    // Simple queries too, at the end of the query string.
+    a.batch_execute("UPSERT INTO t VALUES (300, 300, 3); UPSERT INTO t VALUES (301, 301, 3)")
+        .await
+        .unwrap();
+    assert_eq!(rows(&b).await, 104);
+    a.batch_execute("BEGIN").await.unwrap();
+    a.execute(&upsert, &[&400i32, &400i32, &4f32])
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    // Killed right after COMMIT was answered.
+    drop((a, b));
+    assert_eq!(server.stop("-9"), None);
+    let server = Server::start(dir.path());
+    let c = connect(&server, "user=c").await.unwrap();
+    assert_eq!(rows(&c).await, 105);
+    let y: f32 = c
+        .query_one("SELECT y FROM t WHERE k = 400", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(y, 4.0);
+}

@@ -23,6 +23,7 @@ use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBa
 
 use crate::catalog::{NyalaCatalog, CATALOG};
 use crate::error::{RowFailure, SqlError};
+use crate::insert::ValuesInsert;
 use crate::lookup::PointLookup;
 use crate::params;
 use crate::partition_clause::{RangeChange, RawPartitioning, RawRange};
@@ -37,6 +38,8 @@ pub struct Engine {
     statement: tokio::sync::Mutex<()>,
     /// The server's sessions, when a front end attached this one ([`Engine::attach_backend`]).
     activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
+    /// Upserts held back until the session's next sync point ([`Engine::run_deferred`]).
+    held: std::sync::Mutex<Option<ValuesInsert>>,
 }
 
 /// The snapshot every scan of the running statement reads (a session config extension).
@@ -89,6 +92,7 @@ impl Engine {
             ctx,
             statement: tokio::sync::Mutex::new(()),
             activity,
+            held: std::sync::Mutex::new(None),
         }
     }
 
@@ -125,6 +129,7 @@ impl Engine {
         chunks: impl futures::Stream<Item = Result<Vec<ArrayRef>, SqlError>> + Send + 'static,
     ) -> Result<u64, SqlError> {
         let _one_at_a_time = self.statement.lock().await;
+        self.write_held().await?;
         let name = Self::table_name(&TableReference::from(table))?;
         let table = self.db.table(&name)?;
         let schema = table.schema();
@@ -193,22 +198,105 @@ impl Engine {
 
     /// Runs a prepared statement with `params` bound to its `$1`, `$2`, ... placeholders
     /// (as constants, so a bound point lookup takes the fast path like a literal one).
+    ///
+    /// Writes upserts this session held back ([`Engine::run_deferred`]) first.
     pub async fn run(
         &self,
         prepared: &Prepared,
         params: &[ScalarValue],
     ) -> Result<Output, SqlError> {
+        self.run_with(prepared, params, false).await
+    }
+
+    /// Like [`Engine::run`], but an upsert of constant rows (`INSERT ... VALUES ... ON CONFLICT
+    /// (key) DO UPDATE`, `UPSERT INTO ... VALUES`) may be held back and written later, together
+    /// with the session's following ones, as one batch. This is what a front end does inside a
+    /// transaction, where PostgreSQL too makes writes durable and visible to other sessions
+    /// only at COMMIT; a session writing row by row then costs one storage write (and one WAL
+    /// sync) per batch instead of one per row.
+    ///
+    /// Held-back rows are written by the session's next statement of another kind (so that it
+    /// sees them), by [`Engine::sync_writes`] (the front end's commit), or when
+    /// 16,384 rows accumulate. Until then other sessions do not see
+    /// them and a crash loses them; dropping the engine discards them. Only statements whose
+    /// count and success are known without writing are held back (no plain INSERT, whose
+    /// duplicate key must fail the statement itself).
+    pub async fn run_deferred(
+        &self,
+        prepared: &Prepared,
+        params: &[ScalarValue],
+    ) -> Result<Output, SqlError> {
+        self.run_with(prepared, params, true).await
+    }
+
+    /// Writes the upserts this session held back ([`Engine::run_deferred`]), as one atomic
+    /// batch. On an error, none of them is written and they are discarded.
+    pub async fn sync_writes(&self) -> Result<(), SqlError> {
         let _one_at_a_time = self.statement.lock().await;
-        // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
-        // same snapshot: every write acknowledged before the statement started.
-        let snapshot = StatementSnapshot(self.db.snapshot_timestamp());
+        self.write_held().await
+    }
+
+    /// Whether this session holds back rows that [`Engine::sync_writes`] would write.
+    pub fn holds_writes(&self) -> bool {
+        self.held.lock().expect("held rows").is_some()
+    }
+
+    async fn write_held(&self) -> Result<(), SqlError> {
+        let held = self.held.lock().expect("held rows").take();
+        match held {
+            Some(insert) => insert.write().await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Holds `insert` back, writing the rows held before it if they cannot join it.
+    async fn hold(&self, insert: ValuesInsert) -> Result<(), SqlError> {
+        let previous = {
+            let mut held = self.held.lock().expect("held rows");
+            match held.as_mut() {
+                None => {
+                    *held = Some(insert);
+                    None
+                }
+                Some(h) if h.can_absorb(&insert) => {
+                    h.absorb(insert);
+                    None
+                }
+                Some(_) => held.replace(insert),
+            }
+        };
+        if let Some(previous) = previous {
+            if let Err(e) = previous.write().await {
+                // The statement fails; what it would have added goes too.
+                *self.held.lock().expect("held rows") = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema unqualified table names resolve in.
+    fn default_schema(&self) -> String {
         self.ctx
             .state_ref()
-            .write()
-            .config_mut()
-            .set_extension(Arc::new(snapshot));
+            .read()
+            .config()
+            .options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    async fn run_with(
+        &self,
+        prepared: &Prepared,
+        params: &[ScalarValue],
+        defer: bool,
+    ) -> Result<Output, SqlError> {
+        let _one_at_a_time = self.statement.lock().await;
         let (mut statement, partitioning, upsert) = match &prepared.kind {
             PreparedKind::Range(change) => {
+                self.write_held().await?;
                 blocking(|| self.change_range(change.clone()))?;
                 return Ok(Output::Done(Command::AlterTable));
             }
@@ -225,8 +313,36 @@ impl Engine {
             InsertMode::Insert
         };
         self.rewrite_shows(&mut statement)?;
+        let set_columns = self.adapt(&mut statement, &mut mode)?;
+        let default_schema = self.default_schema();
         if let DFStatement::Statement(s) = &statement {
-            if let Some(lookup) = PointLookup::recognise(&self.db, s) {
+            if let Some(insert) = ValuesInsert::recognise(&self.db, &default_schema, s, &mode) {
+                let rows = insert.len() as u64;
+                let rows = if defer && insert.deferrable(&self.db.options().tablet) {
+                    self.hold(insert).await?;
+                    rows
+                } else {
+                    self.write_held().await?;
+                    insert.write().await?
+                };
+                return Ok(Output::Affected {
+                    command: Command::Insert,
+                    rows,
+                });
+            }
+        }
+        // Everything else sees the session's own writes.
+        self.write_held().await?;
+        // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
+        // same snapshot: every write acknowledged before the statement started.
+        let snapshot = StatementSnapshot(self.db.snapshot_timestamp());
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(snapshot));
+        if let DFStatement::Statement(s) = &statement {
+            if let Some(lookup) = PointLookup::recognise(&self.db, &default_schema, s) {
                 // Inline: a lookup takes tens of microseconds, less than handing the worker
                 // thread over for blocking would.
                 if let Some(out) = lookup.run()? {
@@ -234,7 +350,6 @@ impl Engine {
                 }
             }
         }
-        let set_columns = self.adapt(&mut statement, &mut mode)?;
         if let DFStatement::Statement(s) = &statement {
             if let ast::Statement::AlterTable(alter) = s.as_ref() {
                 self.alter_table(alter).await?;
@@ -799,7 +914,8 @@ impl Engine {
                     .map(|n| batch.schema().index_of(n))
                     .collect::<Result<Vec<_>, _>>()?;
                 let keys = batch.project(&key_pos)?;
-                let outcome = write_outcome(table, WriteOp::Insert, batch).await?;
+                let outcome =
+                    write_outcome(table, WriteBatch::uniform(WriteOp::Insert, batch)).await?;
                 count += outcome.applied as u64;
                 if outcome.errors.is_empty() {
                     written.push(keys);
@@ -847,18 +963,19 @@ impl Engine {
                 // New keys get the whole row; existing ones only the SET columns (with the
                 // values the row would have been inserted with, i.e. EXCLUDED's).
                 let n = batch.num_rows() as u64;
-                let schema = table.schema();
-                let mut keep: Vec<usize> = schema.key_indices().to_vec();
                 for c in columns {
-                    keep.push(batch.schema().index_of(c).map_err(|_| {
-                        SqlError::Storage(
+                    if batch.schema().index_of(c).is_err() {
+                        return Err(SqlError::Storage(
                             nyala_common::SchemaError::UnknownColumn(c.clone()).into(),
-                        )
-                    })?);
+                        ));
+                    }
                 }
-                let update = batch.project(&keep)?;
-                write_batch(table, WriteOp::InsertIgnore, batch).await?;
-                write_batch(table, WriteOp::UpdateIgnore, update).await?;
+                let batch = WriteBatch::uniform(WriteOp::Upsert, batch)
+                    .with_upsert_columns(columns.iter().cloned())?;
+                let outcome = write_outcome(table, batch).await?;
+                if let Some(e) = outcome.errors.into_iter().next() {
+                    return Err(SqlError::Row(RowFailure(e).0));
+                }
                 Ok(n)
             }
         }
@@ -1161,7 +1278,8 @@ fn text_batch(schema: &Arc<ArrowSchema>, columns: Vec<ArrayRef>) -> Result<Recor
 }
 
 /// How an INSERT treats keys that exist already.
-enum InsertMode {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum InsertMode {
     /// Fail (PostgreSQL's unique violation).
     Insert,
     /// Replace the row (`UPSERT INTO`, `INSERT OR REPLACE`, `REPLACE INTO`).
@@ -1280,25 +1398,22 @@ fn last_ident(name: &ast::ObjectName) -> String {
     }
 }
 
-/// Writes one batch with one operation and returns what happened to each row.
-async fn write_outcome(
+/// Writes one batch and returns what happened to each row.
+pub(crate) async fn write_outcome(
     table: &Table,
-    op: WriteOp,
-    batch: RecordBatch,
+    batch: WriteBatch,
 ) -> Result<nyala_storage::WriteOutcome, SqlError> {
     let table = table.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || table.write(&WriteBatch::uniform(op, batch)))
-            .await
-            .map_err(|e| {
-                SqlError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
-            })??,
-    )
+    Ok(tokio::task::spawn_blocking(move || table.write(&batch))
+        .await
+        .map_err(|e| {
+            SqlError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
+        })??)
 }
 
 /// Writes one batch with one operation; a refused row fails the statement.
 async fn write_batch(table: &Table, op: WriteOp, batch: RecordBatch) -> Result<u64, SqlError> {
-    let outcome = write_outcome(table, op, batch).await?;
+    let outcome = write_outcome(table, WriteBatch::uniform(op, batch)).await?;
     if let Some(e) = outcome.errors.into_iter().next() {
         return Err(SqlError::Row(RowFailure(e).0));
     }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 mod filters;
 mod functions;
+mod insert;
 mod literals;
 mod lookup;
 mod params;

@@ -40,7 +40,11 @@ pub(crate) struct PointLookup {
 
 impl PointLookup {
     /// Recognises `statement` as a point lookup on a table of `db`, or `None`.
-    pub(crate) fn recognise(db: &Database, statement: &ast::Statement) -> Option<PointLookup> {
+    pub(crate) fn recognise(
+        db: &Database,
+        default_schema: &str,
+        statement: &ast::Statement,
+    ) -> Option<PointLookup> {
         let ast::Statement::Query(query) = statement else {
             return None;
         };
@@ -125,23 +129,7 @@ impl PointLookup {
         if !with_hints.is_empty() || !partitions.is_empty() || !index_hints.is_empty() {
             return None;
         }
-        // `catalog.schema.table`, `information_schema` (served by the catalog, not the
-        // database) and anything unusual go the normal way. Names fold as DataFusion folds
-        // them (ASCII only).
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .map(|p| match p {
-                ast::ObjectNamePart::Identifier(i) => Some(normalize(i)),
-                _ => None,
-            })
-            .collect::<Option<_>>()?;
-        let table_name = match parts.as_slice() {
-            [t] => TableName::new(nyala_storage::db::DEFAULT_NAMESPACE, t),
-            [ns, t] if ns != crate::system::INFORMATION_SCHEMA => TableName::new(ns, t),
-            _ => return None,
-        };
-        let table = db.table(&table_name).ok()?;
+        let (table_name, table) = table_of(db, default_schema, name)?;
         let schema = table.schema();
         // The name columns may be qualified with: the alias, else the table's own name.
         let qualifier = match alias {
@@ -248,6 +236,34 @@ impl PointLookup {
     }
 }
 
+/// The table a statement names, with unqualified names in `default_schema` (the session's
+/// `search_path`). `catalog.schema.table`, `information_schema` (served by the catalog, not
+/// the database) and anything unusual are `None`: they go the normal way. Names fold as
+/// DataFusion folds them (ASCII only).
+pub(crate) fn table_of(
+    db: &Database,
+    default_schema: &str,
+    name: &ast::ObjectName,
+) -> Option<(TableName, Table)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ast::ObjectNamePart::Identifier(i) => Some(normalize(i)),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let table_name = match parts.as_slice() {
+        [t] if default_schema != crate::system::INFORMATION_SCHEMA => {
+            TableName::new(default_schema, t)
+        }
+        [ns, t] if ns != crate::system::INFORMATION_SCHEMA => TableName::new(ns, t),
+        _ => return None,
+    };
+    let table = db.table(&table_name).ok()?;
+    Some((table_name, table))
+}
+
 /// `*` with no `EXCLUDE`, `EXCEPT`, `REPLACE`, `RENAME`, `ILIKE` or alias.
 fn plain_wildcard(o: &ast::WildcardAdditionalOptions) -> bool {
     o.opt_ilike.is_none()
@@ -285,7 +301,7 @@ fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<(&'a Expr, &'a Expr)>) -> Option<()>
 /// A constant as a key value of type `t`, when DataFusion would compare it as exactly that
 /// value: integers that fit the column, text for text, and timestamp/date text without a zone
 /// (parsed by the same Arrow cast DataFusion's coercion uses).
-fn constant_of(e: &Expr, t: DataType) -> Option<Value> {
+pub(crate) fn constant_of(e: &Expr, t: DataType) -> Option<Value> {
     let (text, negative) = match e {
         Expr::Value(v) => (&v.value, false),
         Expr::UnaryOp {
@@ -458,7 +474,7 @@ mod tests {
                 sql,
             )
             .unwrap();
-            PointLookup::recognise(&db, &s[0]).is_some()
+            PointLookup::recognise(&db, "public", &s[0]).is_some()
         };
         for yes in [
             "SELECT * FROM t WHERE a = 1 AND b = 'x'",

@@ -803,3 +803,124 @@ async fn user_queries_are_not_rewritten_for_catalog_clients() {
         "+---+-----+\n| k | top |\n+---+-----+\n| 1 | 11  |\n| 2 | 20  |\n+---+-----+"
     );
 }
+
+/// INSERTs of constant rows skip the planner; they must end exactly as planned ones do: the
+/// same rows, counts and errors. (A `WITH` in the source makes the same statement planned.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constant_inserts_end_as_planned_inserts_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    for t in ["f", "p"] {
+        run(
+            &e,
+            &format!(
+                "CREATE TABLE {t} (id INT, ts TIMESTAMP, name TEXT NOT NULL DEFAULT 'n', v REAL,
+                 w DOUBLE PRECISION, flag BOOLEAN, b BYTEA, d DATE, small SMALLINT,
+                 PRIMARY KEY (id, ts)) PARTITION BY HASH (id) PARTITIONS 2"
+            ),
+        )
+        .await;
+    }
+    let statements = [
+        "INSERT INTO {t} VALUES
+            (1, '2024-05-01 10:00:00', 'a', 1.5, -2, true, X'00ff', '2024-05-01', -3),
+            (-2, TIMESTAMP '1969-12-31 23:59:59.5', '', -0.25, 1e3, NULL, NULL, DATE '1900-01-01', NULL)",
+        "INSERT INTO {t} (ts, id, v) VALUES ('2024-05-01 11:00:00', 3, 7)",
+        // Duplicates, inside the statement and with a stored row: nothing is written.
+        "INSERT INTO {t} (id, ts) VALUES (4, '2024-05-01 00:00:00'), (4, '2024-05-01 00:00:00')",
+        "INSERT INTO {t} (id, ts) VALUES (5, '2024-05-01 00:00:00'), (1, '2024-05-01 10:00:00')",
+        // Values the columns cannot take.
+        "INSERT INTO {t} (id, ts, small) VALUES (6, '2024-05-01 00:00:00', 40000)",
+        "INSERT INTO {t} (id, ts, name) VALUES (6, '2024-05-01 00:00:00', NULL)",
+        "INSERT INTO {t} (id, ts) VALUES (NULL, '2024-05-01 00:00:00')",
+        "INSERT INTO {t} (id, ts, v) VALUES (6, '2024-05-01 00:00:00', 'x')",
+        "INSERT INTO {t} (id, ts, nope) VALUES (6, '2024-05-01 00:00:00', 1)",
+        // Conflicts.
+        "INSERT INTO {t} (id, ts, v) VALUES (1, '2024-05-01 10:00:00', 9), (7, '2024-05-01 00:00:00', 9)
+            ON CONFLICT DO NOTHING",
+        "INSERT INTO {t} (id, ts, name, v) VALUES (1, '2024-05-01 10:00:00', 'z', 8)
+            ON CONFLICT (id, ts) DO UPDATE SET v = EXCLUDED.v",
+        "INSERT INTO {t} (id, ts, name, v) VALUES (8, '2024-05-01 10:00:00', 'z', 8)
+            ON CONFLICT (id, ts) DO UPDATE SET v = EXCLUDED.v",
+        "INSERT INTO {t} (id, ts, v) VALUES (3, '2024-05-01 11:00:00', 1), (3, '2024-05-01 11:00:00', 2)
+            ON CONFLICT (id, ts) DO UPDATE SET v = EXCLUDED.v",
+        "UPSERT INTO {t} (id, ts, name, w) VALUES (-2, '1969-12-31 23:59:59.5', 'u', 4), (9, '2024-05-01 00:00:00', 'u', 4)",
+    ];
+    for sql in statements {
+        let fast = e.execute(&sql.replace("{t}", "f")).await;
+        let planned_sql = sql.replacen(" VALUES", " WITH unused AS (SELECT 1) VALUES", 1);
+        let planned = e.execute(&planned_sql.replace("{t}", "p")).await;
+        match (fast, planned) {
+            (Ok(f), Ok(p)) => assert_eq!(text(&f), text(&p), "{sql}"),
+            (Err(f), Err(p)) => assert_eq!(f.sqlstate(), p.sqlstate(), "{sql}: {f} / {p}"),
+            (f, p) => panic!("{sql}: fast {f:?}, planned {p:?}"),
+        }
+        let all = |t: &str| format!("SELECT * FROM {t} ORDER BY id, ts");
+        assert_eq!(
+            text(&run(&e, &all("f")).await),
+            text(&run(&e, &all("p")).await),
+            "{sql}"
+        );
+    }
+    let n = run(&e, "SELECT count(*) FROM f").await;
+    assert_eq!(rows_of(&n), 6);
+}
+
+/// A session's held-back upserts: invisible to other sessions until it syncs or runs another
+/// statement, visible to itself, written in order (the last write of a key wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_upserts_are_written_at_the_sessions_next_sync_point() {
+    use datafusion::common::ScalarValue;
+    use nyala_sql::Output;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).unwrap());
+    let (a, b) = (Engine::new(db.clone()), Engine::new(db));
+    run(&a, "CREATE TABLE t (k INT PRIMARY KEY, x INT, y INT)").await;
+    run(&a, "INSERT INTO t VALUES (1, 1, 1)").await;
+    let upsert = a
+        .prepare("INSERT INTO t VALUES ($1, $2, $3) ON CONFLICT (k) DO UPDATE SET y = EXCLUDED.y")
+        .unwrap();
+    let int = |v: i32| ScalarValue::Int32(Some(v));
+    for row in [[1, 9, 10], [2, 2, 2], [1, 9, 11]] {
+        let out = a.run_deferred(&upsert, &row.map(int)).await.unwrap();
+        assert!(matches!(out, Output::Affected { rows: 1, .. }), "{out:?}");
+    }
+    assert!(a.holds_writes());
+    let all = "SELECT * FROM t ORDER BY k";
+    let before = "+---+---+---+\n| k | x | y |\n+---+---+---+\n| 1 | 1 | 1 |\n+---+---+---+";
+    assert_eq!(text(&run(&b, all).await), before);
+    a.sync_writes().await.unwrap();
+    assert!(!a.holds_writes());
+    let after = "+---+---+----+
+| k | x | y  |
++---+---+----+
+| 1 | 1 | 11 |
+| 2 | 2 | 2  |
++---+---+----+";
+    assert_eq!(text(&run(&b, all).await), after);
+    // The session's next other statement writes them first, and sees them.
+    a.run_deferred(&upsert, &[int(3), int(3), int(3)])
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&run(&b, "SELECT count(*) FROM t").await), 3 - 1);
+    assert_eq!(rows_of(&run(&a, "SELECT count(*) FROM t").await), 3);
+    assert_eq!(rows_of(&run(&b, "SELECT count(*) FROM t").await), 3);
+    // A plain INSERT is never held back: its duplicate key fails the statement itself.
+    let insert = a.prepare("INSERT INTO t VALUES ($1, $2, $3)").unwrap();
+    a.run_deferred(&insert, &[int(4), int(4), int(4)])
+        .await
+        .unwrap();
+    assert!(!a.holds_writes());
+    let err = a
+        .run_deferred(&insert, &[int(4), int(4), int(4)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "23505", "{err}");
+    assert_eq!(rows_of(&run(&b, "SELECT count(*) FROM t").await), 4);
+}
+
+/// The value of a `SELECT count(*)`.
+fn rows_of(b: &[RecordBatch]) -> i64 {
+    b[0].column(0).as_primitive::<Int64Type>().value(0)
+}

@@ -27,7 +27,8 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::response::{NoticeResponse, TransactionStatus};
+use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::response::{NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::PgWireBackendMessage;
 use tokio::sync::OnceCell;
 
@@ -272,9 +273,11 @@ impl QueryHandler {
         }
         let special = match kind {
             Kind::Sql(prepared) => {
+                // Upserts may be held back until the next sync point (COMMIT, the end of an
+                // implicit transaction): see `sync_point`.
                 let output = session
                     .engine
-                    .run(prepared, params)
+                    .run_deferred(prepared, params)
                     .await
                     .map_err(sql_error)?;
                 if status == TransactionStatus::Transaction
@@ -286,6 +289,14 @@ impl QueryHandler {
             }
             Kind::Special(s) => s,
         };
+        if matches!(
+            special,
+            Special::Begin | Special::Commit | Special::Rollback
+        ) {
+            // What the session held back is written before the block's answer: a failure
+            // fails the COMMIT.
+            session.engine.sync_writes().await.map_err(sql_error)?;
+        }
         Ok(match special {
             Special::Begin => {
                 if status != TransactionStatus::Idle {
@@ -663,8 +674,24 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
         }
+        // The end of a query string outside a transaction block ends its implicit one.
+        if status == TransactionStatus::Idle {
+            if let Err(e) = sync_point(&session).await {
+                out.push(Response::Error(Box::new(e.into())));
+            }
+        }
         Ok(out)
     }
+}
+
+/// Writes what the session held back (`Engine::run_deferred`): at the end of an implicit
+/// transaction, where PostgreSQL commits, so that the client's next ReadyForQuery outside a
+/// block means its writes are durable and visible to everyone.
+async fn sync_point(session: &Session) -> PgWireResult<()> {
+    if session.engine.holds_writes() {
+        session.engine.sync_writes().await.map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -674,6 +701,33 @@ impl ExtendedQueryHandler for QueryHandler {
 
     fn query_parser(&self) -> Arc<StatementParser> {
         self.parser.clone()
+    }
+
+    /// As pgwire's, after writing what the session held back if no block is open (Sync ends
+    /// the extended protocol's implicit transaction).
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if client.transaction_status() == TransactionStatus::Idle {
+            let session = session(&self.db, client);
+            if let Err(PgWireError::UserError(info)) = sync_point(&session).await {
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse((*info).into()))
+                    .await?;
+            }
+        }
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                client.transaction_status(),
+            )))
+            .await?;
+        client.flush().await?;
+        Ok(())
     }
 
     async fn do_describe_statement<C>(

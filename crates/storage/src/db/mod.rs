@@ -177,6 +177,12 @@ impl Database {
         })
     }
 
+    /// The options the database was opened with (front ends check writes against the limits
+    /// before they promise them).
+    pub fn options(&self) -> &DatabaseOptions {
+        &self.opts
+    }
+
     /// A timestamp for a snapshot that sees every write acknowledged so far, for reading
     /// several tables (or one table several times) at one moment: pass it as
     /// `ScanRequest::snapshot`.
