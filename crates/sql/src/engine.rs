@@ -23,11 +23,11 @@ use nyala_storage::{Database, IfExists, PartitionSpec, Table, TableName, WriteBa
 
 use crate::catalog::{NyalaCatalog, CATALOG};
 use crate::error::{RowFailure, SqlError};
-use crate::insert::ValuesInsert;
+use crate::insert::{BoundInsert, ValuesInsert};
 use crate::lookup::PointLookup;
 use crate::params;
 use crate::partition_clause::{RangeChange, RawPartitioning, RawRange};
-use crate::statement::{Command, Description, Output, Prepared, PreparedKind};
+use crate::statement::{Command, Description, FastPath, Output, Prepared, PreparedKind, Shape};
 use crate::types::{default_value, storage_type};
 
 /// A SQL session over a database: runs one statement at a time, each at its own snapshot.
@@ -39,7 +39,7 @@ pub struct Engine {
     /// The server's sessions, when a front end attached this one ([`Engine::attach_backend`]).
     activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
     /// Upserts held back until the session's next sync point ([`Engine::run_deferred`]).
-    held: std::sync::Mutex<Option<ValuesInsert>>,
+    held: std::sync::Mutex<Option<BoundInsert>>,
 }
 
 /// The snapshot every scan of the running statement reads (a session config extension).
@@ -250,7 +250,7 @@ impl Engine {
     }
 
     /// Holds `insert` back, writing the rows held before it if they cannot join it.
-    async fn hold(&self, insert: ValuesInsert) -> Result<(), SqlError> {
+    async fn hold(&self, insert: BoundInsert) -> Result<(), SqlError> {
         let previous = {
             let mut held = self.held.lock().expect("held rows");
             match held.as_mut() {
@@ -287,6 +287,47 @@ impl Engine {
             .clone()
     }
 
+    /// The statement's fast path, learnt at its first run (again after the session's schema
+    /// for unqualified names changed, or the path was found stale).
+    fn fast_path(
+        &self,
+        prepared: &Prepared,
+        statement: &DFStatement,
+        upsert: bool,
+        default_schema: &str,
+    ) -> Arc<FastPath> {
+        let mut known = prepared.fast.lock().expect("fast path");
+        if let Some(f) = known
+            .as_ref()
+            .filter(|f| f.default_schema == default_schema)
+        {
+            return f.clone();
+        }
+        let shape = (|| {
+            let mut statement = statement.clone();
+            let mut mode = if upsert {
+                InsertMode::Upsert
+            } else {
+                InsertMode::Insert
+            };
+            self.rewrite_shows(&mut statement).ok()?;
+            self.adapt(&mut statement, &mut mode).ok()?;
+            let DFStatement::Statement(s) = &statement else {
+                return None;
+            };
+            if let Some(insert) = ValuesInsert::recognise(&self.db, default_schema, s, &mode) {
+                return Some(Shape::Insert(insert));
+            }
+            PointLookup::recognise(&self.db, default_schema, s).map(Shape::Lookup)
+        })();
+        let fast = Arc::new(FastPath {
+            default_schema: default_schema.to_string(),
+            shape,
+        });
+        *known = Some(fast.clone());
+        fast
+    }
+
     async fn run_with(
         &self,
         prepared: &Prepared,
@@ -294,7 +335,7 @@ impl Engine {
         defer: bool,
     ) -> Result<Output, SqlError> {
         let _one_at_a_time = self.statement.lock().await;
-        let (mut statement, partitioning, upsert) = match &prepared.kind {
+        let (statement, partitioning, upsert) = match &prepared.kind {
             PreparedKind::Range(change) => {
                 self.write_held().await?;
                 blocking(|| self.change_range(change.clone()))?;
@@ -304,8 +345,41 @@ impl Engine {
                 statement,
                 partitioning,
                 upsert,
-            } => (statement.clone(), partitioning.clone(), *upsert),
+            } => (statement, partitioning.clone(), *upsert),
         };
+        let default_schema = self.default_schema();
+        let fast = self.fast_path(prepared, statement, upsert, &default_schema);
+        match &fast.shape {
+            Some(Shape::Insert(insert)) => match insert.bind(&self.db, params) {
+                Some(insert) => {
+                    let rows = insert.len() as u64;
+                    let rows = if defer && insert.deferrable(&self.db.options().tablet) {
+                        self.hold(insert).await?;
+                        rows
+                    } else {
+                        self.write_held().await?;
+                        insert.write().await?
+                    };
+                    return Ok(Output::Affected {
+                        command: Command::Insert,
+                        rows,
+                    });
+                }
+                None => *prepared.fast.lock().expect("fast path") = None,
+            },
+            Some(Shape::Lookup(lookup)) => {
+                // The session's own writes first.
+                self.write_held().await?;
+                // Inline: a lookup takes tens of microseconds, less than handing the worker
+                // thread over for blocking would.
+                match lookup.run(&self.db, params)? {
+                    Some(out) => return Ok(Output::Rows(out)),
+                    None => *prepared.fast.lock().expect("fast path") = None,
+                }
+            }
+            None => {}
+        }
+        let mut statement = statement.clone();
         params::bind(&mut statement, params)?;
         let mut mode = if upsert {
             InsertMode::Upsert
@@ -314,23 +388,6 @@ impl Engine {
         };
         self.rewrite_shows(&mut statement)?;
         let set_columns = self.adapt(&mut statement, &mut mode)?;
-        let default_schema = self.default_schema();
-        if let DFStatement::Statement(s) = &statement {
-            if let Some(insert) = ValuesInsert::recognise(&self.db, &default_schema, s, &mode) {
-                let rows = insert.len() as u64;
-                let rows = if defer && insert.deferrable(&self.db.options().tablet) {
-                    self.hold(insert).await?;
-                    rows
-                } else {
-                    self.write_held().await?;
-                    insert.write().await?
-                };
-                return Ok(Output::Affected {
-                    command: Command::Insert,
-                    rows,
-                });
-            }
-        }
         // Everything else sees the session's own writes.
         self.write_held().await?;
         // Every scan of this statement (joins, subqueries, the rows an UPDATE reads) reads the
@@ -341,15 +398,6 @@ impl Engine {
             .write()
             .config_mut()
             .set_extension(Arc::new(snapshot));
-        if let DFStatement::Statement(s) = &statement {
-            if let Some(lookup) = PointLookup::recognise(&self.db, &default_schema, s) {
-                // Inline: a lookup takes tens of microseconds, less than handing the worker
-                // thread over for blocking would.
-                if let Some(out) = lookup.run()? {
-                    return Ok(Output::Rows(out));
-                }
-            }
-        }
         if let DFStatement::Statement(s) = &statement {
             if let ast::Statement::AlterTable(alter) = s.as_ref() {
                 self.alter_table(alter).await?;

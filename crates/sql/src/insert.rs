@@ -14,22 +14,34 @@
 
 use std::collections::HashSet;
 
+use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{self, Expr, SetExpr, TableObject};
 
 use nyala_common::{ColumnSchema, DataType, Schema, Value};
-use nyala_storage::{BatchBuilder, Database, Table, TabletOptions, WriteOp};
+use nyala_storage::{BatchBuilder, Database, Table, TableName, TabletOptions, WriteOp};
 
 use crate::engine::{normalize, write_outcome, InsertMode};
 use crate::error::SqlError;
 use crate::lookup::{constant_of, table_of};
+use crate::params::Cell;
 
-/// An INSERT of constant rows, recognised against a table's schema.
+/// An INSERT of constant rows, recognised against a table's schema; its cells may be `$n`
+/// parameters, read by [`ValuesInsert::bind`].
+#[derive(Debug)]
 pub(crate) struct ValuesInsert {
-    table: Table,
-    /// The table's schema the rows were converted for.
+    table: TableName,
+    /// The table's schema the rows were recognised against.
     schema: Schema,
     mode: InsertMode,
     /// Whole rows in table column order (absent columns hold their default, else NULL).
+    rows: Vec<Vec<Cell>>,
+}
+
+/// A [`ValuesInsert`] with its parameters read: the rows to write.
+pub(crate) struct BoundInsert {
+    table: Table,
+    schema: Schema,
+    mode: InsertMode,
     rows: Vec<Vec<Value>>,
 }
 
@@ -108,7 +120,7 @@ impl ValuesInsert {
         if values.explicit_row || values.rows.is_empty() {
             return None;
         }
-        let (_, table) = table_of(db, default_schema, name)?;
+        let (table_name, table) = table_of(db, default_schema, name)?;
         let schema = table.schema();
         // Positions in the table of the statement's columns (all, in order, when none named).
         let targets: Vec<usize> = if columns.is_empty() {
@@ -131,22 +143,13 @@ impl ValuesInsert {
             if row.content.len() != targets.len() {
                 return None;
             }
-            let mut out: Vec<Value> = schema
+            let mut out: Vec<Cell> = schema
                 .columns()
                 .iter()
-                .map(|c| c.default.clone().unwrap_or(Value::Null))
+                .map(|c| Cell::Const(c.default.clone().unwrap_or(Value::Null)))
                 .collect();
             for (e, &i) in row.content.iter().zip(&targets) {
-                out[i] = cell(e, &schema.columns()[i])?;
-            }
-            // What the storage engine would refuse, the planned statement reports.
-            let refused = schema
-                .columns()
-                .iter()
-                .zip(&out)
-                .any(|(c, v)| v.is_null() && !c.nullable);
-            if refused {
-                return None;
+                out[i] = Cell::of(e, |e| cell(e, &schema.columns()[i]))?;
             }
             rows.push(out);
         }
@@ -157,13 +160,46 @@ impl ValuesInsert {
             }
         }
         Some(ValuesInsert {
-            table,
+            table: table_name,
             schema,
             mode: mode.clone(),
             rows,
         })
     }
 
+    /// The rows for `params` (the statement's `$n`); `None` if the table or its schema
+    /// changed since the statement was recognised, or a parameter is not a value of its
+    /// column as such, or a row has a NULL where the table takes none (the caller then plans
+    /// the statement instead, which reports that).
+    pub(crate) fn bind(&self, db: &Database, params: &[ScalarValue]) -> Option<BoundInsert> {
+        let table = db.table(&self.table).ok()?;
+        if table.schema_fingerprint() != self.schema.fingerprint() {
+            return None;
+        }
+        let columns = self.schema.columns();
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(columns)
+                    .map(|(c, col)| {
+                        c.value(params, col.data_type)
+                            .filter(|v| col.nullable || !v.is_null())
+                    })
+                    .collect::<Option<Vec<Value>>>()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(BoundInsert {
+            table,
+            schema: self.schema.clone(),
+            mode: self.mode.clone(),
+            rows,
+        })
+    }
+}
+
+impl BoundInsert {
     /// The number of rows the statement inserts or updates.
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
@@ -193,7 +229,7 @@ impl ValuesInsert {
 
     /// Whether `other`'s rows can join these (both write the same table the same way, and
     /// there is room), so that one batch writes both.
-    pub(crate) fn can_absorb(&self, other: &ValuesInsert) -> bool {
+    pub(crate) fn can_absorb(&self, other: &BoundInsert) -> bool {
         self.table.name() == other.table.name()
             && self.schema.version() == other.schema.version()
             && self.mode == other.mode
@@ -201,8 +237,8 @@ impl ValuesInsert {
             && self.rows.len() < MAX_DEFERRED_ROWS
     }
 
-    /// Adds `other`'s rows (see [`ValuesInsert::can_absorb`]).
-    pub(crate) fn absorb(&mut self, other: ValuesInsert) {
+    /// Adds `other`'s rows (see [`BoundInsert::can_absorb`]).
+    pub(crate) fn absorb(&mut self, other: BoundInsert) {
         self.rows.extend(other.rows);
     }
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema as ArrowSchema};
+use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
     self, BinaryOperator, Expr, GroupByExpr, SelectFlavor, SelectItem, SetExpr, TableFactor,
     UnaryOperator,
@@ -25,15 +26,17 @@ use nyala_storage::{Database, Table, TableName};
 
 use crate::engine::normalize;
 use crate::error::SqlError;
+use crate::params::Cell;
 use crate::provider::{sql_columns, sql_type};
 
 /// A statement recognised as a lookup of one key.
+#[derive(Debug)]
 pub(crate) struct PointLookup {
-    table: Table,
+    table: TableName,
     /// The table's schema the statement was recognised against.
     schema: Schema,
     /// The key, in primary-key order.
-    key: Vec<Value>,
+    key: Vec<Cell>,
     /// The output columns: (index in the table's schema, output name).
     columns: Vec<(usize, String)>,
 }
@@ -183,7 +186,7 @@ impl PointLookup {
         let mut equalities = Vec::new();
         conjuncts(selection, &mut equalities)?;
         let keys = schema.key_indices();
-        let mut key: Vec<Option<Value>> = vec![None; keys.len()];
+        let mut key: Vec<Option<Cell>> = vec![None; keys.len()];
         for (left, right) in equalities {
             let (col, constant) = match (column_of(left), column_of(right)) {
                 (Some(c), None) => (c, right),
@@ -194,20 +197,44 @@ impl PointLookup {
             if key[k].is_some() {
                 return None;
             }
-            key[k] = Some(constant_of(constant, schema.columns()[col].data_type)?);
+            let t = schema.columns()[col].data_type;
+            key[k] = Some(Cell::of(constant, |e| constant_of(e, t))?);
         }
-        let key = key.into_iter().collect::<Option<Vec<Value>>>()?;
+        let key = key.into_iter().collect::<Option<Vec<Cell>>>()?;
         Some(PointLookup {
-            table,
+            table: table_name,
             schema,
             key,
             columns,
         })
     }
 
-    /// Reads the row: a batch of one row, or an empty one; `None` if the table's schema
-    /// changed since the statement was recognised (the caller then plans it instead).
-    pub(crate) fn run(self) -> Result<Option<Vec<RecordBatch>>, SqlError> {
+    /// Reads the row for `params` (the statement's `$n`): a batch of one row, or an empty
+    /// one; `None` if the table or its schema changed since the statement was recognised, or
+    /// a parameter is not a key value as such (the caller then plans the statement instead).
+    pub(crate) fn run(
+        &self,
+        db: &Database,
+        params: &[ScalarValue],
+    ) -> Result<Option<Vec<RecordBatch>>, SqlError> {
+        let Ok(table) = db.table(&self.table) else {
+            return Ok(None);
+        };
+        if table.schema_fingerprint() != self.schema.fingerprint() {
+            return Ok(None);
+        }
+        let key: Option<Vec<Value>> = self
+            .key
+            .iter()
+            .zip(self.schema.key_indices())
+            .map(|(c, &i)| {
+                c.value(params, self.schema.columns()[i].data_type)
+                    .filter(|v| !v.is_null())
+            })
+            .collect();
+        let Some(key) = key else {
+            return Ok(None);
+        };
         let fields: Vec<Field> = self
             .columns
             .iter()
@@ -218,12 +245,12 @@ impl PointLookup {
             })
             .collect();
         let out_schema = Arc::new(ArrowSchema::new(fields));
-        let row = match self.table.get_batch(&self.key)? {
+        let row = match table.get_batch(&key)? {
             Some(row) if row.schema().fields() != self.schema.arrow_schema().fields() => {
                 return Ok(None)
             }
             Some(row) => row,
-            None if self.table.schema().version() != self.schema.version() => return Ok(None),
+            None if table.schema_fingerprint() != self.schema.fingerprint() => return Ok(None),
             None => return Ok(Some(vec![RecordBatch::new_empty(out_schema)])),
         };
         let arrays: Vec<ArrayRef> = self
@@ -495,7 +522,7 @@ mod tests {
             "SELECT a, a FROM t WHERE a = 1 AND b = 'x'",
             "SELECT * FROM t WHERE \"A\" = 1 AND b = 'x'",
             "SELECT * FROM t WHERE a = 1.0 AND b = 'x'",
-            "SELECT * FROM t WHERE a = $1 AND b = 'x'",
+            "SELECT * FROM t WHERE a = $0 AND b = 'x'",
             "SELECT * FROM t u WHERE t.a = 1 AND u.b = 'x'",
             "SELECT * FROM t, t u WHERE t.a = 1 AND t.b = 'x'",
             "SELECT * FROM nope WHERE a = 1 AND b = 'x'",

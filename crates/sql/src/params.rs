@@ -193,6 +193,116 @@ fn cast(text: &str, sql_type: &str) -> Result<Expr, SqlError> {
         .parse_expr()?)
 }
 
+/// A value a fast path needs from a statement: a constant, or a `$n` parameter (index
+/// `n - 1`) read when the statement runs. Lets a prepared statement be recognised once and
+/// then run with each set of parameters without binding them into its text.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Cell {
+    Const(nyala_common::Value),
+    Param(usize),
+}
+
+impl Cell {
+    /// `e` as a cell: a bare `$n`, else the constant `constant` makes of it (`None` if it
+    /// makes none).
+    pub(crate) fn of(
+        e: &Expr,
+        constant: impl FnOnce(&Expr) -> Option<nyala_common::Value>,
+    ) -> Option<Cell> {
+        match position(e) {
+            Some(n) if n >= 1 => Some(Cell::Param(n - 1)),
+            Some(_) => None,
+            None => constant(e).map(Cell::Const),
+        }
+    }
+
+    /// The cell's value for a column of type `t`, given the statement's parameters; `None`
+    /// when the parameter is missing or would not be exactly that value once bound.
+    pub(crate) fn value(
+        &self,
+        params: &[ScalarValue],
+        t: nyala_common::DataType,
+    ) -> Option<nyala_common::Value> {
+        match self {
+            Cell::Const(v) => Some(v.clone()),
+            Cell::Param(i) => param_value(params.get(*i)?, t),
+        }
+    }
+}
+
+/// What `v`, bound as its literal ([`bind`]) and read as a constant of type `t` by the fast
+/// paths (`lookup::constant_of`, `insert::cell`), stands for; `None` where those decline.
+fn param_value(v: &ScalarValue, t: nyala_common::DataType) -> Option<nyala_common::Value> {
+    use nyala_common::{DataType as T, Value as V};
+    use ScalarValue as S;
+    if v.is_null() {
+        return Some(V::Null);
+    }
+    let int = match v {
+        S::Int8(Some(x)) => Some(*x as i64),
+        S::Int16(Some(x)) => Some(*x as i64),
+        S::Int32(Some(x)) => Some(*x as i64),
+        S::Int64(Some(x)) => Some(*x),
+        S::UInt8(Some(x)) => Some(*x as i64),
+        S::UInt16(Some(x)) => Some(*x as i64),
+        S::UInt32(Some(x)) => Some(*x as i64),
+        S::UInt64(Some(x)) => i64::try_from(*x).ok(),
+        _ => None,
+    };
+    if let Some(x) = int {
+        return match t {
+            T::Int8 => x.try_into().ok().map(V::Int8),
+            T::Int16 => x.try_into().ok().map(V::Int16),
+            T::Int32 => x.try_into().ok().map(V::Int32),
+            T::Int64 => Some(V::Int64(x)),
+            // As a literal read as an `f64` (exact below 2^53).
+            T::Float32 if x.unsigned_abs() < 1 << 53 => Some(V::Float32(x as f64 as f32)),
+            T::Float64 if x.unsigned_abs() < 1 << 53 => Some(V::Float64(x as f64)),
+            _ => None,
+        };
+    }
+    match (v, t) {
+        // A float binds as its shortest text, read back as an `f64`.
+        (S::Float32(Some(f)), T::Float32 | T::Float64) if f.is_finite() => {
+            let f: f64 = format!("{f:?}").parse().ok()?;
+            Some(match t {
+                T::Float32 => V::Float32(f as f32),
+                _ => V::Float64(f),
+            })
+        }
+        (S::Float64(Some(f)), T::Float32) if f.is_finite() => Some(V::Float32(*f as f32)),
+        (S::Float64(Some(f)), T::Float64) if f.is_finite() => Some(V::Float64(*f)),
+        (S::Utf8(Some(s)) | S::LargeUtf8(Some(s)) | S::Utf8View(Some(s)), T::Utf8) => {
+            Some(V::Utf8(s.clone()))
+        }
+        (
+            S::Utf8(Some(_)) | S::LargeUtf8(Some(_)) | S::Utf8View(Some(_)),
+            T::Timestamp | T::Date,
+        ) => {
+            let e = literal(v).ok()?;
+            crate::lookup::constant_of(&e, t)
+        }
+        (S::Boolean(Some(b)), T::Bool) => Some(V::Bool(*b)),
+        (S::Binary(Some(b)) | S::LargeBinary(Some(b)) | S::BinaryView(Some(b)), T::Binary) => {
+            Some(V::Binary(b.clone()))
+        }
+        (S::Date32(Some(d)), T::Date) => Some(V::Date(*d)),
+        // A zoneless timestamp binds as `TIMESTAMP '...'`, which DataFusion reads in
+        // nanoseconds: instants that fit.
+        (S::TimestampSecond(Some(x), None), T::Timestamp) => micros(x.checked_mul(1_000_000)?),
+        (S::TimestampMillisecond(Some(x), None), T::Timestamp) => micros(x.checked_mul(1_000)?),
+        (S::TimestampMicrosecond(Some(x), None), T::Timestamp) => micros(*x),
+        (S::TimestampNanosecond(Some(x), None), T::Timestamp) if x % 1_000 == 0 => {
+            micros(x / 1_000)
+        }
+        _ => None,
+    }
+}
+
+fn micros(us: i64) -> Option<nyala_common::Value> {
+    (us.unsigned_abs() < (i64::MAX / 1000) as u64).then_some(nyala_common::Value::Timestamp(us))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

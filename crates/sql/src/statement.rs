@@ -6,7 +6,11 @@ use arrow_schema::{DataType as ArrowType, SchemaRef};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::SqlError;
+use crate::insert::ValuesInsert;
+use crate::lookup::PointLookup;
 use crate::partition_clause::{range_change, split_create, RangeChange, RawPartitioning};
 
 /// One parsed statement, ready to run with parameters ([`crate::Engine::run`]).
@@ -18,6 +22,27 @@ pub struct Prepared {
     pub(crate) kind: PreparedKind,
     /// Number of `$n` parameters the statement takes (the highest `n`).
     params: usize,
+    /// What the fast paths learnt about the statement at its first run, shared by clones.
+    /// Checked against the catalog at every run (see [`FastPath`]).
+    pub(crate) fast: Arc<Mutex<Option<Arc<FastPath>>>>,
+}
+
+/// Whether a prepared statement takes a fast path, learnt once (with `$n` parameters left as
+/// they are) and then reused: each run only reads its parameters.
+///
+/// Valid while the session's schema for unqualified names is `default_schema`; a shape also
+/// checks, at each run, that its table still has the schema it was recognised against.
+#[derive(Debug)]
+pub(crate) struct FastPath {
+    pub default_schema: String,
+    pub shape: Option<Shape>,
+}
+
+/// The fast path a statement takes.
+#[derive(Debug)]
+pub(crate) enum Shape {
+    Lookup(PointLookup),
+    Insert(ValuesInsert),
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +76,7 @@ impl Prepared {
             return Ok(Prepared {
                 kind: PreparedKind::Range(change),
                 params: 0,
+                fast: Arc::default(),
             });
         }
         let (text, partitioning) = split_create(&text)?;
@@ -78,6 +104,7 @@ impl Prepared {
                 upsert,
             },
             params,
+            fast: Arc::default(),
         })
     }
 

@@ -924,3 +924,121 @@ async fn held_back_upserts_are_written_at_the_sessions_next_sync_point() {
 fn rows_of(b: &[RecordBatch]) -> i64 {
     b[0].column(0).as_primitive::<Int64Type>().value(0)
 }
+
+/// Prepared lookups and INSERTs run their fast paths with parameters read straight into key
+/// values and rows; the answers must be those of the same statements planned with the
+/// parameters bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_take_the_fast_paths_exactly_as_bound_literals_would() {
+    use datafusion::common::ScalarValue as S;
+    use nyala_sql::Output;
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    for t in ["f", "p"] {
+        run(
+            &e,
+            &format!(
+                "CREATE TABLE {t} (id INT, ts TIMESTAMP, name TEXT NOT NULL, v REAL,
+                 w DOUBLE PRECISION, flag BOOLEAN, b BYTEA, d DATE, small SMALLINT,
+                 PRIMARY KEY (id, ts))"
+            ),
+        )
+        .await;
+    }
+    let ts = |us: i64| S::TimestampMicrosecond(Some(us), None);
+    let rows: Vec<Vec<S>> = vec![
+        vec![
+            S::Int64(Some(1)),
+            ts(1_700_000_000_123_456),
+            S::Utf8(Some("a".into())),
+            S::Float64(Some(1.1)),
+            S::Float32(Some(0.1)),
+            S::Boolean(Some(true)),
+            S::Binary(Some(vec![0, 255])),
+            S::Date32(Some(19_000)),
+            S::Int32(Some(-7)),
+        ],
+        vec![
+            S::Int16(Some(2)),
+            S::Utf8(Some("2024-05-01 10:00:00.25".into())),
+            S::Utf8(Some("".into())),
+            S::Int64(Some(3)),
+            S::Int32(None),
+            S::Boolean(None),
+            S::Binary(None),
+            S::Utf8(Some("2024-05-01".into())),
+            S::Int64(None),
+        ],
+        // Not values of their columns as such: both ways fail alike.
+        vec![
+            S::Int32(Some(3)),
+            ts(0),
+            S::Utf8(None),
+            S::Float64(None),
+            S::Float64(None),
+            S::Boolean(None),
+            S::Binary(None),
+            S::Date32(None),
+            S::Int32(None),
+        ],
+        vec![
+            S::Int32(Some(4)),
+            ts(0),
+            S::Utf8(Some("x".into())),
+            S::Float64(None),
+            S::Float64(None),
+            S::Boolean(None),
+            S::Binary(None),
+            S::Date32(None),
+            S::Int32(Some(40_000)),
+        ],
+    ];
+    let values = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let fast = e.prepare(&format!("INSERT INTO f {values}")).unwrap();
+    let planned = e
+        .prepare(&format!("INSERT INTO p WITH unused AS (SELECT 1) {values}"))
+        .unwrap();
+    for row in &rows {
+        match (e.run(&fast, row).await, e.run(&planned, row).await) {
+            (Ok(Output::Affected { rows: a, .. }), Ok(Output::Affected { rows: b, .. })) => {
+                assert_eq!(a, b)
+            }
+            (Err(a), Err(b)) => assert_eq!(a.sqlstate(), b.sqlstate(), "{a} / {b}"),
+            (a, b) => panic!("{row:?}: fast {a:?}, planned {b:?}"),
+        }
+    }
+    let all = |t: &str| format!("SELECT * FROM {t} ORDER BY id");
+    assert_eq!(
+        text(&run(&e, &all("f")).await),
+        text(&run(&e, &all("p")).await)
+    );
+    assert_eq!(rows_of(&run(&e, "SELECT count(*) FROM f").await), 2);
+
+    let lookup = e
+        .prepare("SELECT name, v, small FROM f WHERE id = $1 AND ts = $2")
+        .unwrap();
+    let planned = e
+        .prepare("SELECT name, v, small FROM f WHERE id = $1 AND ts = $2 AND true")
+        .unwrap();
+    for key in [
+        [S::Int32(Some(1)), ts(1_700_000_000_123_456)],
+        [
+            S::Int64(Some(2)),
+            S::Utf8(Some("2024-05-01T10:00:00.250".into())),
+        ],
+        [S::Int64(Some(2)), ts(1_714_557_600_250_000)],
+        [S::Int64(Some(2)), ts(0)],
+        [S::Int64(Some(5_000_000_000)), ts(0)],
+        [S::Int32(None), ts(0)],
+        [S::Float64(Some(1.0)), ts(1_700_000_000_123_456)],
+    ] {
+        let answer = |o: Output| match o {
+            Output::Rows(b) => text(&b),
+            other => panic!("{other:?}"),
+        };
+        let f = answer(e.run(&lookup, &key).await.unwrap());
+        let p = answer(e.run(&planned, &key).await.unwrap());
+        assert_eq!(f, p, "{key:?}");
+    }
+}

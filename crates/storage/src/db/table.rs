@@ -179,6 +179,12 @@ impl Table {
         self.inner.layout.load().schema.clone()
     }
 
+    /// The current schema's [`Schema::fingerprint`], without copying the schema: what a
+    /// cached plan checks before it reuses what it learnt from the schema.
+    pub fn schema_fingerprint(&self) -> u64 {
+        self.inner.layout.load().schema.fingerprint()
+    }
+
     /// Number of tablets.
     pub fn tablet_count(&self) -> usize {
         self.inner.layout.load().tablets.len()
