@@ -5,8 +5,9 @@
 # settings, fsync on) and `nyala serve` (the `fast` profile, sync durability) on temporary
 # directories, runs benches/compare_postgres.py against both (COPY load, prepared point lookups,
 # ON CONFLICT upserts in 1,000-row batches), then loads the 10M-row dataset of
-# benches/compare_duckdb.sh (if generated) into Nyala with `nyala load` and times Q1-Q6
-# through psycopg.
+# benches/compare_duckdb.sh (if generated) into Nyala with `nyala load`, restarts it (which
+# flushes) and times Q1-Q6 through psycopg; compare with the in-process "flushed" figures of
+# `cargo bench -p nyala-sql --profile fast --bench compare -- run DIR`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 POINTS="${1:-1000}"
@@ -42,6 +43,13 @@ if [ -f "$DATA" ]; then
   target/fast/nyala load "$DATA" --table traffic --create --key uid,lane,ts --grpc-addr 127.0.0.1:57050 >/dev/null
   target/fast/nyala sql --grpc-addr 127.0.0.1:57050 -c "CREATE TABLE points (uid INT PRIMARY KEY, road TEXT NOT NULL)"
   target/fast/nyala sql --grpc-addr 127.0.0.1:57050 -c "INSERT INTO points SELECT v, 'road ' || (v % 20) FROM generate_series(0, 999) AS t(v)"
+  # A graceful restart flushes every table: the state the in-process figures of
+  # `cargo bench --bench compare -- run` ("flushed") are measured in.
+  kill -TERM "$NYALA_PID"; wait "$NYALA_PID" || true
+  target/fast/nyala serve --data-dir "$WORK/nyala" --pg-addr 127.0.0.1:55433 \
+    --grpc-addr 127.0.0.1:57050 --http-addr 127.0.0.1:58050 --log warn &
+  NYALA_PID=$!
+  sleep 3
   "$VENV/bin/python" benches/compare_postgres.py --postgres unused \
     --nyala "host=127.0.0.1 port=55433 user=nyala dbname=nyala" --queries benches/queries.sql
 fi
