@@ -27,7 +27,9 @@ use crate::insert::{BoundInsert, ValuesInsert};
 use crate::lookup::PointLookup;
 use crate::params;
 use crate::partition_clause::{RangeChange, RawPartitioning, RawRange};
-use crate::statement::{Command, Description, FastPath, Output, Prepared, PreparedKind, Shape};
+use crate::statement::{
+    Command, Description, FastCell, FastPath, Output, Prepared, PreparedKind, Shape,
+};
 use crate::types::{default_value, storage_type};
 
 /// A SQL session over a database: runs one statement at a time, each at its own snapshot.
@@ -40,6 +42,10 @@ pub struct Engine {
     activity: Arc<std::sync::OnceLock<Arc<crate::activity::Backends>>>,
     /// Upserts held back until the session's next sync point ([`Engine::run_deferred`]).
     held: std::sync::Mutex<Option<BoundInsert>>,
+    /// The plan of the query [`Engine::describe`] planned last, for its run right after;
+    /// identified by the prepared statement's `fast` cell, which it keeps alive (so no other
+    /// statement can take its address).
+    described: std::sync::Mutex<Option<(FastCell, LogicalPlan)>>,
 }
 
 /// The snapshot every scan of the running statement reads (a session config extension).
@@ -93,6 +99,7 @@ impl Engine {
             statement: tokio::sync::Mutex::new(()),
             activity,
             held: std::sync::Mutex::new(None),
+            described: std::sync::Mutex::new(None),
         }
     }
 
@@ -164,6 +171,8 @@ impl Engine {
         if !self.db.list_namespaces().iter().any(|n| n == schema) {
             return false;
         }
+        // A plan made under the old schema would read other tables.
+        *self.described.lock().expect("described plan") = None;
         self.ctx
             .state_ref()
             .write()
@@ -404,7 +413,13 @@ impl Engine {
                 return Ok(Output::Done(Command::AlterTable));
             }
         }
-        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let described = self.described.lock().expect("described plan").take();
+        let plan = match described {
+            // The query's plan from its Describe just before (the extended protocol's usual
+            // Parse, Bind, Describe, Execute): planned once, not twice.
+            Some((of, plan)) if params.is_empty() && Arc::ptr_eq(&of, &prepared.fast) => plan,
+            _ => self.ctx.state().statement_to_plan(statement).await?,
+        };
         match plan {
             LogicalPlan::Dml(dml) => {
                 let command = match dml.op {
@@ -565,6 +580,14 @@ impl Engine {
         }
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         let types = plan.get_parameter_types()?;
+        let query = !matches!(
+            plan,
+            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)
+        );
+        if query && prepared.param_count() == 0 {
+            *self.described.lock().expect("described plan") =
+                Some((prepared.fast.clone(), plan.clone()));
+        }
         let casts = params::cast_types(&plan);
         let params = (1..=prepared.param_count())
             .map(|i| {

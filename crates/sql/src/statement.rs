@@ -24,8 +24,11 @@ pub struct Prepared {
     params: usize,
     /// What the fast paths learnt about the statement at its first run, shared by clones.
     /// Checked against the catalog at every run (see [`FastPath`]).
-    pub(crate) fast: Arc<Mutex<Option<Arc<FastPath>>>>,
+    pub(crate) fast: FastCell,
 }
+
+/// Where a prepared statement keeps its [`FastPath`] (shared by its clones; also its identity).
+pub(crate) type FastCell = Arc<Mutex<Option<Arc<FastPath>>>>;
 
 /// Whether a prepared statement takes a fast path, learnt once (with `$n` parameters left as
 /// they are) and then reused: each run only reads its parameters.
