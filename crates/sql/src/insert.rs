@@ -22,7 +22,7 @@ use nyala_storage::{BatchBuilder, Database, Table, TableName, TabletOptions, Wri
 
 use crate::engine::{normalize, write_outcome, InsertMode};
 use crate::error::SqlError;
-use crate::lookup::{constant_of, table_of};
+use crate::lookup::{constant_of, plain_body, signed_literal, table_of};
 use crate::params::Cell;
 
 /// An INSERT of constant rows, recognised against a table's schema; its cells may be `$n`
@@ -96,25 +96,7 @@ impl ValuesInsert {
         {
             return None;
         }
-        let ast::Query {
-            with: None,
-            body,
-            order_by: None,
-            limit_clause: None,
-            fetch: None,
-            locks,
-            for_clause: None,
-            settings: None,
-            format_clause: None,
-            pipe_operators,
-        } = source.as_ref()
-        else {
-            return None;
-        };
-        if !locks.is_empty() || !pipe_operators.is_empty() {
-            return None;
-        }
-        let SetExpr::Values(values) = body.as_ref() else {
+        let SetExpr::Values(values) = plain_body(source)? else {
             return None;
         };
         if values.explicit_row || values.rows.is_empty() {
@@ -316,17 +298,7 @@ fn cell(e: &Expr, col: &ColumnSchema) -> Option<Value> {
 /// A number for a float column: DataFusion reads the literal as an `Int64` or a `Float64` and
 /// casts it, which for these magnitudes is the same as reading it as an `f64`.
 fn float(e: &Expr, t: DataType) -> Option<Value> {
-    let (text, negative) = match e {
-        Expr::Value(v) => (&v.value, false),
-        Expr::UnaryOp {
-            op: ast::UnaryOperator::Minus,
-            expr,
-        } => match expr.as_ref() {
-            Expr::Value(v) => (&v.value, true),
-            _ => return None,
-        },
-        _ => return None,
-    };
+    let (text, negative) = signed_literal(e)?;
     let ast::Value::Number(n, false) = text else {
         return None;
     };

@@ -51,25 +51,7 @@ impl PointLookup {
         let ast::Statement::Query(query) = statement else {
             return None;
         };
-        let ast::Query {
-            with: None,
-            body,
-            order_by: None,
-            limit_clause: None,
-            fetch: None,
-            locks,
-            for_clause: None,
-            settings: None,
-            format_clause: None,
-            pipe_operators,
-        } = query.as_ref()
-        else {
-            return None;
-        };
-        if !locks.is_empty() || !pipe_operators.is_empty() {
-            return None;
-        }
-        let SetExpr::Select(select) = body.as_ref() else {
+        let SetExpr::Select(select) = plain_body(query)? else {
             return None;
         };
         let ast::Select {
@@ -291,6 +273,42 @@ pub(crate) fn table_of(
     Some((table_name, table))
 }
 
+/// The body of a query with nothing around it (no `WITH`, `ORDER BY`, `LIMIT`, locks, ...),
+/// which is all the fast paths model.
+pub(crate) fn plain_body(query: &ast::Query) -> Option<&SetExpr> {
+    let ast::Query {
+        with: None,
+        body,
+        order_by: None,
+        limit_clause: None,
+        fetch: None,
+        locks,
+        for_clause: None,
+        settings: None,
+        format_clause: None,
+        pipe_operators,
+    } = query
+    else {
+        return None;
+    };
+    (locks.is_empty() && pipe_operators.is_empty()).then_some(body.as_ref())
+}
+
+/// A literal, possibly negated: `(value, negative)`.
+pub(crate) fn signed_literal(e: &Expr) -> Option<(&ast::Value, bool)> {
+    match e {
+        Expr::Value(v) => Some((&v.value, false)),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
+            Expr::Value(v) => Some((&v.value, true)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// `*` with no `EXCLUDE`, `EXCEPT`, `REPLACE`, `RENAME`, `ILIKE` or alias.
 fn plain_wildcard(o: &ast::WildcardAdditionalOptions) -> bool {
     o.opt_ilike.is_none()
@@ -330,14 +348,7 @@ fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<(&'a Expr, &'a Expr)>) -> Option<()>
 /// (parsed by the same Arrow cast DataFusion's coercion uses).
 pub(crate) fn constant_of(e: &Expr, t: DataType) -> Option<Value> {
     let (text, negative) = match e {
-        Expr::Value(v) => (&v.value, false),
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match expr.as_ref() {
-            Expr::Value(v) => (&v.value, true),
-            _ => return None,
-        },
+        Expr::Value(_) | Expr::UnaryOp { .. } => signed_literal(e)?,
         Expr::TypedString(ts) => {
             let matches_type = matches!(
                 (&ts.data_type, t),
