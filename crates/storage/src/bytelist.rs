@@ -39,7 +39,7 @@ impl ByteList {
         &self.data[self.offsets[i]..self.offsets[i + 1]]
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> {
         (0..self.len()).map(|i| self.get(i))
     }
 

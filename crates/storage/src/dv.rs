@@ -79,6 +79,24 @@ impl DeleteVector {
         Some(out)
     }
 
+    /// Every deleted row with its deletion timestamp; deletions folded below the horizon
+    /// (whose timestamp is forgotten) get 0, "before every readable snapshot".
+    pub fn entries(&self) -> Vec<(Timestamp, u32)> {
+        let s = self.state.read();
+        let logged: RoaringBitmap = s.log.iter().map(|&(_, r)| r).collect();
+        let mut out: Vec<(Timestamp, u32)> = (&s.all - &logged).iter().map(|r| (0, r)).collect();
+        out.extend_from_slice(&s.log);
+        out
+    }
+
+    /// Replaces the contents with `entries` (any order), of which those at or before
+    /// `persisted` are durable. Only for a vector no reader or writer can see yet (a
+    /// compaction's output before it is installed).
+    pub fn reset(&self, entries: Vec<(Timestamp, u32)>, persisted: Timestamp) {
+        let fresh = DeleteVector::from_persisted(entries, persisted);
+        *self.state.write() = fresh.state.into_inner();
+    }
+
     /// Number of deleted rows at the latest snapshot.
     pub fn len(&self) -> u64 {
         self.state.read().all.len()

@@ -30,28 +30,68 @@ pub(crate) struct KeyIndex {
     filter: Option<BinaryFuse8>,
 }
 
-impl KeyIndex {
-    /// Builds the index of a segment whose (sorted) keys are `keys`.
-    pub fn build<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>, stride: u32) -> Self {
-        let rows = keys.len() as u64;
-        let mut samples = Vec::with_capacity(keys.len() / stride as usize + 1);
-        let mut hashes = Vec::with_capacity(keys.len());
-        for (i, k) in keys.enumerate() {
-            if i % stride as usize == 0 {
-                samples.push(k.into());
-            }
-            hashes.push(xxh3_64(k));
-        }
-        hashes.sort_unstable();
-        hashes.dedup();
-        // Construction fails only on pathological inputs; then every lookup reads the block.
-        let filter = BinaryFuse8::try_from(&hashes).ok();
-        KeyIndex {
+/// Collects a segment's keys as they are written, so that the index of a segment written in
+/// pieces (a compaction's output) never needs all its keys in memory: only the samples and an
+/// 8-byte hash per key.
+#[derive(Debug)]
+pub(crate) struct KeyIndexBuilder {
+    stride: u32,
+    rows: u64,
+    samples: Vec<Box<[u8]>>,
+    hashes: Vec<u64>,
+}
+
+impl KeyIndexBuilder {
+    pub fn new(stride: u32) -> Self {
+        KeyIndexBuilder {
             stride,
-            rows,
-            samples,
+            rows: 0,
+            samples: vec![],
+            hashes: vec![],
+        }
+    }
+
+    /// Adds the next key (keys arrive sorted).
+    pub fn push(&mut self, key: &[u8]) {
+        if self.rows.is_multiple_of(self.stride as u64) {
+            self.samples.push(key.into());
+        }
+        self.hashes.push(xxh3_64(key));
+        self.rows += 1;
+    }
+
+    /// Keys pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    pub fn finish(mut self) -> KeyIndex {
+        self.hashes.sort_unstable();
+        self.hashes.dedup();
+        // Construction fails only on pathological inputs; then every lookup reads the block.
+        let filter = BinaryFuse8::try_from(&self.hashes).ok();
+        KeyIndex {
+            stride: self.stride,
+            rows: self.rows,
+            samples: self.samples,
             filter,
         }
+    }
+}
+
+impl KeyIndex {
+    /// Builds the index of a segment whose (sorted) keys are `keys`.
+    #[cfg(test)]
+    pub fn build<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>, stride: u32) -> Self {
+        let mut b = KeyIndexBuilder::new(stride);
+        for k in keys {
+            b.push(k);
+        }
+        b.finish()
     }
 
     /// Whether `key` may be in the segment (false: certainly not).

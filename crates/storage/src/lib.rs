@@ -11,6 +11,7 @@
 //! - `segment`: immutable sorted runs, in memory after a freeze and in Parquet after a flush;
 //! - `keyindex`: per-segment key samples and filter, for point lookups and presence checks;
 //! - `dv`: deletion vectors with timestamps;
+//! - `compact`: merging segments (purging rows no snapshot can see);
 //! - `resolve`: finding a key's live copy and applying a batch (live writes and WAL replay);
 //! - `wal`: the write-ahead log files;
 //! - `store`: the sled metadata store (manifest, persisted deletions);
@@ -22,6 +23,7 @@
 
 mod bytelist;
 pub mod clock;
+mod compact;
 pub mod db;
 mod dv;
 pub mod error;
@@ -45,7 +47,7 @@ pub use error::{Result, StorageError};
 pub use options::{Durability, SegmentCompression, TabletOptions};
 pub use predicate::{CmpOp, Predicate};
 pub use scan::{ScanRequest, TabletScan, DEFAULT_BATCH_ROWS};
-pub use tablet::{Tablet, TabletStats};
+pub use tablet::{CompactionReport, Tablet, TabletStats};
 pub use write::{BatchBuilder, RowError, RowErrorKind, WriteBatch, WriteOp, WriteOutcome};
 
 pub use nyala_common::{ColumnSchema, DataType, Schema, Value};

@@ -69,7 +69,9 @@ pub struct TabletScan {
     batch_size: usize,
     remaining: Option<usize>,
     sources: VecDeque<Source>,
-    current: Option<(BatchIter, Option<usize>)>,
+    /// The segment being read (pinned, so that its files outlive a compaction that replaces
+    /// it until this scan is done with them), its batches, and its timestamp column.
+    current: Option<(BatchIter, Option<usize>, Arc<Segment>)>,
     buffer_cursor: BufferCursor,
     ready: VecDeque<RecordBatch>,
     segments_read: usize,
@@ -251,7 +253,7 @@ impl TabletScan {
             if let Some(b) = self.ready.pop_front() {
                 return Some(Ok(b));
             }
-            if let Some((iter, ts_col)) = &mut self.current {
+            if let Some((iter, ts_col, _)) = &mut self.current {
                 let ts_col = *ts_col;
                 match iter.next() {
                     Some(Ok(b)) => match self.finish_batch(b, ts_col) {
@@ -292,7 +294,7 @@ impl TabletScan {
                         self.snapshot,
                         self.batch_size,
                     ) {
-                        Ok(iter) => self.current = Some((iter, ts_col)),
+                        Ok(iter) => self.current = Some((iter, ts_col, seg)),
                         Err(e) => return Some(Err(e)),
                     }
                 }

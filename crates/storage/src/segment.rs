@@ -39,7 +39,7 @@ use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
-use crate::keyindex::KeyIndex;
+use crate::keyindex::{KeyIndex, KeyIndexBuilder};
 use crate::memtable::MemTable;
 use crate::options::{SegmentCompression, TabletOptions};
 use crate::predicate::{BoundPredicate, KeyRange};
@@ -142,6 +142,11 @@ pub(crate) fn new_key_block_cache(bytes: u64) -> KeyBlockCache {
 
 #[derive(Debug)]
 struct DiskSegment {
+    /// The Parquet file and the key index.
+    paths: (PathBuf, PathBuf),
+    /// Set when a compaction replaced the segment: the last reader to let go deletes the
+    /// files (a crash before that leaves them unlisted, and recovery deletes them).
+    retired: std::sync::atomic::AtomicBool,
     bytes: Bytes,
     reader_meta: ArrowReaderMetadata,
     index: KeyIndex,
@@ -163,6 +168,18 @@ pub(crate) struct Segment {
     pub meta: SegmentMeta,
     pub dv: Arc<DeleteVector>,
     data: SegmentData,
+}
+
+impl Drop for DiskSegment {
+    fn drop(&mut self) {
+        if self.retired.load(std::sync::atomic::Ordering::Acquire) {
+            for p in [&self.paths.0, &self.paths.1] {
+                if let Err(e) = std::fs::remove_file(p) {
+                    tracing::warn!(file = %p.display(), error = %e, "could not delete a replaced segment file");
+                }
+            }
+        }
+    }
 }
 
 /// Where each column a reader asks for comes from in one segment.
@@ -280,6 +297,13 @@ impl Segment {
         }))
     }
 
+    /// Marks an on-disk segment replaced: its files are deleted once no reader holds it.
+    pub fn retire(&self) {
+        if let SegmentData::Disk(d) = &self.data {
+            d.retired.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Whether this segment is still only in memory.
     pub fn is_in_memory(&self) -> bool {
         matches!(self.data, SegmentData::Memory { .. })
@@ -292,27 +316,25 @@ impl Segment {
     pub fn write_to_disk(
         &self,
         dir: &Path,
-        schema: &Schema,
+        codec: &Arc<RowCodec>,
         opts: &TabletOptions,
     ) -> Result<Segment> {
         let SegmentData::Memory { batch, keys } = &self.data else {
             return Err(StorageError::Corrupt("segment is already on disk".into()));
         };
-        let (pq, kix) = segment_paths(dir, self.meta.id);
-        let tmp = pq.with_extension("parquet.tmp");
-        let props = writer_properties(schema, opts)?;
-        let file = write_parquet(File::create(&tmp)?, batch, props, opts.row_group_rows)?;
-        file.sync_all()?;
-        drop(file);
-        let ktmp = kix.with_extension("kix.tmp");
-        let index = KeyIndex::build((0..keys.len()).map(|i| keys.get(i)), opts.page_rows as u32);
-        index.write_to(&ktmp)?;
-        std::fs::rename(&ktmp, &kix)?;
-        std::fs::rename(&tmp, &pq)?;
-        File::open(dir)?.sync_all()?;
-        let mut meta = self.meta.clone();
-        meta.file_bytes = std::fs::metadata(&pq)?.len();
-        Segment::open_with_index(dir, meta, self.dv.clone(), index)
+        let mut w = SegmentWriter::create(dir, self.meta.id, codec, opts)?;
+        w.push(batch, keys.iter())?;
+        let seg = w
+            .finish(self.dv.clone())?
+            .ok_or_else(|| StorageError::Corrupt("an in-memory segment has no rows".into()))?;
+        debug_assert_eq!(
+            SegmentMeta {
+                file_bytes: 0,
+                ..seg.meta.clone()
+            },
+            self.meta
+        );
+        Ok(seg)
     }
 
     /// Opens an on-disk segment named by the manifest.
@@ -328,8 +350,8 @@ impl Segment {
         dv: Arc<DeleteVector>,
         index: KeyIndex,
     ) -> Result<Segment> {
-        let (parquet_path, _) = segment_paths(dir, meta.id);
-        let file = File::open(&parquet_path)?;
+        let paths = segment_paths(dir, meta.id);
+        let file = File::open(&paths.0)?;
         // SAFETY: segment files are never modified after they are renamed into place (they are
         // only ever deleted, and unlinking keeps a mapping valid), so the mapping is immutable.
         let map = unsafe { memmap2::Mmap::map(&file)? };
@@ -354,6 +376,8 @@ impl Segment {
             meta,
             dv,
             data: SegmentData::Disk(DiskSegment {
+                paths,
+                retired: Default::default(),
                 bytes,
                 reader_meta,
                 index,
@@ -657,30 +681,143 @@ impl Segment {
 /// as a decoded-then-filtered mask (see `Segment::scan`).
 const MASK_BELOW_RUN_ROWS: usize = 1024;
 
-/// Writes `batch` as Parquet, encoding the columns of each row group on all cores (the flush
-/// is otherwise bound by one core's encoding and compression speed).
-fn write_parquet(
-    file: File,
-    batch: &RecordBatch,
-    props: WriterProperties,
+/// Writes a new segment from rows arriving in (key, timestamp descending) order, a row group
+/// at a time, so that a compaction's output never has to be in memory whole. The files go to
+/// temporary names and are synced and renamed into place by [`SegmentWriter::finish`];
+/// whatever a crash leaves behind is unlisted, and recovery deletes it.
+pub(crate) struct SegmentWriter {
+    id: u64,
+    dir: PathBuf,
+    tmp: PathBuf,
+    codec: Arc<RowCodec>,
+    writer: parquet::file::writer::SerializedFileWriter<File>,
+    factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
     row_group_rows: usize,
-) -> Result<File> {
-    let schema = batch.schema();
-    let (mut writer, factory) =
-        ArrowWriter::try_new(file, schema.clone(), Some(props))?.into_serialized_writer()?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
-    let mut start = 0;
-    let mut row_group = 0;
-    while start < batch.num_rows() {
-        let len = row_group_rows.max(1).min(batch.num_rows() - start);
-        let slice = batch.slice(start, len);
+    row_groups: usize,
+    /// Rows pushed but not yet encoded (less than a row group, except transiently).
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    index: KeyIndexBuilder,
+    min_key: Vec<u8>,
+    max_key: Vec<u8>,
+    min_ts: Timestamp,
+    max_ts: Timestamp,
+    key_bounds: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl SegmentWriter {
+    /// Starts segment `id` in `dir` with the columns of `codec`'s schema (plus the timestamp).
+    pub fn create(
+        dir: &Path,
+        id: u64,
+        codec: &Arc<RowCodec>,
+        opts: &TabletOptions,
+    ) -> Result<Self> {
+        let (pq, _) = segment_paths(dir, id);
+        let tmp = pq.with_extension("parquet.tmp");
+        let schema = segment_schema(codec.schema().arrow_schema());
+        let props = writer_properties(codec.schema(), opts)?;
+        let (writer, factory) =
+            ArrowWriter::try_new(File::create(&tmp)?, schema.clone(), Some(props))?
+                .into_serialized_writer()?;
+        Ok(SegmentWriter {
+            id,
+            dir: dir.to_path_buf(),
+            tmp,
+            codec: codec.clone(),
+            writer,
+            factory,
+            schema,
+            row_group_rows: opts.row_group_rows.max(1),
+            row_groups: 0,
+            pending: vec![],
+            pending_rows: 0,
+            index: KeyIndexBuilder::new(opts.page_rows as u32),
+            min_key: vec![],
+            max_key: vec![],
+            min_ts: Timestamp::MAX,
+            max_ts: 0,
+            key_bounds: vec![],
+        })
+    }
+
+    /// Appends rows (the segment schema: table columns, then the timestamp) whose encoded keys
+    /// are `keys`. They must sort after every row pushed before.
+    pub fn push<'a>(
+        &mut self,
+        batch: &RecordBatch,
+        keys: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        debug_assert_eq!(keys.len(), batch.num_rows());
+        for (i, k) in keys.enumerate() {
+            if i == 0 && self.index.is_empty() {
+                self.min_key = k.to_vec();
+            }
+            self.index.push(k);
+            if i == batch.num_rows() - 1 {
+                self.max_key = k.to_vec();
+            }
+        }
+        let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
+        for t in ts.values() {
+            self.min_ts = self.min_ts.min(*t as u64);
+            self.max_ts = self.max_ts.max(*t as u64);
+        }
+        let bounds = key_bounds(&self.codec, batch)?;
+        if self.key_bounds.is_empty() {
+            self.key_bounds = bounds;
+        } else {
+            for ((lo, hi), (l, h)) in self.key_bounds.iter_mut().zip(bounds) {
+                if l < *lo {
+                    *lo = l;
+                }
+                if h > *hi {
+                    *hi = h;
+                }
+            }
+        }
+        self.pending.push(batch.clone());
+        self.pending_rows += batch.num_rows();
+        self.encode_full_row_groups(false)
+    }
+
+    /// Encodes pending rows a row group at a time: only whole row groups unless `all`.
+    fn encode_full_row_groups(&mut self, all: bool) -> Result<()> {
+        while self.pending_rows > 0 && (all || self.pending_rows >= self.row_group_rows) {
+            let batch = if self.pending.len() == 1 {
+                self.pending.pop().unwrap()
+            } else {
+                concat_batches(&self.schema, &std::mem::take(&mut self.pending))?
+            };
+            let len = self.row_group_rows.min(batch.num_rows());
+            self.encode_row_group(&batch.slice(0, len))?;
+            self.pending_rows -= len;
+            if len < batch.num_rows() {
+                self.pending = vec![batch.slice(len, batch.num_rows() - len)];
+            } else {
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one row group, encoding its columns on all cores (a flush is otherwise bound by
+    /// one core's encoding and compression speed).
+    fn encode_row_group(&mut self, slice: &RecordBatch) -> Result<()> {
+        let schema = &self.schema;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
         // Every Nyala type is a flat column: one Parquet leaf per Arrow column.
         let mut groups: Vec<Vec<(usize, ArrowColumnWriter)>> =
             (0..threads).map(|_| vec![]).collect();
-        for (i, w) in factory
-            .create_column_writers(row_group)?
+        for (i, w) in self
+            .factory
+            .create_column_writers(self.row_groups)?
             .into_iter()
             .enumerate()
         {
@@ -690,7 +827,6 @@ fn write_parquet(
             let handles: Vec<_> = groups
                 .into_iter()
                 .map(|group| {
-                    let (slice, schema) = (&slice, &schema);
                     scope.spawn(move || -> Result<Vec<(usize, ArrowColumnChunk)>> {
                         let mut out = Vec::with_capacity(group.len());
                         for (i, mut w) in group {
@@ -721,17 +857,55 @@ fn write_parquet(
                 chunks[i] = Some(chunk);
             }
         }
-        let mut rg = writer.next_row_group()?;
+        let mut rg = self.writer.next_row_group()?;
         for chunk in chunks {
             chunk
                 .ok_or_else(|| StorageError::Corrupt("a column was not encoded".into()))?
                 .append_to_row_group(&mut rg)?;
         }
         rg.close()?;
-        start += len;
-        row_group += 1;
+        self.row_groups += 1;
+        Ok(())
     }
-    Ok(writer.into_inner()?)
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.index.rows()
+    }
+
+    /// Finishes the files, syncs them, renames them into place and opens the segment with
+    /// deletion vector `dv`. `None` (and no files) if no row was pushed.
+    pub fn finish(mut self, dv: Arc<DeleteVector>) -> Result<Option<Segment>> {
+        if self.index.is_empty() {
+            drop(self.writer);
+            std::fs::remove_file(&self.tmp)?;
+            return Ok(None);
+        }
+        self.encode_full_row_groups(true)?;
+        let file = self.writer.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        let (pq, kix) = segment_paths(&self.dir, self.id);
+        let ktmp = kix.with_extension("kix.tmp");
+        let rows = self.index.rows();
+        let index = self.index.finish();
+        index.write_to(&ktmp)?;
+        std::fs::rename(&ktmp, &kix)?;
+        std::fs::rename(&self.tmp, &pq)?;
+        File::open(&self.dir)?.sync_all()?;
+        let meta = SegmentMeta {
+            id: self.id,
+            rows,
+            min_key: self.min_key,
+            max_key: self.max_key,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            file_bytes: std::fs::metadata(&pq)?.len(),
+            key_bounds: self.key_bounds,
+            column_ids: self.codec.schema().columns().iter().map(|c| c.id).collect(),
+        };
+        Segment::open_with_index(&self.dir, meta, dv, index).map(Some)
+    }
 }
 
 /// Parquet settings of a segment.

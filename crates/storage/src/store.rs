@@ -132,7 +132,23 @@ impl MetaStore {
         manifest: &Manifest,
         dvs: &[(u64, Vec<(Timestamp, u32)>)],
     ) -> Result<()> {
+        self.checkpoint_retiring(manifest, dvs, &[])
+    }
+
+    /// [`MetaStore::checkpoint`] that also forgets the deletions of segments `retired` (which
+    /// `manifest` no longer lists), in the same atomic batch.
+    pub fn checkpoint_retiring(
+        &self,
+        manifest: &Manifest,
+        dvs: &[(u64, Vec<(Timestamp, u32)>)],
+        retired: &[u64],
+    ) -> Result<()> {
         let mut batch = sled::Batch::default();
+        for &segment in retired {
+            for r in self.tree.scan_prefix(dv_prefix(segment)) {
+                batch.remove(r?.0);
+            }
+        }
         batch.insert(MANIFEST_KEY, encode_manifest(manifest)?);
         for (segment, entries) in dvs.iter().filter(|(_, e)| !e.is_empty()) {
             let mut key = dv_prefix(*segment).to_vec();

@@ -73,6 +73,23 @@ struct WriterState {
     pending: Vec<PendingFlush>,
 }
 
+/// What one compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments merged.
+    pub input_segments: usize,
+    /// Rows read, including deleted ones.
+    pub input_rows: u64,
+    /// Bytes of the input files.
+    pub input_bytes: u64,
+    /// Rows written (0 if every input row was purged).
+    pub output_rows: u64,
+    /// Bytes of the new file.
+    pub output_bytes: u64,
+    /// Rows purged: deleted or superseded at or before the history horizon.
+    pub purged_rows: u64,
+}
+
 /// Counters and gauges of one tablet, for monitoring and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TabletStats {
@@ -127,6 +144,8 @@ struct Inner {
     writer: Mutex<WriterState>,
     sync_lock: Mutex<()>,
     flush_lock: Mutex<()>,
+    /// One compaction at a time per tablet (flushes carry on meanwhile).
+    compact_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     flush_signal: Arc<FlushSignal>,
 }
@@ -292,6 +311,7 @@ impl Tablet {
             }),
             sync_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             flush_signal: Arc::new(FlushSignal::default()),
         });
@@ -372,7 +392,7 @@ impl Tablet {
                     })?;
                     Some(Arc::new(mem.write_to_disk(
                         &inner.segment_dir,
-                        v.codec.schema(),
+                        &v.codec,
                         &inner.opts,
                     )?))
                 }
@@ -483,6 +503,25 @@ impl Tablet {
     /// and moves the checkpoint. Safe to call at any time; writers and readers carry on.
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+
+    /// Merges every on-disk segment into one, purging rows deleted or superseded before the
+    /// history horizon. Writers and readers carry on meanwhile. A maintenance tool and a test
+    /// hook: background maintenance merges within an IO budget instead.
+    pub fn compact_all(&self) -> Result<CompactionReport> {
+        let ids: Vec<u64> = self
+            .inner
+            .version
+            .load()
+            .segments
+            .iter()
+            .filter(|s| !s.is_in_memory())
+            .map(|s| s.meta.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(CompactionReport::default());
+        }
+        self.inner.compact(&ids)
     }
 
     /// Current counters and gauges.
@@ -741,7 +780,7 @@ impl Inner {
                     })?;
                     Some(Arc::new(mem.write_to_disk(
                         &self.segment_dir,
-                        v.codec.schema(),
+                        &v.codec,
                         &self.opts,
                     )?))
                 }
@@ -749,6 +788,162 @@ impl Inner {
             self.install(written, upto)?;
             self.wal.remove_upto(upto)?;
         }
+    }
+
+    /// Merges on-disk segments `ids` into one new segment (see `compact.rs`) and installs it.
+    ///
+    /// 1. Under the writer lock: pin the inputs, reserve an id, choose the horizon (as a freeze
+    ///    does: never past the latest published snapshot; and never past the checkpoint).
+    /// 2. No lock: merge, dropping rows deleted at or before the horizon; write, sync, rename.
+    /// 3. Under the writer lock: carry every deletion of a kept input row (those made during
+    ///    step 2 too) to its output row; one atomic metadata batch writes the manifest without
+    ///    the inputs and with the output, the output's deletions up to the checkpoint, and
+    ///    forgets the inputs' deletions; then the horizon is raised and the version published.
+    ///    The inputs' files go when their last reader does.
+    ///
+    /// A crash before step 3's batch leaves the old manifest (the output files are unlisted
+    /// and deleted on recovery); after it, the new one. Deletions after the checkpoint are not
+    /// persisted by either: WAL replay re-derives them against whichever segments are listed.
+    fn compact(&self, ids: &[u64]) -> Result<CompactionReport> {
+        let _c = self.compact_lock.lock();
+        let (codec, inputs, id, horizon) = {
+            let mut w = self.writer.lock();
+            self.check_poisoned()?;
+            let v = self.version.load_full();
+            let inputs = ids
+                .iter()
+                .map(|id| {
+                    v.segments
+                        .iter()
+                        .find(|s| s.meta.id == *id && !s.is_in_memory())
+                        .cloned()
+                        .ok_or_else(|| {
+                            StorageError::InvalidInput(format!(
+                                "no on-disk segment {id} to compact"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let id = w.next_segment_id;
+            w.next_segment_id += 1;
+            // Rows deleted after the checkpoint must stay: recovery replays those deletions
+            // (from the WAL) against the listed segments, so the rows must be there.
+            let horizon = self
+                .history_cutoff()
+                .min(self.visible.load(Ordering::Acquire))
+                .max(self.horizon.load(Ordering::Acquire))
+                .min(w.checkpoint_ts);
+            (v.codec.clone(), inputs, id, horizon)
+        };
+        let merged = match crate::compact::merge(
+            &inputs,
+            &codec,
+            horizon,
+            &self.segment_dir,
+            id,
+            &self.opts,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                // Leftovers would only be deleted at the next open.
+                let (pq, kix) = crate::segment::segment_paths(&self.segment_dir, id);
+                for p in [
+                    pq.with_extension("parquet.tmp"),
+                    kix.with_extension("kix.tmp"),
+                    pq,
+                    kix,
+                ] {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        let w = self.writer.lock();
+        if let Err(e) = self.check_poisoned() {
+            if let Some(out) = &merged.segment {
+                out.retire();
+            }
+            return Err(e);
+        }
+        let v = self.version.load_full();
+        let checkpoint = w.checkpoint_ts;
+        let mut carried = Vec::new();
+        for (input, pos) in inputs.iter().zip(&merged.positions) {
+            for (ts, row) in input.dv.entries() {
+                let to = pos[row as usize];
+                if to != crate::compact::DROPPED {
+                    carried.push((ts, to));
+                }
+            }
+        }
+        let output = merged.segment.map(Arc::new);
+        let mut persisted_now = Vec::new();
+        if let Some(out) = &output {
+            persisted_now = carried
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t <= checkpoint)
+                .collect();
+            out.dv.reset(carried, checkpoint);
+        }
+        let first = v
+            .segments
+            .iter()
+            .position(|s| s.meta.id == ids[0])
+            .ok_or_else(|| StorageError::Corrupt(format!("segment {} vanished", ids[0])))?;
+        let mut segments = Vec::with_capacity(v.segments.len());
+        for (i, s) in v.segments.iter().enumerate() {
+            if i == first {
+                segments.extend(output.clone());
+            }
+            if !ids.contains(&s.meta.id) {
+                segments.push(s.clone());
+            }
+        }
+        let new_horizon = self.horizon.load(Ordering::Acquire).max(horizon);
+        let manifest = Manifest {
+            format: Manifest::new(v.codec.schema().def().clone()).format,
+            schema: v.codec.schema().def().clone(),
+            next_segment_id: w.next_segment_id,
+            checkpoint_ts: checkpoint,
+            history_horizon: new_horizon,
+            segments: segments
+                .iter()
+                .filter(|s| !s.is_in_memory())
+                .map(|s| s.meta.clone())
+                .collect(),
+        };
+        let dvs: Vec<(u64, Vec<(Timestamp, u32)>)> = output
+            .iter()
+            .map(|o| (o.meta.id, persisted_now.clone()))
+            .collect();
+        if let Err(e) = self.store.checkpoint_retiring(&manifest, &dvs, ids) {
+            if let Some(out) = &output {
+                out.retire();
+            }
+            return Err(e);
+        }
+        // Rows superseded at or before `horizon` are gone: raise it before readers can load
+        // the new version (they re-check their snapshot after loading one).
+        self.horizon.fetch_max(horizon, Ordering::AcqRel);
+        self.version.store(Arc::new(Version {
+            codec: v.codec.clone(),
+            memtable: v.memtable.clone(),
+            segments,
+        }));
+        for s in &inputs {
+            s.retire();
+        }
+        let report = CompactionReport {
+            input_segments: inputs.len(),
+            input_rows: inputs.iter().map(|s| s.meta.rows).sum(),
+            input_bytes: inputs.iter().map(|s| s.meta.file_bytes).sum(),
+            output_rows: output.as_ref().map_or(0, |o| o.meta.rows),
+            output_bytes: output.as_ref().map_or(0, |o| o.meta.file_bytes),
+            purged_rows: merged.dropped_rows,
+        };
+        tracing::debug!(?report, "compacted segments");
+        Ok(report)
     }
 
     /// Turns the write buffer into an in-memory segment and starts a fresh buffer.

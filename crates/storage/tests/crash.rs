@@ -16,10 +16,12 @@ use rand::Rng;
 
 const KEYS_PER_BATCH: i64 = 10;
 
-/// Options that make flushes (foreground and background) frequent.
+/// Options that make flushes (foreground and background) frequent, and keep no history, so
+/// that compactions purge.
 fn crash_opts() -> TabletOptions {
     TabletOptions {
         flush_threshold_bytes: Some(16 * 1024),
+        history_retention: Duration::ZERO,
         ..test_opts()
     }
 }
@@ -85,11 +87,19 @@ fn crash_child_writer() {
     };
     let start: i64 = std::env::var("NYALA_CRASH_START").unwrap().parse().unwrap();
     let dir = Path::new(&dir);
-    let t = if start == 0 {
+    let t = std::sync::Arc::new(if start == 0 {
         Tablet::create(dir, &kv_schema(), crash_opts()).unwrap()
     } else {
         Tablet::open(dir, crash_opts()).unwrap()
-    };
+    });
+    // Compactions run all the time, so kills land in every phase of one.
+    let c = t.clone();
+    std::thread::spawn(move || loop {
+        if c.compact_all().unwrap().input_segments > 1 {
+            println!("compacted");
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    });
     println!("ready");
     for b in start.. {
         let out = t.write(&batch(&t, b)).unwrap();
@@ -106,6 +116,7 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut next = 0i64; // first batch not known to be in the tablet
+    let mut compactions = 0;
     let rounds = 12;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -150,6 +161,7 @@ fn acknowledged_writes_survive_sigkill() {
                 acked_before_kill = Some(n.parse::<i64>().unwrap());
                 break;
             }
+            compactions += (line == "compacted") as usize;
         }
         assert!(
             acked_before_kill.is_some(),
@@ -163,6 +175,7 @@ fn acknowledged_writes_survive_sigkill() {
             if let Some(n) = line.strip_prefix("ack ") {
                 acked = n.parse().unwrap();
             }
+            compactions += (line == "compacted") as usize;
         }
         // Reopen: everything acknowledged is there; the in-flight batch is all or nothing.
         let t = Tablet::open(dir.path(), crash_opts()).unwrap();
@@ -189,8 +202,18 @@ fn acknowledged_writes_survive_sigkill() {
                 "round {round}: get {id}"
             );
         }
+        // Nothing but the listed segments' files is left (unfinished or replaced ones are gone).
+        let files = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            files,
+            2 * t.stats().segments,
+            "round {round}: segment files"
+        );
         next = n;
         drop(t);
     }
     assert!(next >= rounds, "every round made progress ({next} batches)");
+    assert!(compactions > 0, "segments were merged while the writer ran");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use nyala_storage::{BatchBuilder, RowErrorKind, Tablet, Timestamp, Value, WriteOp};
+use nyala_storage::{BatchBuilder, RowErrorKind, Tablet, TabletOptions, Timestamp, Value, WriteOp};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -17,6 +17,8 @@ enum Action {
         rows: Vec<(WriteOp, i64, Option<String>, Option<i32>)>,
     },
     Flush,
+    /// Merge every on-disk segment (purging nothing: the tests keep a day of history).
+    Compact,
     Reopen,
     /// Check a past snapshot (index into the history, modulo its length).
     Snapshot(usize),
@@ -37,6 +39,7 @@ fn action() -> impl Strategy<Value = Action> {
         8 => (any::<bool>(), prop::collection::vec(row, 1..10))
             .prop_map(|(partial, rows)| Action::Write { partial, rows }),
         2 => Just(Action::Flush),
+        1 => Just(Action::Compact),
         1 => Just(Action::Reopen),
         2 => any::<usize>().prop_map(Action::Snapshot),
     ]
@@ -77,8 +80,15 @@ fn apply_model(
 }
 
 fn run(actions: Vec<Action>) {
+    run_with(actions, test_opts())
+}
+
+/// Runs `actions`; with no history retention (so flushes and compactions purge superseded
+/// rows), past snapshots are not checked: they are gone by design.
+fn run_with(actions: Vec<Action>, opts: TabletOptions) {
+    let keep_history = !opts.history_retention.is_zero();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Some(create(dir.path()));
+    let mut t = Some(Tablet::create(dir.path(), &kv_schema(), opts.clone()).unwrap());
     let mut model = Model::new();
     let mut history: Vec<(Timestamp, Model)> = Vec::new();
     for a in actions {
@@ -111,12 +121,22 @@ fn run(actions: Vec<Action>) {
                 history.push((out.timestamp, model.clone()));
             }
             Action::Flush => tab.flush().unwrap(),
+            Action::Compact => {
+                tab.compact_all().unwrap();
+                let stats = tab.stats();
+                assert!(stats.segments <= 1, "{stats:?}");
+                let last_write = history.last().map_or(0, |(ts, _)| *ts);
+                if !keep_history && stats.checkpoint_timestamp >= last_write {
+                    // Every deletion is in the checkpoint and no history is kept: all purged.
+                    assert_eq!(stats.deleted_rows, 0, "{stats:?}");
+                }
+            }
             Action::Reopen => {
                 drop(t.take());
-                t = Some(Tablet::open(dir.path(), test_opts()).unwrap());
+                t = Some(Tablet::open(dir.path(), opts.clone()).unwrap());
             }
             Action::Snapshot(i) => {
-                if !history.is_empty() {
+                if keep_history && !history.is_empty() {
                     let (ts, m) = &history[i % history.len()];
                     assert_eq!(&scan_all(tab, Some(*ts)), m, "scan at snapshot {ts}");
                     for id in [0i64, 5, 11, 23] {
@@ -147,6 +167,11 @@ proptest! {
     #[test]
     fn tablet_matches_model(actions in prop::collection::vec(action(), 1..80)) {
         run(actions);
+    }
+
+    #[test]
+    fn tablet_matches_model_when_history_is_purged(actions in prop::collection::vec(action(), 1..80)) {
+        run_with(actions, TabletOptions { history_retention: std::time::Duration::ZERO, ..test_opts() });
     }
 }
 
