@@ -39,10 +39,12 @@ fn db_opts(scan_threads: usize) -> DatabaseOptions {
     DatabaseOptions {
         tablet: TabletOptions {
             flush_threshold_bytes: None,
+            background_compaction: false,
             durability,
             ..TabletOptions::default()
         },
         scan_threads,
+        ..Default::default()
     }
 }
 

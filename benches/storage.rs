@@ -43,6 +43,7 @@ fn opts() -> TabletOptions {
 fn no_auto_flush() -> TabletOptions {
     TabletOptions {
         flush_threshold_bytes: None,
+        background_compaction: false,
         ..opts()
     }
 }

@@ -40,7 +40,10 @@ pub fn storage_status(e: &StorageError) -> Status {
         StorageError::DuplicateTable(_)
         | StorageError::DuplicateNamespace(_)
         | StorageError::AlreadyExists(_) => Status::already_exists(message),
-        StorageError::InUse(_) | StorageError::Poisoned(_) => Status::unavailable(message),
+        // UNAVAILABLE is gRPC's "retry later" code.
+        StorageError::InUse(_) | StorageError::Poisoned(_) | StorageError::Busy(_) => {
+            Status::unavailable(message)
+        }
         StorageError::Io(_)
         | StorageError::Sled(_)
         | StorageError::Parquet(_)

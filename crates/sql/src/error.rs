@@ -77,6 +77,7 @@ impl SqlError {
                 StorageError::Poisoned(_) => "58030", // io_error
                 StorageError::Io(_) | StorageError::Sled(_) => "58030",
                 StorageError::Corrupt(_) => "XX001", // data_corrupted
+                StorageError::Busy(_) => "53000",    // insufficient_resources
                 _ => "XX000",
             },
             SqlError::Cardinality(_) => "21000", // cardinality_violation

@@ -68,6 +68,10 @@ pub enum StorageError {
     /// Arrow rejected a computation.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// The write buffers are at the memory budget and flushes did not free memory in time:
+    /// nothing was written; the client may retry.
+    #[error("{0}")]
+    Busy(String),
     /// Persisted state does not decode: a bug or a damaged disk.
     #[error("corrupt tablet state: {0}")]
     Corrupt(String),

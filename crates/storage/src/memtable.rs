@@ -196,6 +196,9 @@ pub(crate) struct MemTable {
     tree: TreeIndex<Key, VersionChain>,
     bytes: AtomicUsize,
     versions: AtomicUsize,
+    /// When the first write since the buffer was started completed: the age that triggers a
+    /// background flush.
+    first_write: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl std::fmt::Debug for MemTable {
@@ -239,6 +242,16 @@ impl MemTable {
     /// Approximate memory held, in bytes.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records that a write completed (the first one starts the buffer's age).
+    pub fn note_write(&self) {
+        self.first_write.get_or_init(std::time::Instant::now);
+    }
+
+    /// Time since the first write into this buffer, if any.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.first_write.get().map(|t| t.elapsed())
     }
 
     /// Number of versions held.

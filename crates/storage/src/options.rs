@@ -48,6 +48,9 @@ pub struct TabletOptions {
     /// The write buffer is flushed in the background once it holds this many bytes
     /// (`None`: only explicit flushes).
     pub flush_threshold_bytes: Option<usize>,
+    /// Whether the maintenance manager merges and rewrites this tablet's segments on its own
+    /// (see `maintenance.rs`). Off only for tests that count segments.
+    pub background_compaction: bool,
     /// How long superseded row versions are kept for snapshot reads at past timestamps.
     pub history_retention: Duration,
     /// Rows per Parquet data page: a point lookup decodes about this many values per column.
@@ -94,6 +97,7 @@ impl Default for TabletOptions {
             max_row_bytes: 256 * 1024,
             max_batch_rows: 1_000_000,
             flush_threshold_bytes: Some(128 * 1024 * 1024),
+            background_compaction: true,
             history_retention: Duration::from_secs(15 * 60),
             page_rows: 4096,
             row_group_rows: 256 * 1024,

@@ -21,7 +21,7 @@
 //!    in-memory to on-disk hand-over.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -35,6 +35,10 @@ use nyala_common::{RowCodec, Schema, Value};
 use crate::clock::{Clock, Timestamp};
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
+use crate::maintenance::{
+    compaction_candidate, flush_candidate, BufferState, Candidate, Maintenance, MaintenanceOptions,
+    Op, SegmentState, Shared as MaintenanceShared,
+};
 use crate::memtable::MemTable;
 use crate::options::{Durability, TabletOptions};
 use crate::resolve::Resolver;
@@ -91,7 +95,7 @@ pub struct CompactionReport {
 }
 
 /// Counters and gauges of one tablet, for monitoring and tests.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TabletStats {
     /// Row versions in the write buffer.
     pub buffer_versions: usize,
@@ -113,6 +117,27 @@ pub struct TabletStats {
     pub latest_timestamp: Timestamp,
     /// Timestamp up to which all writes are in segments.
     pub checkpoint_timestamp: Timestamp,
+    /// About how many on-disk segments a key lookup considers (1.0: none overlap; see
+    /// `maintenance::average_segments_per_key`). What merging compactions bring down.
+    pub segments_per_key: f64,
+    /// Flushes since the tablet was opened, and the bytes of segment files they wrote.
+    pub flushes: u64,
+    pub bytes_flushed: u64,
+    /// Compactions since the tablet was opened, and the bytes of segment files they read.
+    pub compactions: u64,
+    pub bytes_compacted: u64,
+    /// Rows compactions purged (deleted or superseded before the history horizon).
+    pub rows_purged: u64,
+}
+
+/// Running totals behind [`TabletStats`].
+#[derive(Debug, Default)]
+struct TabletCounters {
+    flushes: AtomicU64,
+    bytes_flushed: AtomicU64,
+    compactions: AtomicU64,
+    bytes_compacted: AtomicU64,
+    rows_purged: AtomicU64,
 }
 
 impl TabletStats {
@@ -124,7 +149,16 @@ impl TabletStats {
     }
 }
 
-struct Inner {
+/// What a tablet shares with the other tablets of its process.
+#[derive(Clone, Debug)]
+pub(crate) struct TabletEnv {
+    /// One timestamp names one moment in every tablet.
+    pub clock: Arc<Clock>,
+    /// The maintenance manager: background flushes and compactions, the memory budget.
+    pub maintenance: Arc<MaintenanceShared>,
+}
+
+pub(crate) struct Inner {
     segment_dir: PathBuf,
     res: Resolver,
     opts: TabletOptions,
@@ -147,20 +181,26 @@ struct Inner {
     /// One compaction at a time per tablet (flushes carry on meanwhile).
     compact_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
-    flush_signal: Arc<FlushSignal>,
-}
-
-#[derive(Default)]
-struct FlushSignal {
-    wanted: Mutex<bool>,
-    cv: Condvar,
-    shutdown: AtomicBool,
+    maintenance: Arc<MaintenanceShared>,
+    /// Bytes this tablet charges to the process's memory budget (buffer plus frozen buffers).
+    charged: AtomicUsize,
+    /// Set when the tablet is closing: background work stops picking it.
+    closed: AtomicBool,
+    /// A background flush / compaction of this tablet is claimed by a worker.
+    flush_claimed: AtomicBool,
+    compact_claimed: AtomicBool,
+    /// Stops the async-durability syncer.
+    syncer_stop: Arc<(Mutex<bool>, Condvar)>,
+    counters: TabletCounters,
 }
 
 /// A tablet. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Tablet {
     inner: Arc<Inner>,
-    flusher: Option<JoinHandle<()>>,
+    /// Syncs the WAL at the interval of `Durability::Async`.
+    syncer: Option<JoinHandle<()>>,
+    /// A standalone tablet's own maintenance manager (a database's tablets share one).
+    _own_maintenance: Option<Maintenance>,
 }
 
 impl std::fmt::Debug for Tablet {
@@ -185,16 +225,25 @@ fn segment_dir(dir: &Path) -> PathBuf {
 
 impl Tablet {
     /// Creates a new, empty tablet in `dir` (which must not hold one already).
+    /// A standalone tablet runs its own maintenance manager with default settings (one
+    /// worker); the tablets of a [`crate::Database`] share the database's.
     pub fn create(dir: &Path, schema: &Schema, opts: TabletOptions) -> Result<Tablet> {
-        Tablet::create_with_clock(dir, schema, opts, Arc::default())
+        let own = standalone_maintenance()?;
+        let env = TabletEnv {
+            clock: Arc::default(),
+            maintenance: own.shared().clone(),
+        };
+        let mut t = Tablet::create_in(dir, schema, opts, &env)?;
+        t._own_maintenance = Some(own);
+        Ok(t)
     }
 
-    /// [`Tablet::create`] with timestamps from a clock shared with other tablets.
-    pub(crate) fn create_with_clock(
+    /// [`Tablet::create`] sharing a clock and maintenance manager with other tablets.
+    pub(crate) fn create_in(
         dir: &Path,
         schema: &Schema,
         opts: TabletOptions,
-        clock: Arc<Clock>,
+        env: &TabletEnv,
     ) -> Result<Tablet> {
         opts.validate()?;
         std::fs::create_dir_all(segment_dir(dir))?;
@@ -208,20 +257,24 @@ impl Tablet {
         store.create(&Manifest::new(schema.def().clone()))?;
         // Keep the store open: sled releases its directory lock from a background thread, so
         // closing and reopening it here could find it still locked.
-        Tablet::open_store_with_clock(dir, opts, clock, store)
+        Tablet::open_store(dir, opts, env, store)
     }
 
-    /// Opens the tablet in `dir`, recovering every acknowledged write.
+    /// Opens the tablet in `dir`, recovering every acknowledged write. Standalone, as with
+    /// [`Tablet::create`].
     pub fn open(dir: &Path, opts: TabletOptions) -> Result<Tablet> {
-        Tablet::open_with_clock(dir, opts, Arc::default())
+        let own = standalone_maintenance()?;
+        let env = TabletEnv {
+            clock: Arc::default(),
+            maintenance: own.shared().clone(),
+        };
+        let mut t = Tablet::open_in(dir, opts, &env)?;
+        t._own_maintenance = Some(own);
+        Ok(t)
     }
 
-    /// [`Tablet::open`] with timestamps from a clock shared with other tablets.
-    pub(crate) fn open_with_clock(
-        dir: &Path,
-        opts: TabletOptions,
-        clock: Arc<Clock>,
-    ) -> Result<Tablet> {
+    /// [`Tablet::open`] sharing a clock and maintenance manager with other tablets.
+    pub(crate) fn open_in(dir: &Path, opts: TabletOptions, env: &TabletEnv) -> Result<Tablet> {
         opts.validate()?;
         if !meta_dir(dir).exists() {
             return Err(StorageError::NotFound(format!(
@@ -230,15 +283,16 @@ impl Tablet {
             )));
         }
         let store = open_store(dir, &opts)?;
-        Tablet::open_store_with_clock(dir, opts, clock, store)
+        Tablet::open_store(dir, opts, env, store)
     }
 
-    fn open_store_with_clock(
+    fn open_store(
         dir: &Path,
         opts: TabletOptions,
-        clock: Arc<Clock>,
+        env: &TabletEnv,
         store: MetaStore,
     ) -> Result<Tablet> {
+        let clock = env.clock.clone();
         let manifest = store
             .load_manifest()?
             .ok_or_else(|| StorageError::NotFound(format!("no tablet in {}", dir.display())))?;
@@ -313,10 +367,26 @@ impl Tablet {
             flush_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
-            flush_signal: Arc::new(FlushSignal::default()),
+            maintenance: env.maintenance.clone(),
+            charged: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            flush_claimed: AtomicBool::new(false),
+            compact_claimed: AtomicBool::new(false),
+            syncer_stop: Arc::default(),
+            counters: TabletCounters::default(),
         });
-        let flusher = Some(spawn_flusher(&inner)?);
-        Ok(Tablet { inner, flusher })
+        // Replayed writes sit in the buffer: charge them.
+        inner.recharge();
+        let syncer = match inner.opts.durability {
+            Durability::Async { interval } => Some(spawn_syncer(&inner, interval)?),
+            Durability::Sync => None,
+        };
+        env.maintenance.register(Arc::downgrade(&inner));
+        Ok(Tablet {
+            inner,
+            syncer,
+            _own_maintenance: None,
+        })
     }
 
     /// The table schema this tablet stores (its current version).
@@ -528,6 +598,7 @@ impl Tablet {
     pub fn stats(&self) -> TabletStats {
         let v = self.inner.version.load_full();
         let w = self.inner.writer.lock();
+        let c = &self.inner.counters;
         TabletStats {
             buffer_versions: v.memtable.len(),
             buffer_bytes: v.memtable.bytes(),
@@ -539,6 +610,18 @@ impl Tablet {
             index_memory_bytes: v.segments.iter().map(|s| s.memory_bytes()).sum(),
             latest_timestamp: self.latest_timestamp(),
             checkpoint_timestamp: w.checkpoint_ts,
+            segments_per_key: crate::maintenance::average_segments_per_key(
+                &v.segments
+                    .iter()
+                    .filter(|s| !s.is_in_memory())
+                    .map(|s| &s.meta)
+                    .collect::<Vec<_>>(),
+            ),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            bytes_flushed: c.bytes_flushed.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
+            rows_purged: c.rows_purged.load(Ordering::Relaxed),
         }
     }
 
@@ -552,16 +635,33 @@ impl Tablet {
 
 impl Drop for Tablet {
     fn drop(&mut self) {
-        let sig = &self.inner.flush_signal;
-        sig.shutdown.store(true, Ordering::Release);
-        *sig.wanted.lock() = true;
-        sig.cv.notify_all();
-        if let Some(h) = self.flusher.take() {
+        let inner = &self.inner;
+        // No new background work; wait for any running one (they hold these locks).
+        inner.closed.store(true, Ordering::Release);
+        drop(inner.flush_lock.lock());
+        drop(inner.compact_lock.lock());
+        {
+            let (stop, cv) = &*inner.syncer_stop;
+            *stop.lock() = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.syncer.take() {
             let _ = h.join();
         }
         // Make async-durability writes durable on a clean close.
-        let _ = self.inner.wal.sync();
+        let _ = inner.wal.sync();
+        // Give the buffer's memory back to the budget.
+        let charged = inner.charged.swap(0, Ordering::AcqRel);
+        inner.maintenance.charge(-(charged as isize));
     }
+}
+
+/// The maintenance manager of a standalone tablet.
+fn standalone_maintenance() -> Result<Maintenance> {
+    Maintenance::start(MaintenanceOptions {
+        threads: 1,
+        ..MaintenanceOptions::default()
+    })
 }
 
 fn open_store(dir: &Path, opts: &TabletOptions) -> Result<MetaStore> {
@@ -589,58 +689,142 @@ fn remove_unlisted_files(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn spawn_flusher(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+/// The async-durability syncer: syncs the WAL at least every `interval`.
+fn spawn_syncer(inner: &Arc<Inner>, interval: Duration) -> Result<JoinHandle<()>> {
     let weak: Weak<Inner> = Arc::downgrade(inner);
-    let sig = inner.flush_signal.clone();
-    let tick = match inner.opts.durability {
-        Durability::Async { interval } => {
-            interval.clamp(Duration::from_millis(1), Duration::from_secs(1))
-        }
-        Durability::Sync => Duration::from_secs(1),
-    };
+    let stop = inner.syncer_stop.clone();
+    let tick = interval.clamp(Duration::from_millis(1), Duration::from_secs(1));
     std::thread::Builder::new()
-        .name("nyala-flush".into())
+        .name("nyala-sync".into())
         .spawn(move || loop {
             {
-                let mut wanted = sig.wanted.lock();
-                if !*wanted {
-                    sig.cv.wait_for(&mut wanted, tick);
+                let (stopped, cv) = &*stop;
+                let mut g = stopped.lock();
+                if !*g {
+                    cv.wait_for(&mut g, tick);
                 }
-                *wanted = false;
-            }
-            if sig.shutdown.load(Ordering::Acquire) {
-                return;
+                if *g {
+                    return;
+                }
             }
             let Some(inner) = weak.upgrade() else { return };
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.background_tick()));
-            if outcome.is_err() {
-                inner.poison(&StorageError::Corrupt(
-                    "the background flush thread panicked".into(),
-                ));
-                return;
+            if inner.poisoned.lock().is_some() {
+                continue;
+            }
+            let applied = inner.applied.load(Ordering::Acquire);
+            if let Err(e) = inner.sync_upto(applied) {
+                inner.poison(&e);
             }
         })
         .map_err(StorageError::Io)
 }
 
 impl Inner {
-    /// One round of background work: the async-durability sync, and a flush when needed.
-    fn background_tick(&self) {
-        if self.poisoned.lock().is_some() {
-            return;
+    /// Re-measures the bytes this tablet charges to the memory budget (the buffer and frozen
+    /// buffers awaiting their flush) and passes the change on.
+    fn recharge(&self) {
+        let v = self.version.load();
+        let now = v.memtable.bytes()
+            + v.segments
+                .iter()
+                .filter(|s| s.is_in_memory())
+                .map(|s| s.memory_bytes())
+                .sum::<usize>();
+        let before = self.charged.swap(now, Ordering::AcqRel);
+        if now != before {
+            self.maintenance.charge(now as isize - before as isize);
         }
-        if matches!(self.opts.durability, Durability::Async { .. }) {
-            let applied = self.applied.load(Ordering::Acquire);
-            if let Err(e) = self.sync_upto(applied) {
-                self.poison(&e);
-            }
+    }
+
+    /// What background maintenance this tablet could use now, with scores.
+    pub(crate) fn maintenance_candidates(
+        &self,
+        opts: &MaintenanceOptions,
+        used: usize,
+        compactions_allowed: bool,
+    ) -> Vec<Candidate> {
+        if self.closed.load(Ordering::Acquire) || self.poisoned.lock().is_some() {
+            return vec![];
         }
-        if self.opts.flush_threshold_bytes.is_some() && self.needs_flush() {
-            if let Err(e) = self.flush() {
-                tracing::warn!(error = %e, "background flush failed; will retry");
-            }
+        let mut out = vec![];
+        let v = self.version.load_full();
+        if self.opts.flush_threshold_bytes.is_some() && !self.flush_claimed.load(Ordering::Acquire)
+        {
+            let b = BufferState {
+                bytes: self.charged.load(Ordering::Acquire),
+                threshold: self.opts.flush_threshold_bytes,
+                age: v.memtable.age(),
+                wal_bytes: self.wal.size_on_disk(),
+                pending: v.segments.iter().any(|s| s.is_in_memory()),
+            };
+            out.extend(flush_candidate(&b, opts, used));
         }
+        if self.opts.background_compaction
+            && compactions_allowed
+            && !self.compact_claimed.load(Ordering::Acquire)
+        {
+            let purge_at = self.purge_horizon();
+            let states: Vec<SegmentState<'_>> = v
+                .segments
+                .iter()
+                .filter(|s| !s.is_in_memory())
+                .map(|s| SegmentState {
+                    meta: &s.meta,
+                    purgeable_rows: if s.dv.len() == 0 {
+                        0
+                    } else {
+                        s.dv.deleted_at(purge_at).map_or(0, |d| d.len())
+                    },
+                })
+                .collect();
+            out.extend(compaction_candidate(&states, opts));
+        }
+        out
+    }
+
+    /// Marks `op` as taken by a worker; false if one already has it.
+    pub(crate) fn claim(&self, op: &Op) -> bool {
+        let flag = match op {
+            Op::Flush => &self.flush_claimed,
+            Op::Compact(_) => &self.compact_claimed,
+        };
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn release(&self, op: &Op) {
+        match op {
+            Op::Flush => self.flush_claimed.store(false, Ordering::Release),
+            Op::Compact(_) => self.compact_claimed.store(false, Ordering::Release),
+        }
+    }
+
+    /// Runs a background operation (a worker claimed it).
+    pub(crate) fn run_maintenance(&self, op: &Op) -> Result<Option<CompactionReport>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        match op {
+            Op::Flush => self.flush().map(|()| None),
+            Op::Compact(ids) => self.compact(ids).map(Some),
+        }
+    }
+
+    /// A background operation panicked: nothing may build on what it left.
+    pub(crate) fn poison_from_maintenance(&self) {
+        self.poison(&StorageError::Corrupt(
+            "a background maintenance operation panicked".into(),
+        ));
+    }
+
+    /// Rows deleted at or before this timestamp can be purged: no readable snapshot sees them
+    /// and recovery never replays their deletion (see `compact`).
+    fn purge_horizon(&self) -> Timestamp {
+        let checkpoint = self.writer.lock().checkpoint_ts;
+        self.history_cutoff()
+            .min(self.visible.load(Ordering::Acquire))
+            .max(self.horizon.load(Ordering::Acquire))
+            .min(checkpoint)
     }
 
     fn check_snapshot(&self, snapshot: Timestamp) -> Result<()> {
@@ -673,14 +857,6 @@ impl Inner {
         }
     }
 
-    fn needs_flush(&self) -> bool {
-        let v = self.version.load();
-        self.opts
-            .flush_threshold_bytes
-            .is_some_and(|t| v.memtable.bytes() >= t)
-            || v.segments.iter().any(|s| s.is_in_memory())
-    }
-
     fn write(&self, mut vb: ValidatedBatch) -> Result<WriteOutcome> {
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
@@ -688,6 +864,7 @@ impl Inner {
                 ..Default::default()
             });
         }
+        self.maintenance.admit_write()?;
         let record = encode_wal_record(&vb)?;
         let outcome = {
             let _w = self.writer.lock();
@@ -724,13 +901,15 @@ impl Inner {
             self.sync_upto(ts).inspect_err(|e| self.poison(e))?;
         }
         self.visible.fetch_max(ts, Ordering::AcqRel);
+        let v = self.version.load();
+        v.memtable.note_write();
+        self.recharge();
         if self
             .opts
             .flush_threshold_bytes
-            .is_some_and(|t| self.version.load().memtable.bytes() >= t)
+            .is_some_and(|t| v.memtable.bytes() >= t)
         {
-            *self.flush_signal.wanted.lock() = true;
-            self.flush_signal.cv.notify_one();
+            self.maintenance.wake();
         }
         Ok(outcome)
     }
@@ -785,7 +964,12 @@ impl Inner {
                     )?))
                 }
             };
+            let bytes = written.as_ref().map_or(0, |s| s.meta.file_bytes);
             self.install(written, upto)?;
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_flushed
+                .fetch_add(bytes, Ordering::Relaxed);
             self.wal.remove_upto(upto)?;
         }
     }
@@ -942,6 +1126,12 @@ impl Inner {
             output_bytes: output.as_ref().map_or(0, |o| o.meta.file_bytes),
             purged_rows: merged.dropped_rows,
         };
+        let c = &self.counters;
+        c.compactions.fetch_add(1, Ordering::Relaxed);
+        c.bytes_compacted
+            .fetch_add(report.input_bytes, Ordering::Relaxed);
+        c.rows_purged
+            .fetch_add(report.purged_rows, Ordering::Relaxed);
         tracing::debug!(?report, "compacted segments");
         Ok(report)
     }
@@ -1003,6 +1193,7 @@ impl Inner {
             memtable: Arc::new(MemTable::default()),
             segments,
         }));
+        self.recharge();
         Ok(())
     }
 
@@ -1054,6 +1245,7 @@ impl Inner {
         }));
         w.pending.remove(0);
         w.checkpoint_ts = upto;
+        self.recharge();
         Ok(())
     }
 }

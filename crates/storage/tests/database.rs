@@ -21,6 +21,7 @@ fn opts() -> DatabaseOptions {
     DatabaseOptions {
         tablet: test_opts(),
         scan_threads: 2,
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn open(dir: &Path) -> Database {
         DatabaseOptions {
             tablet: test_opts(),
             scan_threads: 2,
+            ..Default::default()
         },
     )
     .unwrap()

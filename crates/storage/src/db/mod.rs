@@ -27,8 +27,10 @@ use nyala_common::{ColumnSchema, RowCodec, Schema};
 
 use crate::clock::Clock;
 use crate::error::{Result, StorageError};
+use crate::maintenance::{Maintenance, MaintenanceOptions, MaintenanceStats};
 use crate::options::TabletOptions;
 use crate::tablet::Tablet;
+use crate::tablet::TabletEnv;
 
 use catalog::{CatalogFiles, CatalogState, TableMeta, TabletMeta};
 use names::{validate_identifier, TableName};
@@ -43,6 +45,8 @@ pub use table::{ScanPlan, Table, TableInfo, TableScan, TabletInfo, TabletScans};
 pub struct DatabaseOptions {
     /// Settings of every tablet.
     pub tablet: TabletOptions,
+    /// The background maintenance manager and the write buffers' memory budget.
+    pub maintenance: MaintenanceOptions,
     /// Threads one table scan uses to read tablets in parallel (default: the number of cores).
     pub scan_threads: usize,
 }
@@ -51,6 +55,7 @@ impl Default for DatabaseOptions {
     fn default() -> Self {
         DatabaseOptions {
             tablet: TabletOptions::default(),
+            maintenance: MaintenanceOptions::default(),
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -91,6 +96,8 @@ pub struct Database {
     tables: RwLock<BTreeMap<TableName, Table>>,
     /// The persisted catalog; held for the whole of each DDL operation.
     catalog: Mutex<CatalogState>,
+    /// Background flushes and compactions of every tablet (stopped after the tables close).
+    maintenance: Maintenance,
     /// Declared last: the directory lock is released after everything else is closed.
     files: CatalogFiles,
 }
@@ -101,16 +108,21 @@ impl Database {
     pub fn open(dir: &Path, opts: DatabaseOptions) -> Result<Database> {
         opts.tablet.validate()?;
         let files = CatalogFiles::lock(dir)?;
+        let maintenance = Maintenance::start(opts.maintenance.clone())?;
         let mut state = files.load()?;
         files.remove_unnamed_tablets(&state)?;
         let clock = Arc::new(Clock::default());
+        let env = TabletEnv {
+            clock: clock.clone(),
+            maintenance: maintenance.shared().clone(),
+        };
         let jobs: Vec<(u64, PathBuf)> = state
             .tables
             .iter()
             .flat_map(|t| t.tablets.iter().map(|m| (m.id, files.tablet_dir(m.id))))
             .collect();
         let mut opened = run_parallel(jobs, |(id, dir)| {
-            Tablet::open_with_clock(&dir, opts.tablet.clone(), clock.clone())
+            Tablet::open_in(&dir, opts.tablet.clone(), &env)
                 .map(|t| (id, dir, t))
                 .map_err(|e| match e {
                     StorageError::Io(_) | StorageError::Corrupt(_) | StorageError::NotFound(_) => {
@@ -173,8 +185,14 @@ impl Database {
             clock,
             tables: RwLock::new(tables),
             catalog: Mutex::new(state),
+            maintenance,
             files,
         })
+    }
+
+    /// The maintenance manager's counters and the write buffers' memory use, for metrics.
+    pub fn maintenance_stats(&self) -> MaintenanceStats {
+        self.maintenance.shared().stats()
     }
 
     /// The options the database was opened with (front ends check writes against the limits
@@ -524,12 +542,11 @@ impl Database {
             // A directory left by an interrupted attempt is not named by the catalog: reuse
             // of its id is impossible (ids only grow), but be safe.
             let _ = std::fs::remove_dir_all(&dir);
-            let t = Tablet::create_with_clock(
-                &dir,
-                schema,
-                self.opts.tablet.clone(),
-                self.clock.clone(),
-            );
+            let env = TabletEnv {
+                clock: self.clock.clone(),
+                maintenance: self.maintenance.shared().clone(),
+            };
+            let t = Tablet::create_in(&dir, schema, self.opts.tablet.clone(), &env);
             (m, dir, t)
         });
         let mut out = Vec::with_capacity(results.len());

@@ -23,11 +23,12 @@ pub fn kv_schema() -> Schema {
     .unwrap()
 }
 
-/// Options for tests: explicit flushes only, long history, small pages so that segments have
+/// Options for tests: explicit flushes and compactions only, long history, small pages so that segments have
 /// several blocks and row groups even with few rows.
 pub fn test_opts() -> TabletOptions {
     TabletOptions {
         flush_threshold_bytes: None,
+        background_compaction: false,
         history_retention: Duration::from_secs(86_400),
         page_rows: 4,
         row_group_rows: 16,
