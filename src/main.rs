@@ -113,6 +113,20 @@ pub(crate) struct ServeArgs {
     /// How long old row versions stay readable by snapshot reads, in seconds.
     #[arg(long, env = "NYALA_HISTORY_RETENTION_SECS", default_value_t = 900)]
     pub(crate) history_retention_secs: u64,
+    /// Memory all write buffers together may hold, in MiB (0: a fifth of the machine's
+    /// memory). Above 60% of it flushes come first and writes slow down; at the limit a write
+    /// waits up to --write-stall-secs for flushes, then fails as busy (retry).
+    #[arg(long, env = "NYALA_MEMORY_BUDGET_MB", default_value_t = 0)]
+    pub(crate) memory_budget_mb: usize,
+    /// How long a write waits at the memory budget before failing as busy, in seconds.
+    #[arg(long, env = "NYALA_WRITE_STALL_SECS", default_value_t = 10)]
+    pub(crate) write_stall_secs: u64,
+    /// Background threads for flushes and compactions (0: a quarter of the cores, 2 to 8).
+    #[arg(long, env = "NYALA_MAINTENANCE_THREADS", default_value_t = 0)]
+    pub(crate) maintenance_threads: usize,
+    /// Largest input of one compaction, in MiB of segment files.
+    #[arg(long, env = "NYALA_COMPACTION_BUDGET_MB", default_value_t = 128)]
+    pub(crate) compaction_budget_mb: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -8,6 +8,7 @@ use nyala_server::{serve, ServerConfig};
 use crate::{DurabilityArg, LogFormat, PgAuthArg, ServeArgs};
 
 pub async fn run_server(args: ServeArgs) -> ExitCode {
+    let maintenance = maintenance_options(&args);
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -51,6 +52,7 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
                 history_retention: Duration::from_secs(args.history_retention_secs),
                 ..Default::default()
             },
+            maintenance,
             ..Default::default()
         },
         limits: nyala_server::grpc::Limits {
@@ -108,5 +110,23 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             eprintln!("nyala serve: second signal, exiting now");
             std::process::exit(130);
         });
+    }
+}
+
+/// The maintenance manager's settings from the flags (0 keeps the automatic default).
+fn maintenance_options(args: &ServeArgs) -> nyala_server::MaintenanceOptions {
+    let auto = nyala_server::MaintenanceOptions::default();
+    nyala_server::MaintenanceOptions {
+        threads: match args.maintenance_threads {
+            0 => auto.threads,
+            n => n.min(64),
+        },
+        memory_budget_bytes: match args.memory_budget_mb {
+            0 => auto.memory_budget_bytes,
+            mb => mb.min(1 << 30).saturating_mul(1 << 20),
+        },
+        write_stall_timeout: Duration::from_secs(args.write_stall_secs),
+        compaction_input_bytes: args.compaction_budget_mb.clamp(1, 1 << 20) << 20,
+        ..auto
     }
 }

@@ -162,3 +162,66 @@ fn sql_cli_runs_statements_and_reports_errors() {
     assert!(err.contains("ERROR:") && err.contains("42P01"), "{err}");
     assert_eq!(server.stop("-TERM"), Some(0));
 }
+
+/// The maintenance flags reach the manager, and its work shows in `/metrics`: a table written
+/// past its flush threshold is flushed in the background, then merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_maintenance_is_configured_by_flags_and_published_as_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            "--memory-budget-mb",
+            "64",
+            "--flush-threshold-mb",
+            "1",
+            "--maintenance-threads",
+            "2",
+        ],
+    );
+    let c = server.client().await;
+    c.sql("CREATE TABLE m (k BIGINT PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    // Several buffers' worth, each batch landing on every tablet.
+    for round in 0..6 {
+        c.sql(&format!(
+            "INSERT INTO m SELECT value + {}, repeat('x', 60) FROM generate_series(1, 20000)",
+            round * 20000
+        ))
+        .await
+        .unwrap();
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = http_get(server.http, "/metrics");
+        if metric(&text, "nyala_maintenance_flushes_total") >= 1.0
+            && metric(&text, "nyala_table_segments{") >= 1.0
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background flush: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        metric(&text, "nyala_write_memory_budget_bytes"),
+        (64 << 20) as f64
+    );
+    assert!(metric(&text, "nyala_write_memory_bytes") < (64 << 20) as f64);
+    assert!(metric(&text, "nyala_table_segments_per_key{") >= 1.0);
+    let rows = c.sql("SELECT count(*) AS n FROM m").await.unwrap();
+    let rows = arrow::util::pretty::pretty_format_batches(&rows.batches)
+        .unwrap()
+        .to_string();
+    assert!(rows.contains("120000"), "{rows}");
+}

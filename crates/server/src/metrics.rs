@@ -150,32 +150,8 @@ impl Metrics {
             self.active_scans.load(Ordering::Relaxed)
         );
         if let Some(db) = db {
-            let _ = writeln!(
-                out,
-                "# HELP nyala_table_rows Rows in a table's segments (not deleted) and write buffers.\n# TYPE nyala_table_rows gauge"
-            );
-            let mut buffer = String::new();
-            for name in db.list_tables(None) {
-                let Ok(t) = db.table(&name) else { continue };
-                let info = t.describe();
-                let (mut rows, mut bytes) = (0u64, 0u64);
-                for tablet in &info.tablets {
-                    let s = &tablet.stats;
-                    rows += s.estimated_rows();
-                    bytes += s.buffer_bytes as u64;
-                }
-                let label = format!(
-                    "{{namespace=\"{}\",table=\"{}\"}}",
-                    escape(&name.namespace),
-                    escape(&name.name)
-                );
-                let _ = writeln!(out, "nyala_table_rows{label} {rows}");
-                let _ = writeln!(buffer, "nyala_table_buffer_bytes{label} {bytes}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP nyala_table_buffer_bytes Bytes in a table's write buffers.\n# TYPE nyala_table_buffer_bytes gauge\n{buffer}"
-            );
+            render_tables(&mut out, db);
+            render_maintenance(&mut out, &db.maintenance_stats());
         }
         if let Some(rss) = resident_bytes() {
             let _ = writeln!(
@@ -184,6 +160,135 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Per-table gauges and counters, summed (or, for segments per key, averaged) over tablets.
+fn render_tables(out: &mut String, db: &nyala_storage::Database) {
+    type Get = fn(&nyala_storage::TabletStats) -> f64;
+    const TABLE_METRICS: &[(&str, &str, &str, Get)] = &[
+        ("nyala_table_rows", "gauge", "Rows in a table's segments (not deleted) and write buffers.", |s| s.estimated_rows() as f64),
+        ("nyala_table_buffer_bytes", "gauge", "Bytes in a table's write buffers.", |s| s.buffer_bytes as f64),
+        ("nyala_table_buffer_rows", "gauge", "Row versions in a table's write buffers.", |s| s.buffer_versions as f64),
+        ("nyala_table_segments", "gauge", "Segments of a table.", |s| s.segments as f64),
+        ("nyala_table_segment_bytes", "gauge", "Bytes of a table's segment files.", |s| s.segment_file_bytes as f64),
+        ("nyala_table_deleted_rows", "gauge", "Rows of a table's segments marked deleted (not yet purged by a compaction).", |s| s.deleted_rows as f64),
+        ("nyala_table_segments_per_key", "gauge", "About how many segments a key lookup considers, averaged over the table's tablets (1 = no overlap).", |s| s.segments_per_key),
+        ("nyala_table_flushes_total", "counter", "Write buffer flushes of a table since the server started.", |s| s.flushes as f64),
+        ("nyala_table_flushed_bytes_total", "counter", "Bytes of segment files written by flushes.", |s| s.bytes_flushed as f64),
+        ("nyala_table_compactions_total", "counter", "Compactions of a table since the server started.", |s| s.compactions as f64),
+        ("nyala_table_compacted_bytes_total", "counter", "Bytes of segment files read by compactions.", |s| s.bytes_compacted as f64),
+        ("nyala_table_purged_rows_total", "counter", "Deleted or superseded rows compactions purged.", |s| s.rows_purged as f64),
+    ];
+    let tables: Vec<(String, Vec<nyala_storage::TabletStats>)> = db
+        .list_tables(None)
+        .into_iter()
+        .filter_map(|name| {
+            let t = db.table(&name).ok()?;
+            let label = format!(
+                "{{namespace=\"{}\",table=\"{}\"}}",
+                escape(&name.namespace),
+                escape(&name.name)
+            );
+            Some((
+                label,
+                t.describe().tablets.into_iter().map(|x| x.stats).collect(),
+            ))
+        })
+        .collect();
+    for (metric, kind, help, get) in TABLE_METRICS {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (label, stats) in &tables {
+            let mut v: f64 = stats.iter().map(get).sum();
+            if *metric == "nyala_table_segments_per_key" {
+                v /= stats.len().max(1) as f64;
+            }
+            let _ = writeln!(out, "{metric}{label} {v}");
+        }
+    }
+}
+
+/// The maintenance manager's memory budget and work.
+fn render_maintenance(out: &mut String, m: &nyala_storage::MaintenanceStats) {
+    let rows: [(&str, &str, &str, u64); 12] = [
+        (
+            "nyala_write_memory_bytes",
+            "gauge",
+            "Bytes all write buffers hold (charged to the budget).",
+            m.memory_used_bytes as u64,
+        ),
+        (
+            "nyala_write_memory_budget_bytes",
+            "gauge",
+            "The write buffers' memory budget (hard limit).",
+            m.memory_budget_bytes as u64,
+        ),
+        (
+            "nyala_write_memory_soft_limit_bytes",
+            "gauge",
+            "Above this, flushes come first and writers slow down.",
+            m.memory_soft_limit_bytes as u64,
+        ),
+        (
+            "nyala_maintenance_flushes_total",
+            "counter",
+            "Background flushes.",
+            m.flushes,
+        ),
+        (
+            "nyala_maintenance_flush_microseconds_total",
+            "counter",
+            "Time spent in background flushes.",
+            m.flush_micros,
+        ),
+        (
+            "nyala_maintenance_compactions_total",
+            "counter",
+            "Background compactions.",
+            m.compactions,
+        ),
+        (
+            "nyala_maintenance_compaction_microseconds_total",
+            "counter",
+            "Time spent in background compactions.",
+            m.compaction_micros,
+        ),
+        (
+            "nyala_maintenance_compacted_bytes_total",
+            "counter",
+            "Segment bytes read by background compactions.",
+            m.bytes_compacted,
+        ),
+        (
+            "nyala_maintenance_purged_rows_total",
+            "counter",
+            "Rows background compactions purged.",
+            m.rows_purged,
+        ),
+        (
+            "nyala_maintenance_failures_total",
+            "counter",
+            "Background operations that failed (retried later).",
+            m.failures,
+        ),
+        (
+            "nyala_write_stalls_total",
+            "counter",
+            "Writes slowed or held at the memory budget.",
+            m.write_stalls,
+        ),
+        (
+            "nyala_writes_refused_total",
+            "counter",
+            "Writes refused as busy at the memory budget.",
+            m.writes_refused,
+        ),
+    ];
+    for (metric, kind, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {v}"
+        );
     }
 }
 
