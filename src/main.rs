@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run SQL against a server: `-c "statement"`, or statements from standard input
     /// (separated by `;`).
     Sql(SqlArgs),
@@ -171,7 +171,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     let code = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run_server(args)),
+        Command::Serve(args) => runtime.block_on(serve::run_server(*args)),
         Command::Sql(args) => runtime.block_on(shell::run_sql(args)),
         Command::Load(args) => runtime.block_on(load::run_load(args)),
         Command::Demo(args) => runtime.block_on(demo::run_demo(args)),
