@@ -636,7 +636,8 @@ impl Tablet {
 impl Drop for Tablet {
     fn drop(&mut self) {
         let inner = &self.inner;
-        // No new background work; wait for any running one (they hold these locks).
+        // No new background work; wait for any running one (they hold these locks, and check
+        // the flag once they have them).
         inner.closed.store(true, Ordering::Release);
         drop(inner.flush_lock.lock());
         drop(inner.compact_lock.lock());
@@ -941,6 +942,10 @@ impl Inner {
 
     fn flush(&self) -> Result<()> {
         let _f = self.flush_lock.lock();
+        // A worker that picked this tablet just before it closed must not touch its files.
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.freeze()?;
         loop {
             let (seg_id, upto) = {
@@ -990,6 +995,9 @@ impl Inner {
     /// persisted by either: WAL replay re-derives them against whichever segments are listed.
     fn compact(&self, ids: &[u64]) -> Result<CompactionReport> {
         let _c = self.compact_lock.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(CompactionReport::default());
+        }
         let (codec, inputs, id, horizon) = {
             let mut w = self.writer.lock();
             self.check_poisoned()?;
