@@ -124,6 +124,9 @@ pub(crate) struct ServeArgs {
     /// Background threads for flushes and compactions (0: a quarter of the cores, 2 to 8).
     #[arg(long, env = "NYALA_MAINTENANCE_THREADS", default_value_t = 0)]
     pub(crate) maintenance_threads: usize,
+    /// A write buffer is flushed once its oldest write is this old, in seconds.
+    #[arg(long, env = "NYALA_MAX_BUFFER_AGE_SECS", default_value_t = 30)]
+    pub(crate) max_buffer_age_secs: u64,
     /// Largest input of one compaction, in MiB of segment files.
     #[arg(long, env = "NYALA_COMPACTION_BUDGET_MB", default_value_t = 128)]
     pub(crate) compaction_budget_mb: u64,

@@ -122,7 +122,7 @@ impl Default for MaintenanceOptions {
             target_segment_bytes: 32 << 20,
             small_segments_to_merge: 4,
             rewrite_deleted_ratio: 0.2,
-            max_buffer_age: Duration::from_secs(120),
+            max_buffer_age: Duration::from_secs(30),
             max_wal_bytes: 1 << 30,
             tick: Duration::from_millis(500),
         }
@@ -478,7 +478,21 @@ impl Shared {
             return None;
         }
         if matches!(c.op, Op::Compact(_)) {
-            self.running_compactions.fetch_add(1, Ordering::AcqRel);
+            // Another worker may have started one since `compactions_allowed` was read.
+            let limit = if self.opts.threads == 1 {
+                1
+            } else {
+                self.opts.threads - 1
+            };
+            let started =
+                self.running_compactions
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < limit).then_some(n + 1)
+                    });
+            if started.is_err() {
+                t.release(&c.op);
+                return None;
+            }
         }
         Some((t, c))
     }

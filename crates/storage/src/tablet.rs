@@ -822,6 +822,14 @@ impl Inner {
     /// and recovery never replays their deletion (see `compact`).
     fn purge_horizon(&self) -> Timestamp {
         let checkpoint = self.writer.lock().checkpoint_ts;
+        self.purge_horizon_at(checkpoint)
+    }
+
+    /// [`Inner::purge_horizon`] given the checkpoint. Like a freeze's horizon it is never past
+    /// the latest published snapshot; and never past the checkpoint: rows deleted after it
+    /// must stay, because recovery replays those deletions (from the WAL) against the listed
+    /// segments.
+    fn purge_horizon_at(&self, checkpoint: Timestamp) -> Timestamp {
         self.history_cutoff()
             .min(self.visible.load(Ordering::Acquire))
             .max(self.horizon.load(Ordering::Acquire))
@@ -1018,13 +1026,7 @@ impl Inner {
                 .collect::<Result<Vec<_>>>()?;
             let id = w.next_segment_id;
             w.next_segment_id += 1;
-            // Rows deleted after the checkpoint must stay: recovery replays those deletions
-            // (from the WAL) against the listed segments, so the rows must be there.
-            let horizon = self
-                .history_cutoff()
-                .min(self.visible.load(Ordering::Acquire))
-                .max(self.horizon.load(Ordering::Acquire))
-                .min(w.checkpoint_ts);
+            let horizon = self.purge_horizon_at(w.checkpoint_ts);
             (v.codec.clone(), inputs, id, horizon)
         };
         let merged = match crate::compact::merge(
@@ -1078,11 +1080,23 @@ impl Inner {
                 .collect();
             out.dv.reset(carried, checkpoint);
         }
+        // Only compactions remove segments, one at a time: the inputs are all still here.
+        if let Some(id) = ids
+            .iter()
+            .find(|id| !v.segments.iter().any(|s| s.meta.id == **id))
+        {
+            if let Some(out) = &output {
+                out.retire();
+            }
+            return Err(StorageError::Corrupt(format!(
+                "segment {id} vanished during its compaction"
+            )));
+        }
         let first = v
             .segments
             .iter()
             .position(|s| s.meta.id == ids[0])
-            .ok_or_else(|| StorageError::Corrupt(format!("segment {} vanished", ids[0])))?;
+            .expect("checked above");
         let mut segments = Vec::with_capacity(v.segments.len());
         for (i, s) in v.segments.iter().enumerate() {
             if i == first {
