@@ -3,13 +3,13 @@
 //! - A **key** is encoded memcomparably: comparing the bytes compares the keys column by column
 //!   in key order, as SQL would. The write buffer, segment key ranges, key samples and filters
 //!   all work on these bytes, so no layer ever compares typed keys.
-//! - A **row** (all columns, table order) is encoded with the same scheme. It is the write
-//!   buffer's row format: compact, self-delimiting, and converted back to Arrow columns in one
-//!   vectorised pass when the buffer is scanned.
+//! - A **row** (all columns, table order) is the write buffer's format: see `rowformat.rs`
+//!   (any column of many rows decodes without parsing the others).
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::row::{RowConverter, RowParser, Rows, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 
+use crate::rowformat::{EncodedRows, RowLayout};
 use crate::{Schema, SchemaError, Value};
 
 fn take(conv: &RowConverter, rows: &Rows, indices: &[u32]) -> Rows {
@@ -27,15 +27,14 @@ fn take(conv: &RowConverter, rows: &Rows, indices: &[u32]) -> Rows {
 /// Encodes keys and rows of one schema.
 ///
 /// Invariant: row bytes handed to [`RowCodec::decode_rows`] were produced by
-/// [`RowCodec::encode_rows`] of a codec for the same schema (arrow-row panics otherwise).
+/// [`RowCodec::encode_rows`] of a codec for the same schema (decoding panics otherwise).
 #[derive(Debug)]
 pub struct RowCodec {
     schema: Schema,
     keys: RowConverter,
     /// One converter per key column (key order), for per-column bounds.
     key_columns: Vec<RowConverter>,
-    rows: RowConverter,
-    row_parser: RowParser,
+    rows: RowLayout,
 }
 
 impl RowCodec {
@@ -45,11 +44,6 @@ impl RowCodec {
             .key_indices()
             .iter()
             .map(|&i| SortField::new(schema.columns()[i].data_type.to_arrow()))
-            .collect();
-        let row_fields = schema
-            .columns()
-            .iter()
-            .map(|c| SortField::new(c.data_type.to_arrow()))
             .collect();
         let keys = RowConverter::new(key_fields)?;
         let key_columns = schema
@@ -61,14 +55,11 @@ impl RowCodec {
                 )])
             })
             .collect::<Result<_, _>>()?;
-        let rows = RowConverter::new(row_fields)?;
-        let row_parser = rows.parser();
         Ok(RowCodec {
             schema: schema.clone(),
             keys,
             key_columns,
-            rows,
-            row_parser,
+            rows: RowLayout::new(schema),
         })
     }
 
@@ -165,13 +156,13 @@ impl RowCodec {
     }
 
     /// The rows at `indices` of `rows` (encoded by this codec), in that order.
-    pub fn take_rows(&self, rows: &Rows, indices: &[u32]) -> Rows {
-        take(&self.rows, rows, indices)
+    pub fn take_rows(&self, rows: &EncodedRows, indices: &[u32]) -> EncodedRows {
+        rows.take(indices)
     }
 
     /// Encodes full rows (every column, table order).
-    pub fn encode_rows(&self, columns: &[ArrayRef]) -> Result<Rows, SchemaError> {
-        Ok(self.rows.convert_columns(columns)?)
+    pub fn encode_rows(&self, columns: &[ArrayRef]) -> Result<EncodedRows, SchemaError> {
+        self.rows.encode(columns)
     }
 
     /// Decodes rows produced by [`RowCodec::encode_rows`] into a batch of the table's schema.
@@ -179,15 +170,19 @@ impl RowCodec {
         &self,
         rows: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<RecordBatch, SchemaError> {
-        let parsed: Vec<_> = rows.into_iter().map(|r| self.row_parser.parse(r)).collect();
-        let n = parsed.len();
-        let cols = self.rows.convert_rows(parsed)?;
-        let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.arrow_schema().clone(),
-            cols,
-            &opts,
-        )?)
+        let rows: Vec<&[u8]> = rows.into_iter().collect();
+        let all: Vec<usize> = (0..self.schema.len()).collect();
+        self.rows.decode(&self.schema, &rows, &all)
+    }
+
+    /// Decodes only columns `projection` (table indices) of rows produced by
+    /// [`RowCodec::encode_rows`]: a scan of the write buffer reads what it needs.
+    pub fn decode_rows_projected(
+        &self,
+        rows: &[&[u8]],
+        projection: &[usize],
+    ) -> Result<RecordBatch, SchemaError> {
+        self.rows.decode(&self.schema, rows, projection)
     }
 }
 
@@ -257,8 +252,12 @@ mod tests {
             .unwrap(),
         ];
         let rows = c.encode_rows(&cols).unwrap();
-        let batch = c.decode_rows(rows.iter().map(|r| r.data())).unwrap();
+        let batch = c.decode_rows(rows.iter()).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.columns(), cols.as_slice());
+        let refs: Vec<&[u8]> = rows.iter().collect();
+        let some = c.decode_rows_projected(&refs, &[2, 0]).unwrap();
+        assert_eq!(some.columns(), &[cols[2].clone(), cols[0].clone()]);
+        assert_eq!(some.schema().field(1).name(), "v");
     }
 }

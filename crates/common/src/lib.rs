@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod rowformat;
 pub mod schema;
 pub mod types;
 pub mod value;

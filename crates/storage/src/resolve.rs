@@ -108,7 +108,7 @@ impl Resolver {
     ) -> Result<Box<[u8]>> {
         let old = match old {
             Some(old) if !present.iter().all(|p| *p) => old,
-            _ => return Ok(b.rows.row(i).as_ref().into()),
+            _ => return Ok(b.rows.row(i).into()),
         };
         let cols: Vec<ArrayRef> = (0..b.columns.len())
             .map(|c| {
@@ -119,7 +119,7 @@ impl Resolver {
                 }
             })
             .collect();
-        Ok(v.codec.encode_rows(&cols)?.row(0).as_ref().into())
+        Ok(v.codec.encode_rows(&cols)?.row(0).into())
     }
 
     fn old_row(

@@ -244,8 +244,8 @@ impl TabletScan {
         if rows.is_empty() {
             return Ok(None);
         }
-        let batch = self.codec.decode_rows(rows.iter())?;
-        Ok(Some(batch.project(&self.read)?))
+        let rows: Vec<&[u8]> = rows.iter().collect();
+        Ok(Some(self.codec.decode_rows_projected(&rows, &self.read)?))
     }
 
     fn next_inner(&mut self) -> Option<Result<RecordBatch>> {

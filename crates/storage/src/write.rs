@@ -261,7 +261,7 @@ pub(crate) struct ValidatedBatch {
     /// What an `Upsert` of an existing key changes, when not every column of `present`.
     pub upsert: Option<UpsertColumns>,
     pub keys: Rows,
-    pub rows: Rows,
+    pub rows: nyala_common::rowformat::EncodedRows,
 }
 
 /// The columns an `Upsert` of an existing key changes ([`WriteBatch::with_upsert_columns`]).
@@ -410,7 +410,7 @@ pub(crate) fn validate(
     let keys = codec.encode_keys_of(&columns)?;
     let rows = codec.encode_rows(&columns)?;
     for i in 0..n {
-        let len = rows.row(i).as_ref().len();
+        let len = rows.row(i).len();
         if len > opts.max_row_bytes {
             return Err(StorageError::InvalidInput(format!(
                 "row {i} is {len} bytes, over the limit of {} bytes",
