@@ -184,6 +184,9 @@ pub(crate) struct Inner {
     maintenance: Arc<MaintenanceShared>,
     /// Bytes this tablet charges to the process's memory budget (buffer plus frozen buffers).
     charged: AtomicUsize,
+    /// Serialises re-measuring the charge, so that concurrent writers pass their changes on
+    /// in order (the budget's counter never goes below what is really held).
+    charge_lock: Mutex<()>,
     /// Set when the tablet is closing: background work stops picking it.
     closed: AtomicBool,
     /// A background flush / compaction of this tablet is claimed by a worker.
@@ -369,18 +372,19 @@ impl Tablet {
             poisoned: Mutex::new(None),
             maintenance: env.maintenance.clone(),
             charged: AtomicUsize::new(0),
+            charge_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
             flush_claimed: AtomicBool::new(false),
             compact_claimed: AtomicBool::new(false),
             syncer_stop: Arc::default(),
             counters: TabletCounters::default(),
         });
-        // Replayed writes sit in the buffer: charge them.
-        inner.recharge();
         let syncer = match inner.opts.durability {
             Durability::Async { interval } => Some(spawn_syncer(&inner, interval)?),
             Durability::Sync => None,
         };
+        // Replayed writes sit in the buffer: charge them.
+        inner.recharge();
         env.maintenance.register(Arc::downgrade(&inner));
         Ok(Tablet {
             inner,
@@ -405,7 +409,15 @@ impl Tablet {
     /// durable (per the durability setting) and visible.
     pub fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome> {
         let vb = self.validate(batch)?;
+        self.admit_write()?;
         self.inner.write(vb)
+    }
+
+    /// Write backpressure (see `maintenance.rs`): returns once a write may go ahead, or
+    /// `Busy`. [`Tablet::write`] calls it; a table calls it once for a whole batch, before any
+    /// tablet applies its part, so that a busy batch writes nothing anywhere.
+    pub(crate) fn admit_write(&self) -> Result<()> {
+        self.inner.maintenance.admit_write()
     }
 
     /// The first half of [`Tablet::write`]: checks a batch without writing anything, so that a
@@ -579,6 +591,9 @@ impl Tablet {
     /// history horizon. Writers and readers carry on meanwhile. A maintenance tool and a test
     /// hook: background maintenance merges within an IO budget instead.
     pub fn compact_all(&self) -> Result<CompactionReport> {
+        // Chosen under the compaction lock: a background compaction may replace segments
+        // until then.
+        let _c = self.inner.compact_lock.lock();
         let ids: Vec<u64> = self
             .inner
             .version
@@ -591,7 +606,7 @@ impl Tablet {
         if ids.is_empty() {
             return Ok(CompactionReport::default());
         }
-        self.inner.compact(&ids)
+        self.inner.compact_locked(&ids, || {})
     }
 
     /// Current counters and gauges.
@@ -652,6 +667,7 @@ impl Drop for Tablet {
         // Make async-durability writes durable on a clean close.
         let _ = inner.wal.sync();
         // Give the buffer's memory back to the budget.
+        let _g = inner.charge_lock.lock();
         let charged = inner.charged.swap(0, Ordering::AcqRel);
         inner.maintenance.charge(-(charged as isize));
     }
@@ -724,6 +740,11 @@ impl Inner {
     /// Re-measures the bytes this tablet charges to the memory budget (the buffer and frozen
     /// buffers awaiting their flush) and passes the change on.
     fn recharge(&self) {
+        let _g = self.charge_lock.lock();
+        if self.closed.load(Ordering::Acquire) {
+            // Closed: its charge was given back and is never taken again.
+            return;
+        }
         let v = self.version.load();
         let now = v.memtable.bytes()
             + v.segments
@@ -873,7 +894,6 @@ impl Inner {
                 ..Default::default()
             });
         }
-        self.maintenance.admit_write()?;
         let record = encode_wal_record(&vb)?;
         let outcome = {
             let _w = self.writer.lock();
@@ -954,6 +974,12 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        let flushed = self.flush_locked();
+        self.recharge();
+        flushed
+    }
+
+    fn flush_locked(&self) -> Result<()> {
         self.freeze()?;
         loop {
             let (seg_id, upto) = {
@@ -1009,6 +1035,15 @@ impl Inner {
     /// (tests write there, to check that what writers do meanwhile is carried over).
     fn compact_with(&self, ids: &[u64], before_install: impl FnOnce()) -> Result<CompactionReport> {
         let _c = self.compact_lock.lock();
+        self.compact_locked(ids, before_install)
+    }
+
+    /// [`Inner::compact_with`] with the compaction lock held.
+    fn compact_locked(
+        &self,
+        ids: &[u64],
+        before_install: impl FnOnce(),
+    ) -> Result<CompactionReport> {
         if self.closed.load(Ordering::Acquire) {
             return Ok(CompactionReport::default());
         }
@@ -1131,9 +1166,10 @@ impl Inner {
             .map(|o| (o.meta.id, persisted_now.clone()))
             .collect();
         if let Err(e) = self.store.checkpoint_retiring(&manifest, &dvs, ids) {
-            if let Some(out) = &output {
-                out.retire();
-            }
+            // The batch may be applied without its sync, so either manifest may be what a
+            // restart finds: keep every file and let recovery decide (nothing may build on
+            // the state in memory meanwhile).
+            self.poison(&e);
             return Err(e);
         }
         // Rows superseded at or before `horizon` are gone: raise it before readers can load
@@ -1186,6 +1222,14 @@ impl Inner {
                     segment: None,
                     upto,
                 });
+            }
+            if v.memtable.age().is_some() {
+                // A fresh (empty) buffer, so that its age counts from the next write.
+                self.version.store(Arc::new(Version {
+                    codec: v.codec.clone(),
+                    memtable: Arc::new(MemTable::default()),
+                    segments: v.segments.clone(),
+                }));
             }
             return Ok(());
         }

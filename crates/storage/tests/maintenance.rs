@@ -240,3 +240,49 @@ fn writes_wait_for_flushes_at_the_memory_budget_and_fail_busy_when_none_can_free
     t.write(&bb.build(&t.schema()).unwrap()).unwrap();
     assert_eq!(contents(&t).len(), written as usize + 1);
 }
+
+/// Deleting rows that live in segments adds nothing to the buffer, yet the deletions must
+/// reach a checkpoint (aged buffers are flushed even when empty) and then be purged.
+#[test]
+fn deletions_alone_are_checkpointed_and_purged_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, t) = open(
+        dir.path(),
+        TabletOptions {
+            flush_threshold_bytes: Some(1 << 20),
+            history_retention: Duration::ZERO,
+            ..TabletOptions::default()
+        },
+        MaintenanceOptions {
+            tick: Duration::from_millis(20),
+            max_buffer_age: Duration::from_millis(100),
+            ..MaintenanceOptions::default()
+        },
+    );
+    let mut b = BatchBuilder::new(["id", "v", "n"]);
+    for id in 0..1000 {
+        b.push(WriteOp::Insert, kv_values(id, &(Some("x".into()), Some(1))));
+    }
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
+    t.flush().unwrap();
+    let mut b = BatchBuilder::new(["id", "v", "n"]);
+    for id in (0..1000).step_by(2) {
+        b.push(
+            WriteOp::Delete,
+            vec![Value::Int64(id), Value::Null, Value::Null],
+        );
+    }
+    t.write(&b.build(&t.schema()).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = sample(&t);
+        if s.deleted == 0 && s.purged >= 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never purged: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rows = contents(&t);
+    assert_eq!(rows.len(), 500);
+    assert!(rows.keys().all(|id| id % 2 == 1));
+}

@@ -265,6 +265,11 @@ impl Table {
                 ..Default::default()
             });
         }
+        // The memory budget is checked once, before any tablet applies its part: a batch
+        // refused as busy writes nothing anywhere (tablets share the budget).
+        if let Some(h) = layout.tablets.first() {
+            h.tablet().admit_write()?;
+        }
         if layout.tablets.len() == 1 && layout.partitioner.range.is_none() {
             return layout.tablets[0].tablet().write_validated(vb);
         }
