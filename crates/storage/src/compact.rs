@@ -98,7 +98,7 @@ impl<'a> Cursor<'a> {
         self.batch = self
             .seg
             .read_range(codec.schema(), start..end, projection)?;
-        self.keys = encode_keys(codec, &self.batch)?;
+        self.keys = codec.encode_keys_of(self.batch.columns())?;
         self.ts = self
             .batch
             .columns()
@@ -113,17 +113,6 @@ impl<'a> Cursor<'a> {
         self.pos = 0;
         Ok(())
     }
-}
-
-/// The encoded keys of a batch of table rows.
-fn encode_keys(codec: &RowCodec, batch: &RecordBatch) -> Result<Rows> {
-    let key_cols: Vec<_> = codec
-        .schema()
-        .key_indices()
-        .iter()
-        .map(|&k| batch.column(k).clone())
-        .collect();
-    Ok(codec.encode_keys(&key_cols)?)
 }
 
 /// Merges `inputs` into a new segment `id` in `dir`, dropping rows deleted at or before
@@ -148,7 +137,7 @@ pub(crate) fn merge(
         let dropped = seg.dv.deleted_at(horizon).unwrap_or_default();
         dropped_rows += dropped.len();
         let empty = seg.read_range(codec.schema(), 0..0, &projection)?;
-        let keys = encode_keys(codec, &empty)?;
+        let keys = codec.encode_keys_of(empty.columns())?;
         let mut c = Cursor {
             seg,
             dropped,

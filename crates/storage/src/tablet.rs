@@ -1106,7 +1106,15 @@ impl Inner {
         let mut carried = Vec::new();
         for (input, pos) in inputs.iter().zip(&merged.positions) {
             for (ts, row) in input.dv.entries() {
-                let to = pos[row as usize];
+                let Some(&to) = pos.get(row as usize) else {
+                    if let Some(out) = &merged.segment {
+                        out.retire();
+                    }
+                    return Err(StorageError::Corrupt(format!(
+                        "segment {} has a deletion of row {row}, past its {} rows",
+                        input.meta.id, input.meta.rows
+                    )));
+                };
                 if to != crate::compact::DROPPED {
                     carried.push((ts, to));
                 }
