@@ -40,7 +40,19 @@ fn rows() -> u64 {
 }
 
 const UPSERTS: usize = 100_000;
-const RUNS: usize = 5;
+
+/// Runs per query (5; `NYALA_COMPARE_RUNS` to change, e.g. for a profile).
+fn runs() -> usize {
+    std::env::var("NYALA_COMPARE_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Whether to run the named query (`NYALA_COMPARE_QUERIES=Q1,Q4` to run only some).
+fn wanted(name: &str) -> bool {
+    std::env::var("NYALA_COMPARE_QUERIES").map_or(true, |v| v.split(',').any(|q| q.trim() == name))
+}
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -149,6 +161,41 @@ fn queries() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits until background maintenance is done with the loaded data (nothing running, no new
+/// flush or compaction for two seconds), so that the queries measure a settled layout, not the
+/// compactions running beside them.
+fn settle(db: &Database) {
+    let s = Instant::now();
+    let key = |m: &nyala_storage::MaintenanceStats| (m.flushes, m.compactions);
+    let mut last = key(&db.maintenance_stats());
+    let mut quiet = Instant::now();
+    while quiet.elapsed().as_secs_f64() < 2.0 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let m = db.maintenance_stats();
+        if m.running > 0 || key(&m) != last {
+            last = key(&m);
+            quiet = Instant::now();
+        }
+    }
+    let m = db.maintenance_stats();
+    println!(
+        "  nyala settled in {:.1} s ({} compactions)",
+        s.elapsed().as_secs_f64() - 2.0,
+        m.compactions
+    );
+}
+
+/// Segments, buffered rows and deleted rows per tablet: what the queries read.
+fn print_layout(table: &nyala_storage::Table) {
+    for t in table.describe().tablets {
+        let s = t.stats;
+        println!(
+            "  tablet {}: {} segments, {} buffered row versions, {} deleted rows",
+            t.id, s.segments, s.buffer_versions, s.deleted_rows
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -186,10 +233,21 @@ fn json_rows(batches: &[RecordBatch]) -> serde_json::Value {
 
 async fn run_queries(engine: &Engine, phase: &str) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for (name, q) in queries() {
+    for (name, q) in queries().into_iter().filter(|(n, _)| wanted(n)) {
+        if std::env::var_os("NYALA_COMPARE_EXPLAIN").is_some() {
+            // Where the time goes, operator by operator.
+            let plan = engine
+                .execute(&format!("EXPLAIN ANALYZE {q}"))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            println!(
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+            );
+        }
         let mut times = Vec::new();
         let mut result = None;
-        for _ in 0..RUNS {
+        for _ in 0..runs() {
             let s = Instant::now();
             let batches = engine
                 .execute(&q)
@@ -252,6 +310,8 @@ async fn run(dir: &Path) {
         "  nyala loaded {loaded} rows in {load_s:.1} s ({:.0} rows/s)",
         loaded as f64 / load_s
     );
+    settle(&db);
+    print_layout(&table);
     let before = run_queries(&engine, "flushed").await;
 
     let s = Instant::now();
@@ -265,6 +325,7 @@ async fn run(dir: &Path) {
     }
     let upsert_s = s.elapsed().as_secs_f64();
     println!("  nyala upserted {upserted} rows in {upsert_s:.2} s");
+    print_layout(&table);
     let after = run_queries(&engine, "after-upserts").await;
 
     let report = serde_json::json!({

@@ -210,7 +210,7 @@ fn render_tables(out: &mut String, db: &nyala_storage::Database) {
 
 /// The maintenance manager's memory budget and work.
 fn render_maintenance(out: &mut String, m: &nyala_storage::MaintenanceStats) {
-    let rows: [(&str, &str, &str, u64); 12] = [
+    let rows: [(&str, &str, &str, u64); 13] = [
         (
             "nyala_write_memory_bytes",
             "gauge",
@@ -270,6 +270,12 @@ fn render_maintenance(out: &mut String, m: &nyala_storage::MaintenanceStats) {
             "counter",
             "Background operations that failed (retried later).",
             m.failures,
+        ),
+        (
+            "nyala_maintenance_running",
+            "gauge",
+            "Background flushes and compactions in progress.",
+            m.running as u64,
         ),
         (
             "nyala_write_stalls_total",

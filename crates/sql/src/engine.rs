@@ -90,6 +90,7 @@ impl Engine {
                     ctx.state(),
                 )
                 .with_analyzer_rules(rules)
+                .with_optimizer_rule(Arc::new(crate::eager_aggregate::EagerAggregate))
                 .build();
             *ctx.state_ref().write() = state;
         }

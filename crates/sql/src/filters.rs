@@ -1,8 +1,15 @@
 //! Filters DataFusion offers to push into a scan, as storage predicates.
 //!
 //! Only `column op literal` (either side), `IN (literals)`, `IS [NOT] NULL` and conjunctions of
-//! them are converted. Pushed filters are marked inexact: DataFusion still evaluates them, so a
-//! filter's semantics never depend on this conversion, only how much is pruned.
+//! them are converted, and a literal only when it already has the column's exact type. Pushed
+//! filters are exact: the scan drops every row they do not keep, and DataFusion does not
+//! evaluate them again.
+//!
+//! Invariant: a converted filter keeps exactly the rows DataFusion's own evaluation would. The
+//! storage engine compares with the same Arrow kernels (`arrow_ord::cmp`, so floats compare by
+//! IEEE total order in both, NaN above every number), a NULL comparison result drops the row
+//! as `WHERE` does, and `IN` is a Kleene OR of equalities. Anything else (casts, functions,
+//! a literal of another type, `NOT`, `OR`) is not converted and stays with DataFusion.
 
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};

@@ -128,9 +128,14 @@ impl ScalarUDFImpl for DatePart {
             {
                 // Beyond chrono's calendar (about +-262,000 years) DataFusion answers NULL;
                 // leave such arrays to it.
+                // One pass over the values, null slots included (a null slot holding a value
+                // out of range only sends the array to DataFusion, which is always right).
                 let ts = a.as_primitive::<TimestampMicrosecondType>();
-                let in_calendar = |v: Option<i64>| v.is_none_or(|v| v.unsigned_abs() < CALENDAR_US);
-                if in_calendar(arrow::compute::min(ts)) && in_calendar(arrow::compute::max(ts)) {
+                let in_calendar = ts
+                    .values()
+                    .iter()
+                    .fold(true, |ok, v| ok & (v.unsigned_abs() < CALENDAR_US));
+                if in_calendar {
                     return Ok(ColumnarValue::Array(compute(p, a.as_ref())));
                 }
             }

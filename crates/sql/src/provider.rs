@@ -118,6 +118,17 @@ impl NyalaTable {
             constraints,
         }
     }
+
+    /// About how many rows the table holds (live segment rows plus buffered versions), for
+    /// planning choices; not exact.
+    pub(crate) fn estimated_rows(&self) -> u64 {
+        self.table
+            .describe()
+            .tablets
+            .iter()
+            .map(|t| t.stats.estimated_rows())
+            .sum()
+    }
 }
 
 #[async_trait]
@@ -143,10 +154,12 @@ impl TableProvider for NyalaTable {
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         let schema = &self.schema;
+        // Exact: the scan applies every predicate it is given to every row it returns (see
+        // `filters`), so DataFusion does not filter the rows a second time.
         Ok(filters
             .iter()
             .map(|f| match to_predicates(f, schema) {
-                Some(_) => TableProviderFilterPushDown::Inexact,
+                Some(_) => TableProviderFilterPushDown::Exact,
                 None => TableProviderFilterPushDown::Unsupported,
             })
             .collect())

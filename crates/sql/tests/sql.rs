@@ -691,6 +691,49 @@ async fn joins_build_on_the_smaller_table() {
     }
 }
 
+/// A join with a dimension table on its key, grouped by dimension columns, groups the fact
+/// rows by the join key first (eager aggregation); where that would change the answer or save
+/// nothing, the plan is left alone. (`tests/sql/joins.slt` checks the answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_over_a_key_join_group_the_fact_rows_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(&e, "CREATE TABLE d (uid INT PRIMARY KEY, road TEXT)").await;
+    run(&e, "CREATE TABLE f (v INT PRIMARY KEY, uid INT, y REAL)").await;
+    run(&e, "INSERT INTO d VALUES (1, 'A'), (2, 'A'), (3, 'B')").await;
+    run(
+        &e,
+        "INSERT INTO f SELECT v, v % 5, v * 0.5 FROM generate_series(1, 1000) AS t(v)",
+    )
+    .await;
+    let plan = |q: &'static str| {
+        let e = &e;
+        async move { text(&run(e, &format!("EXPLAIN {q}")).await) }
+    };
+    let rewritten = |p: &str| p.contains("__nyala_early");
+    for q in [
+        "SELECT d.road, avg(f.y), count(*) FROM f JOIN d ON f.uid = d.uid GROUP BY d.road",
+        "SELECT d.road, sum(f.v) FROM d JOIN f ON d.uid = f.uid GROUP BY d.road",
+    ] {
+        let p = plan(q).await;
+        assert!(rewritten(&p), "{q}\n{p}");
+    }
+    for q in [
+        // Outer join, global aggregate, DISTINCT, an aggregate reading the dimension side.
+        "SELECT d.road, count(*) FROM f LEFT JOIN d ON f.uid = d.uid GROUP BY d.road",
+        "SELECT count(*) FROM f JOIN d ON f.uid = d.uid",
+        "SELECT d.road, count(DISTINCT f.v) FROM f JOIN d ON f.uid = d.uid GROUP BY d.road",
+        "SELECT f.uid, max(d.road) FROM f JOIN d ON f.uid = d.uid GROUP BY f.uid",
+        // Joined on a column that is not the dimension's key.
+        "SELECT d.road, count(*) FROM f JOIN d ON f.uid = length(d.road) GROUP BY d.road",
+        // Fact rows unique on the join column: nothing to shrink.
+        "SELECT d.road, sum(f.y) FROM f JOIN d ON f.v = d.uid GROUP BY d.road",
+    ] {
+        let p = plan(q).await;
+        assert!(!rewritten(&p), "{q}\n{p}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_describe_and_bind_parameters() {
     use arrow::datatypes::DataType;

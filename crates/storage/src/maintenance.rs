@@ -365,6 +365,9 @@ pub struct MaintenanceStats {
     pub writes_refused: u64,
     /// Background operations that failed (they are retried).
     pub failures: u64,
+    /// Flushes and compactions in progress now (a benchmark waits for 0 to measure a settled
+    /// layout).
+    pub running: usize,
 }
 
 /// State shared by the manager's workers and its tablets.
@@ -379,6 +382,8 @@ pub(crate) struct Shared {
     freed: Mutex<()>,
     freed_cv: Condvar,
     running_compactions: AtomicUsize,
+    /// Flushes and compactions in progress.
+    running: AtomicUsize,
     pub counters: Counters,
 }
 
@@ -500,11 +505,13 @@ impl Shared {
     }
 
     fn run(&self, t: &TabletInner, c: &Candidate) {
+        self.running.fetch_add(1, Ordering::AcqRel);
         let start = Instant::now();
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.run_maintenance(&c.op)));
         let micros = start.elapsed().as_micros() as u64;
         t.release(&c.op);
+        self.running.fetch_sub(1, Ordering::AcqRel);
         match &c.op {
             Op::Flush => {
                 self.counters.flushes.fetch_add(1, Ordering::Relaxed);
@@ -572,6 +579,7 @@ impl Shared {
             write_stalls: get(&c.write_stalls),
             writes_refused: get(&c.writes_refused),
             failures: get(&c.failures),
+            running: self.running.load(Ordering::Acquire),
         }
     }
 }
@@ -602,6 +610,7 @@ impl Maintenance {
             freed: Mutex::new(()),
             freed_cv: Condvar::new(),
             running_compactions: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         let workers = (0..shared.opts.threads)
