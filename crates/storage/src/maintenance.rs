@@ -296,29 +296,36 @@ pub(crate) fn compaction_candidate(
         }
     }
     // 3. Many small segments: merge neighbours in commit-time order (for time-series data,
-    //    neighbouring time windows), oldest first, within the budget.
+    //    neighbouring time windows), the oldest run of two or more that fits in one segment of
+    //    the target size. Capping the output keeps time windows apart: merged into one, a
+    //    bulk load's windows would give every segment the whole time range, and a filter on a
+    //    later key column (`ts >= ...`) could no longer skip segments by their bounds.
     let mut small: Vec<&SegmentState<'_>> = segments
         .iter()
         .filter(|s| s.meta.file_bytes < opts.target_segment_bytes)
         .collect();
     if small.len() >= opts.small_segments_to_merge {
         small.sort_by_key(|s| (s.meta.min_ts, s.meta.id));
-        let mut chosen = vec![];
-        let mut total = 0u64;
-        for s in small {
-            if total + s.meta.file_bytes > budget.min(opts.target_segment_bytes.max(1) * 2) {
+        let cap = budget.min(opts.target_segment_bytes.max(1));
+        for start in 0..small.len() {
+            let mut chosen = vec![];
+            let mut total = 0u64;
+            for s in &small[start..] {
+                if total + s.meta.file_bytes > cap {
+                    break;
+                }
+                chosen.push(s.meta.id);
+                total += s.meta.file_bytes;
+            }
+            if chosen.len() >= 2 {
+                chosen.sort_unstable();
+                offer(Candidate {
+                    score: score::MERGE_SMALL + chosen.len() as f64,
+                    op: Op::Compact(chosen),
+                    why: "small segments",
+                });
                 break;
             }
-            chosen.push(s.meta.id);
-            total += s.meta.file_bytes;
-        }
-        if chosen.len() >= 2 {
-            chosen.sort_unstable();
-            offer(Candidate {
-                score: score::MERGE_SMALL + chosen.len() as f64,
-                op: Op::Compact(chosen),
-                why: "small segments",
-            });
         }
     }
     best
@@ -718,6 +725,18 @@ mod tests {
             .collect();
         let c = compaction_candidate(&states(&m), &opts).unwrap();
         assert_eq!(c.op, Op::Compact(vec![1, 2, 3, 4, 5]));
+        // Time windows of 9 MiB (a bulk load's flushes): the oldest three make one segment
+        // of at most the target size; the newer windows stay apart.
+        let m: Vec<SegmentMeta> = (0..5)
+            .map(|i| meta(i + 1, 9 << 20, i as u8 * 10, i as u8 * 10 + 5))
+            .collect();
+        let c = compaction_candidate(&states(&m), &opts).unwrap();
+        assert_eq!(c.op, Op::Compact(vec![1, 2, 3]));
+        // An old segment near the target size does not block its younger neighbours.
+        let mut m = m;
+        m[0].file_bytes = 30 << 20;
+        let c = compaction_candidate(&states(&m), &opts).unwrap();
+        assert_eq!(c.op, Op::Compact(vec![2, 3, 4]));
         let m = vec![meta(1, 100 << 20, 0, 10), meta(2, 100 << 20, 11, 20)];
         let mut s = states(&m);
         s[1].purgeable_rows = m[1].rows / 2;
