@@ -102,7 +102,7 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
         return Ok(None);
     }
     // Aggregate -> [Projection of columns] -> Join.
-    let LogicalPlan::Join(join) = strip_projections(&agg.input) else {
+    let LogicalPlan::Join(join) = strip(&agg.input, false) else {
         return Ok(None);
     };
     if join.join_type != JoinType::Inner
@@ -139,7 +139,7 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     }
     // Already grouped (this rule's own output, or the user's): nothing to gain.
     if matches!(
-        strip_columns_projection(fact),
+        strip(fact, true),
         LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)
     ) {
         return Ok(None);
@@ -312,23 +312,14 @@ fn unique_on(schema: &DFSchema, cols: &[Column]) -> bool {
         .any(|d| d.mode == Dependency::Single && d.source_indices.iter().all(|s| idx.contains(s)))
 }
 
-/// `plan` under projections that only pass columns through.
-fn strip_projections(plan: &LogicalPlan) -> &LogicalPlan {
+/// `plan` under projections that only pass columns through, and under table aliases too if
+/// `aliases` (only where the caller does not resolve column names through them).
+fn strip(plan: &LogicalPlan, aliases: bool) -> &LogicalPlan {
     match plan {
         LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => {
-            strip_projections(&p.input)
+            strip(&p.input, aliases)
         }
-        p => p,
-    }
-}
-
-/// `plan` under column projections and aliases.
-fn strip_columns_projection(plan: &LogicalPlan) -> &LogicalPlan {
-    match plan {
-        LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => {
-            strip_columns_projection(&p.input)
-        }
-        LogicalPlan::SubqueryAlias(a) => strip_columns_projection(&a.input),
+        LogicalPlan::SubqueryAlias(a) if aliases => strip(&a.input, aliases),
         p => p,
     }
 }

@@ -276,12 +276,7 @@ pub(crate) fn compaction_candidate(
             total += bytes;
         }
         if chosen.len() >= 2 {
-            chosen.sort_unstable();
-            offer(Candidate {
-                score: score::MERGE_OVERLAP + chosen.len() as f64,
-                op: Op::Compact(chosen),
-                why: "overlapping segments",
-            });
+            offer(merge(chosen, score::MERGE_OVERLAP, "overlapping segments"));
         }
     }
     // 2. Rewrites: mostly deleted segments.
@@ -318,17 +313,22 @@ pub(crate) fn compaction_candidate(
                 total += s.meta.file_bytes;
             }
             if chosen.len() >= 2 {
-                chosen.sort_unstable();
-                offer(Candidate {
-                    score: score::MERGE_SMALL + chosen.len() as f64,
-                    op: Op::Compact(chosen),
-                    why: "small segments",
-                });
+                offer(merge(chosen, score::MERGE_SMALL, "small segments"));
                 break;
             }
         }
     }
     best
+}
+
+/// A merge of segments `ids`, scored above `base` by how many it folds into one.
+fn merge(mut ids: Vec<u64>, base: f64, why: &'static str) -> Candidate {
+    ids.sort_unstable();
+    Candidate {
+        score: base + ids.len() as f64,
+        op: Op::Compact(ids),
+        why,
+    }
 }
 
 /// Process-wide counters of maintenance work.
