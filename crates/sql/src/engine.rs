@@ -76,8 +76,9 @@ impl Engine {
         let activity = Arc::new(std::sync::OnceLock::new());
         crate::pg_catalog::install(&ctx, &db, activity.clone())
             .expect("pg_catalog installs in a new session");
-        // After pg_catalog's functions: Nyala's date_part (PostgreSQL's units) wins.
+        // After pg_catalog's functions: Nyala's date_part (PostgreSQL's units) and date_trunc win.
         ctx.register_udf(crate::functions::DatePart::udf());
+        ctx.register_udf(crate::functions::DateTrunc::udf());
         ctx.register_udf(crate::bytea::ByteaIn::udf());
         {
             // PostgreSQL's literal typing runs before DataFusion's type coercion; bytea
