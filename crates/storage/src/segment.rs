@@ -9,12 +9,15 @@
 //! versions kept for snapshot reads are ordinary rows that the deletion vector marks deleted at
 //! the timestamp that superseded them.
 
+use std::cmp::Ordering;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{make_comparator, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::buffer::ScalarBuffer;
+use arrow::compute::SortOptions;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::Int64Type;
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
@@ -110,12 +113,61 @@ fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec
     Ok(out)
 }
 
-/// Decoded key columns (encoded keys and commit timestamps) of one block of an on-disk
-/// segment: what presence checks and lookups search. Cached, so that hot blocks are decoded once.
+/// Decoded key columns and commit timestamps of one block of an on-disk segment: what
+/// presence checks and lookups search. Cached, so that hot blocks are decoded once.
+///
+/// The key columns stay typed Arrow arrays (key order), compared to the probe column by
+/// column. Re-encoding them memcomparably would cost more than the Parquet decode itself and
+/// take more memory per cached row (about 22 bytes per traffic row this way).
 #[derive(Debug)]
 pub(crate) struct KeyBlock {
-    keys: ByteList,
-    ts: Vec<u64>,
+    keys: Vec<ArrayRef>,
+    ts: ScalarBuffer<i64>,
+}
+
+impl KeyBlock {
+    /// The rows (block positions) whose key equals `probe` (one-row key columns, key order).
+    /// Invariant: the rows are sorted by key, so the matches are one run.
+    fn equal_range(&self, probe: &[ArrayRef]) -> Result<Range<usize>> {
+        let cmps = self
+            .keys
+            .iter()
+            .zip(probe)
+            .map(|(k, p)| make_comparator(k.as_ref(), p.as_ref(), SortOptions::default()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let cmp = |i: usize| {
+            cmps.iter()
+                .map(|c| c(i, 0))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        };
+        let n = self.ts.len();
+        let lo = partition_point(0..n, |i| cmp(i).is_lt());
+        let hi = partition_point(lo..n, |i| cmp(i).is_le());
+        Ok(lo..hi)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .map(|k| k.get_array_memory_size())
+            .sum::<usize>()
+            + self.ts.len() * 8
+    }
+}
+
+/// The first index of `range` where `pred` is false (`pred` is true for a prefix).
+fn partition_point(range: Range<usize>, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (range.start, range.end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// Weighs cached key blocks by their memory.
@@ -124,7 +176,7 @@ pub(crate) struct BlockWeighter;
 
 impl quick_cache::Weighter<(u64, u64), Arc<KeyBlock>> for BlockWeighter {
     fn weight(&self, _: &(u64, u64), b: &Arc<KeyBlock>) -> u64 {
-        (b.keys.memory_bytes() + b.ts.len() * 8 + 64) as u64
+        (b.memory_bytes() + 64) as u64
     }
 }
 
@@ -423,17 +475,23 @@ impl Segment {
                 }
                 let mut found: Option<Range<u64>> = None;
                 let mut out_ts = Vec::new();
+                // The probe as key columns, decoded once the filter has let it through.
+                let mut probe: Option<Vec<ArrayRef>> = None;
                 for b in d.index.candidate_blocks(key) {
                     let block = cache.get_or_insert_with(&(self.meta.id, b), || {
                         self.decode_key_block(codec, d, b)
                     })?;
-                    let lo = block.keys.partition_point(|k| k < key);
-                    let hi = block.keys.partition_point(|k| k <= key);
-                    if lo < hi {
+                    let probe = match &mut probe {
+                        Some(p) => p,
+                        None => probe.insert(codec.decode_keys([key])?),
+                    };
+                    let rows = block.equal_range(probe)?;
+                    if !rows.is_empty() {
                         let start = d.index.block_rows(b).start;
-                        let r = found.get_or_insert(start + lo as u64..start + lo as u64);
-                        r.end = start + hi as u64;
-                        out_ts.extend_from_slice(&block.ts[lo..hi]);
+                        let r = found
+                            .get_or_insert(start + rows.start as u64..start + rows.start as u64);
+                        r.end = start + rows.end as u64;
+                        out_ts.extend(block.ts[rows].iter().map(|t| *t as u64));
                     }
                 }
                 Ok((found.unwrap_or(0..0), out_ts))
@@ -449,20 +507,18 @@ impl Segment {
         proj.push(codec.schema().len());
         let plan = self.plan(codec.schema(), &proj);
         let batch = plan.apply(self.read_file_range(d.index.block_rows(b), &plan.file)?)?;
-        let cols: Vec<ArrayRef> = key_cols
+        let keys: Vec<ArrayRef> = key_cols
             .iter()
             .map(|&c| batch.column(position_in(&proj, c)).clone())
             .collect();
-        let enc = codec.encode_keys(&cols)?;
-        let mut keys = ByteList::default();
-        for r in enc.iter() {
-            keys.push(r.as_ref());
-        }
-        let ts = batch.columns().last().unwrap().as_primitive::<Int64Type>();
-        Ok(Arc::new(KeyBlock {
-            keys,
-            ts: ts.values().iter().map(|t| *t as u64).collect(),
-        }))
+        let ts = batch
+            .columns()
+            .last()
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .clone();
+        Ok(Arc::new(KeyBlock { keys, ts }))
     }
 
     /// The row holding the version of `key` visible at `snapshot`, if any. With
