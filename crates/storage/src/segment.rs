@@ -1045,6 +1045,10 @@ fn row_groups_matching(d: &DiskSegment, preds: &[(usize, &BoundPredicate)]) -> R
 
 /// The row groups to read and the selection within them for rows `rows` minus `deleted`,
 /// skipping row groups not in `keep`.
+///
+/// The selection ends with the last selected row: the reader stops there. A trailing skip
+/// would make it decode the rest of that page and walk every later page of the row group,
+/// which for a one-row point read cost more than the read itself.
 fn plan_selection(
     rg_starts: &[u64],
     keep: Option<&[bool]>,
@@ -1081,6 +1085,9 @@ fn plan_selection(
             sel.push(RowSelector::skip((end - b) as usize));
         }
     }
+    while sel.last().is_some_and(|s| s.skip) {
+        sel.pop();
+    }
     // RowSelection::from merges adjacent selectors of the same kind.
     (rgs, RowSelection::from(sel))
 }
@@ -1104,4 +1111,43 @@ pub(crate) fn filter_by_snapshot(
     }
     let mask: BooleanArray = ts.iter().map(|t| t.map(|t| t as u64 <= snapshot)).collect();
     Ok(filter_record_batch(batch, &mask)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selectors(sel: RowSelection) -> Vec<(bool, usize)> {
+        Vec::<RowSelector>::from(sel)
+            .into_iter()
+            .map(|s| (s.skip, s.row_count))
+            .collect()
+    }
+
+    #[test]
+    fn a_selection_ends_at_its_last_selected_row() {
+        // Two row groups of 100 rows.
+        let starts = [0, 100, 200];
+        let (rgs, sel) = plan_selection(&starts, None, 40..41, None);
+        assert_eq!(rgs, vec![0]);
+        assert_eq!(selectors(sel), vec![(true, 40), (false, 1)]);
+        // Rows deleted at the end of the range leave no trailing skip either.
+        let deleted = RoaringBitmap::from_iter([48u32, 49]);
+        let (_, sel) = plan_selection(&starts, None, 40..50, Some(&deleted));
+        assert_eq!(selectors(sel), vec![(true, 40), (false, 8)]);
+        // Spanning row groups: the first one's tail is still skipped before the second.
+        let (rgs, sel) = plan_selection(&starts, None, 150..250, None);
+        assert_eq!(rgs, vec![1]);
+        assert_eq!(selectors(sel), vec![(true, 50), (false, 50)]);
+        let (rgs, sel) = plan_selection(&starts, Some(&[true, false]), 0..200, None);
+        assert_eq!(rgs, vec![0]);
+        assert_eq!(selectors(sel), vec![(false, 100)]);
+        let deleted = RoaringBitmap::from_iter([99u32]);
+        let (rgs, sel) = plan_selection(&starts, None, 50..150, Some(&deleted));
+        assert_eq!(rgs, vec![0, 1]);
+        assert_eq!(
+            selectors(sel),
+            vec![(true, 50), (false, 49), (true, 1), (false, 50)]
+        );
+    }
 }
