@@ -792,11 +792,7 @@ impl Inner {
                 .filter(|s| !s.is_in_memory())
                 .map(|s| SegmentState {
                     meta: &s.meta,
-                    purgeable_rows: if s.dv.len() == 0 {
-                        0
-                    } else {
-                        s.dv.deleted_at(purge_at).map_or(0, |d| d.len())
-                    },
+                    purgeable_rows: s.dv.deleted_count_at(purge_at),
                 })
                 .collect();
             out.extend(compaction_candidate(&states, opts));
