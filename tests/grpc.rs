@@ -553,6 +553,60 @@ async fn sessions_flush_modes_and_row_errors() {
     );
 }
 
+/// With several background batches in flight, operations on one key still apply in the order
+/// given: each round inserts, deletes and re-inserts the same keys in three consecutive
+/// batches, then updates them, so any reordering shows as a row error or a wrong final value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_batches_keep_each_keys_operations_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.sql("CREATE TABLE kv (k BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let t = c.table("kv").await.unwrap();
+    let op = |mut op: nyala_client::Operation, k: i64, v: Option<i64>| {
+        op.set("k", k).unwrap();
+        if let Some(v) = v {
+            op.set("v", v).unwrap();
+        }
+        op
+    };
+    let mut s = c.session(FlushMode::AutoFlushBackground);
+    s.set_buffer_limit(50);
+    s.set_max_in_flight(4);
+    for round in 0..20i64 {
+        let keys = round * 50..round * 50 + 50;
+        for k in keys.clone() {
+            s.apply(op(t.insert(), k, Some(1))).await.unwrap();
+        }
+        for k in keys.clone() {
+            s.apply(op(t.delete(), k, None)).await.unwrap();
+        }
+        for k in keys.clone() {
+            s.apply(op(t.insert(), k, Some(2))).await.unwrap();
+        }
+        // Unrelated keys in between: these batches may run beside the others.
+        for k in 0..50 {
+            s.apply(op(t.upsert(), 1_000_000 + round * 50 + k, Some(0)))
+                .await
+                .unwrap();
+        }
+        for k in keys {
+            s.apply(op(t.update(), k, Some(k))).await.unwrap();
+        }
+    }
+    let errors = s.close().await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let r = c
+        .sql("SELECT count(*), sum(CASE WHEN v = k THEN 1 ELSE 0 END) FROM kv WHERE k < 1000")
+        .await
+        .unwrap();
+    let b = &r.batches[0];
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1000);
+    assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 1000);
+}
+
 /// Raw bytes as a gRPC message, to send what no generated client would.
 #[derive(Clone, Default)]
 struct RawCodec;

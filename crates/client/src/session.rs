@@ -1,5 +1,7 @@
 //! Sessions: row operations buffered and sent in batches (Kudu's `KuduSession`).
 
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use nyala_common::Value;
@@ -16,8 +18,11 @@ pub enum FlushMode {
     /// returned as [`ClientError::Row`]. Simple, and one round trip per row.
     AutoFlushSync,
     /// Operations are buffered; a full buffer is sent by a background task while the next one
-    /// fills. At most one batch is in flight, so memory stays bounded (two buffers) and rows
-    /// are applied in the order they were given. Refused rows go to [`Session::take_errors`].
+    /// fills. Up to [`Session::set_max_in_flight`] batches (default 2) are in flight at once,
+    /// so memory stays bounded, and the server's group commit syncs them together.
+    /// Operations on the same key are applied in the order they were given: a batch that
+    /// shares a key with one in flight waits for it (batches with no key in common commute).
+    /// Refused rows go to [`Session::take_errors`].
     AutoFlushBackground,
     /// Operations are buffered until [`Session::flush`]; applying to a full buffer fails with
     /// [`ClientError::BufferFull`]. Refused rows go to [`Session::take_errors`].
@@ -57,10 +62,21 @@ pub struct Session {
     buffer: Vec<Operation>,
     buffer_limit: usize,
     errors: Vec<RowError>,
-    /// The background flush in flight (AutoFlushBackground): its row errors, or why it failed
-    /// (with the operations it did not apply).
-    in_flight: Option<JoinHandle<Result<Vec<RowError>, ClientError>>>,
+    /// The background flushes in flight (AutoFlushBackground), oldest first.
+    in_flight: VecDeque<InFlight>,
+    max_in_flight: usize,
 }
+
+/// A batch sent in the background: its row errors, or why it failed (with the operations it
+/// did not apply); and the hashes of its keys, to keep later operations on them behind it.
+#[derive(Debug)]
+struct InFlight {
+    task: JoinHandle<Result<Vec<RowError>, ClientError>>,
+    keys: HashSet<u64>,
+}
+
+/// Default number of batches in flight at once (AutoFlushBackground); Kudu's default too.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 
 /// Default number of operations buffered before a background flush (or refused in Manual).
 pub const DEFAULT_BUFFER_OPS: usize = 1000;
@@ -73,7 +89,8 @@ impl Session {
             buffer: Vec::new(),
             buffer_limit: DEFAULT_BUFFER_OPS,
             errors: Vec::new(),
-            in_flight: None,
+            in_flight: VecDeque::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -86,6 +103,13 @@ impl Session {
     /// flushes, the capacity in Manual mode.
     pub fn set_buffer_limit(&mut self, ops: usize) {
         self.buffer_limit = ops.max(1);
+    }
+
+    /// Sets how many batches an AutoFlushBackground session keeps in flight at once (at
+    /// least 1). More overlap the server's work with the network and the next batch's
+    /// building; memory is one buffer per batch in flight.
+    pub fn set_max_in_flight(&mut self, batches: usize) {
+        self.max_in_flight = batches.max(1);
     }
 
     /// Operations buffered and not yet sent.
@@ -112,32 +136,64 @@ impl Session {
                 Ok(())
             }
             FlushMode::AutoFlushBackground => {
-                if self.buffer.len() + 1 >= self.buffer_limit {
-                    // Wait for the previous batch first: one in flight keeps memory bounded
-                    // and the rows in order. If it failed, neither its unapplied operations
-                    // nor this one are kept: the error returns them all.
-                    if let Err(e) = self.wait_in_flight().await {
-                        return Err(with_unsent(e, &mut self.buffer, Some(op)));
-                    }
-                }
                 self.buffer.push(op);
-                if self.buffer.len() >= self.buffer_limit {
-                    let ops = std::mem::take(&mut self.buffer);
-                    let client = self.client.clone();
-                    self.in_flight = Some(tokio::spawn(async move { send(&client, ops).await }));
+                if self.buffer.len() < self.buffer_limit {
+                    return Ok(());
                 }
+                // Room for one more batch, and none in flight that shares a key with this
+                // one. If a batch failed, neither its unapplied operations nor this buffer
+                // are kept: the error returns them all.
+                let keys: HashSet<u64> = self.buffer.iter().map(key_hash).collect();
+                if let Err(e) = self
+                    .wait_in_flight(self.max_in_flight - 1, Some(&keys))
+                    .await
+                {
+                    return Err(with_unsent(e, &mut self.buffer, None));
+                }
+                let ops = std::mem::take(&mut self.buffer);
+                let client = self.client.clone();
+                self.in_flight.push_back(InFlight {
+                    task: tokio::spawn(async move { send(&client, ops).await }),
+                    keys,
+                });
                 Ok(())
             }
         }
     }
 
-    async fn wait_in_flight(&mut self) -> Result<(), ClientError> {
-        if let Some(h) = self.in_flight.take() {
-            let errors = h.await.map_err(|e| {
-                ClientError::InvalidArgument(format!("the background flush task failed: {e}"))
-            })??;
-            self.errors.extend(errors);
+    /// Waits for the oldest batches in flight until at most `keep` remain and none of them
+    /// holds a key of `conflicts`. When one has failed, every later one is awaited too, and
+    /// the error carries all their operations not applied, in order.
+    async fn wait_in_flight(
+        &mut self,
+        keep: usize,
+        conflicts: Option<&HashSet<u64>>,
+    ) -> Result<(), ClientError> {
+        let must_wait = |f: &VecDeque<InFlight>| {
+            f.len() > keep || conflicts.is_some_and(|k| f.iter().any(|b| !b.keys.is_disjoint(k)))
+        };
+        while must_wait(&self.in_flight) {
+            let Some(batch) = self.in_flight.pop_front() else {
+                break;
+            };
+            if let Err(mut failed) = self.settle(batch).await {
+                while let Some(later) = self.in_flight.pop_front() {
+                    if let Err(e) = self.settle(later).await {
+                        failed = merge_unapplied(failed, e);
+                    }
+                }
+                return Err(failed);
+            }
         }
+        Ok(())
+    }
+
+    /// Awaits one background batch, collecting its row errors.
+    async fn settle(&mut self, batch: InFlight) -> Result<(), ClientError> {
+        let errors = batch.task.await.map_err(|e| {
+            ClientError::InvalidArgument(format!("the background flush task failed: {e}"))
+        })??;
+        self.errors.extend(errors);
         Ok(())
     }
 
@@ -147,7 +203,7 @@ impl Session {
     /// is gone) or the server was unreachable: [`ClientError::NotApplied`] then returns every
     /// operation not applied, in order (the buffer is left empty).
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        if let Err(e) = self.wait_in_flight().await {
+        if let Err(e) = self.wait_in_flight(0, None).await {
             return Err(with_unsent(e, &mut self.buffer, None));
         }
         if !self.buffer.is_empty() {
@@ -185,6 +241,51 @@ fn with_unsent(
             ClientError::NotApplied { source, ops }
         }
         other => other,
+    }
+}
+
+/// The first error, with a later batch's unapplied operations added to those it carries.
+fn merge_unapplied(first: ClientError, later: ClientError) -> ClientError {
+    match (first, later) {
+        (
+            ClientError::NotApplied { source, mut ops },
+            ClientError::NotApplied { ops: more, .. },
+        ) => {
+            ops.extend(more);
+            ClientError::NotApplied { source, ops }
+        }
+        (first, _) => first,
+    }
+}
+
+/// A hash of an operation's table and key: equal keys hash equally (a collision only makes a
+/// batch wait when it need not).
+fn key_hash(op: &Operation) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    Arc::as_ptr(&op.table).hash(&mut h);
+    for &i in op.table.schema.key_indices() {
+        match &op.values[i] {
+            None | Some(Value::Null) => 0u8.hash(&mut h),
+            Some(v) => hash_value(v, &mut h),
+        }
+    }
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut impl Hasher) {
+    std::mem::discriminant(v).hash(h);
+    match v {
+        Value::Null => {}
+        Value::Bool(x) => x.hash(h),
+        Value::Int8(x) => x.hash(h),
+        Value::Int16(x) => x.hash(h),
+        Value::Int32(x) | Value::Date(x) => x.hash(h),
+        Value::Int64(x) | Value::Timestamp(x) => x.hash(h),
+        Value::Float32(x) => x.to_bits().hash(h),
+        Value::Float64(x) => x.to_bits().hash(h),
+        Value::Utf8(x) => x.hash(h),
+        Value::Binary(x) => x.hash(h),
+        Value::Decimal(x) => x.hash(h),
     }
 }
 
