@@ -15,7 +15,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{make_comparator, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{
+    make_comparator, ArrayRef, AsArray, BooleanArray, DynComparator, Int64Array, RecordBatch,
+};
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::SortOptions;
 use arrow::compute::{concat_batches, filter_record_batch};
@@ -116,30 +118,115 @@ fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec
 /// Decoded key columns and commit timestamps of one block of an on-disk segment: what
 /// presence checks and lookups search. Cached, so that hot blocks are decoded once.
 ///
-/// The key columns stay typed Arrow arrays (key order), compared to the probe column by
-/// column. Re-encoding them memcomparably would cost more than the Parquet decode itself and
-/// take more memory per cached row (about 22 bytes per traffic row this way).
+/// The key columns stay typed (key order), compared to the probe column by column.
+/// Re-encoding them memcomparably would cost more than the Parquet decode itself and take more
+/// memory per cached row (about 22 bytes per traffic row this way).
 #[derive(Debug)]
 pub(crate) struct KeyBlock {
-    keys: Vec<ArrayRef>,
+    keys: Vec<KeyColumn>,
     ts: ScalarBuffer<i64>,
 }
 
+/// One decoded key column: the integer widths keys mostly are, compared natively (a binary
+/// search does a few dozen comparisons per lookup, so Arrow's boxed comparators showed up in
+/// profiles); other types (strings, decimals, booleans) through Arrow's comparator.
+#[derive(Debug)]
+enum KeyColumn {
+    I8(ScalarBuffer<i8>),
+    I16(ScalarBuffer<i16>),
+    I32(ScalarBuffer<i32>),
+    I64(ScalarBuffer<i64>),
+    Other(ArrayRef),
+}
+
+impl KeyColumn {
+    fn new(a: ArrayRef) -> Self {
+        use arrow::datatypes::{
+            Date32Type, Int16Type, Int32Type, Int8Type, TimeUnit, TimestampMicrosecondType,
+        };
+        // Key columns are never null; should one be, the values buffer would not be the
+        // column, and Arrow's comparator handles it.
+        if a.null_count() > 0 {
+            return KeyColumn::Other(a);
+        }
+        match a.data_type() {
+            ArrowType::Int8 => KeyColumn::I8(a.as_primitive::<Int8Type>().values().clone()),
+            ArrowType::Int16 => KeyColumn::I16(a.as_primitive::<Int16Type>().values().clone()),
+            ArrowType::Int32 => KeyColumn::I32(a.as_primitive::<Int32Type>().values().clone()),
+            ArrowType::Date32 => KeyColumn::I32(a.as_primitive::<Date32Type>().values().clone()),
+            ArrowType::Int64 => KeyColumn::I64(a.as_primitive::<Int64Type>().values().clone()),
+            ArrowType::Timestamp(TimeUnit::Microsecond, _) => KeyColumn::I64(
+                a.as_primitive::<TimestampMicrosecondType>()
+                    .values()
+                    .clone(),
+            ),
+            _ => KeyColumn::Other(a),
+        }
+    }
+
+    /// Row `i` against row 0 of `probe` (the same column of a probe key). `other` is the
+    /// comparator for a column kept as [`KeyColumn::Other`].
+    fn cmp(&self, i: usize, probe: &KeyColumn, other: Option<&DynComparator>) -> Ordering {
+        match (self, probe) {
+            (KeyColumn::I8(a), KeyColumn::I8(b)) => a[i].cmp(&b[0]),
+            (KeyColumn::I16(a), KeyColumn::I16(b)) => a[i].cmp(&b[0]),
+            (KeyColumn::I32(a), KeyColumn::I32(b)) => a[i].cmp(&b[0]),
+            (KeyColumn::I64(a), KeyColumn::I64(b)) => a[i].cmp(&b[0]),
+            _ => other.map_or(Ordering::Equal, |c| c(i, 0)),
+        }
+    }
+
+    fn as_array(&self) -> Option<&ArrayRef> {
+        match self {
+            KeyColumn::Other(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        match self {
+            KeyColumn::I8(v) => v.len(),
+            KeyColumn::I16(v) => v.len() * 2,
+            KeyColumn::I32(v) => v.len() * 4,
+            KeyColumn::I64(v) => v.len() * 8,
+            KeyColumn::Other(a) => a.get_array_memory_size(),
+        }
+    }
+}
+
 impl KeyBlock {
-    /// The rows (block positions) whose key equals `probe` (one-row key columns, key order).
-    /// Invariant: the rows are sorted by key, so the matches are one run.
-    fn equal_range(&self, probe: &[ArrayRef]) -> Result<Range<usize>> {
-        let cmps = self
-            .keys
-            .iter()
-            .zip(probe)
-            .map(|(k, p)| make_comparator(k.as_ref(), p.as_ref(), SortOptions::default()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+    /// The rows (block positions) whose key equals `probe` (one-row key columns, key order,
+    /// as [`KeyColumn::new`] makes them). Invariant: the rows are sorted by key, so the
+    /// matches are one run.
+    fn equal_range(&self, probe: &[KeyColumn]) -> Result<Range<usize>> {
+        // Comparators only for the columns not compared natively; both sides of a column
+        // have the same type, so they are `Other` together.
+        let mut others: Vec<Option<DynComparator>> = Vec::new();
+        if self.keys.iter().any(|k| k.as_array().is_some()) {
+            for (k, p) in self.keys.iter().zip(probe) {
+                others.push(match (k.as_array(), p.as_array()) {
+                    (Some(k), Some(p)) => Some(make_comparator(
+                        k.as_ref(),
+                        p.as_ref(),
+                        SortOptions::default(),
+                    )?),
+                    (None, None) => None,
+                    _ => {
+                        return Err(StorageError::Corrupt(
+                            "a key column decoded to another type than the probe's".into(),
+                        ))
+                    }
+                });
+            }
+        }
         let cmp = |i: usize| {
-            cmps.iter()
-                .map(|c| c(i, 0))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
+            for (c, (k, p)) in self.keys.iter().zip(probe).enumerate() {
+                let o = k.cmp(i, p, others.get(c).and_then(Option::as_ref));
+                if o.is_ne() {
+                    return o;
+                }
+            }
+            Ordering::Equal
         };
         let n = self.ts.len();
         let lo = partition_point(0..n, |i| cmp(i).is_lt());
@@ -148,11 +235,7 @@ impl KeyBlock {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.keys
-            .iter()
-            .map(|k| k.get_array_memory_size())
-            .sum::<usize>()
-            + self.ts.len() * 8
+        self.keys.iter().map(KeyColumn::memory_bytes).sum::<usize>() + self.ts.len() * 8
     }
 }
 
@@ -476,14 +559,20 @@ impl Segment {
                 let mut found: Option<Range<u64>> = None;
                 let mut out_ts = Vec::new();
                 // The probe as key columns, decoded once the filter has let it through.
-                let mut probe: Option<Vec<ArrayRef>> = None;
+                let mut probe: Option<Vec<KeyColumn>> = None;
                 for b in d.index.candidate_blocks(key) {
                     let block = cache.get_or_insert_with(&(self.meta.id, b), || {
                         self.decode_key_block(codec, d, b)
                     })?;
                     let probe = match &mut probe {
                         Some(p) => p,
-                        None => probe.insert(codec.decode_keys([key])?),
+                        None => probe.insert(
+                            codec
+                                .decode_keys([key])?
+                                .into_iter()
+                                .map(KeyColumn::new)
+                                .collect::<Vec<_>>(),
+                        ),
                     };
                     let rows = block.equal_range(probe)?;
                     if !rows.is_empty() {
@@ -507,9 +596,9 @@ impl Segment {
         proj.push(codec.schema().len());
         let plan = self.plan(codec.schema(), &proj);
         let batch = plan.apply(self.read_file_range(d.index.block_rows(b), &plan.file)?)?;
-        let keys: Vec<ArrayRef> = key_cols
+        let keys: Vec<KeyColumn> = key_cols
             .iter()
-            .map(|&c| batch.column(position_in(&proj, c)).clone())
+            .map(|&c| KeyColumn::new(batch.column(position_in(&proj, c)).clone()))
             .collect();
         let ts = batch
             .columns()
