@@ -5,8 +5,8 @@ mod common;
 
 use common::test_opts;
 use nyala_storage::{
-    BatchBuilder, CmpOp, ColumnSchema, DataType, Predicate, ScanRequest, Schema, Tablet, Value,
-    WriteOp,
+    BatchBuilder, CmpOp, ColumnSchema, DataType, Predicate, ScanRequest, Schema, Tablet,
+    TabletOptions, Value, WriteOp,
 };
 
 fn all_types() -> Vec<(DataType, Value, Value)> {
@@ -131,4 +131,71 @@ fn every_type_as_a_value_and_as_a_key() {
         let t_ = Tablet::open(dir.path(), test_opts()).unwrap();
         check(&t_, "after reopen");
     }
+}
+
+/// A composite key mixing a string (compared by Arrow's comparator) with integer and date
+/// columns (compared natively): every key is found in segments with its own row, absent keys
+/// between and around present ones are not, and upserts find the old rows to replace.
+#[test]
+fn composite_keys_of_mixed_types_are_found_in_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new(
+        vec![
+            ColumnSchema::not_null("name", DataType::Utf8),
+            ColumnSchema::not_null("n", DataType::Int16),
+            ColumnSchema::not_null("d", DataType::Date),
+            ColumnSchema::nullable("v", DataType::Int64),
+        ],
+        &["name", "n", "d"],
+    )
+    .unwrap();
+    let opts = TabletOptions {
+        page_rows: 64,
+        row_group_rows: 256,
+        ..test_opts()
+    };
+    let t = Tablet::create(dir.path(), &schema, opts).unwrap();
+    let key = |i: i64| {
+        vec![
+            Value::Utf8(format!("p{:02}", i / 100)),
+            Value::Int16((i / 10 % 10) as i16 * 2),
+            Value::Date((i % 10) as i32 * 3 - 10),
+        ]
+    };
+    let write = |op: WriteOp, rows: &mut dyn Iterator<Item = (i64, i64)>| {
+        let mut b = BatchBuilder::new(["name", "n", "d", "v"]);
+        for (i, v) in rows {
+            let mut r = key(i);
+            r.push(Value::Int64(v));
+            b.push(op, r);
+        }
+        let o = t.write(&b.build(&t.schema()).unwrap()).unwrap();
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+    };
+    write(WriteOp::Insert, &mut (0..3000).map(|i| (i, i)));
+    t.flush().unwrap();
+    for i in 0..3000 {
+        let mut want = key(i);
+        want.push(Value::Int64(i));
+        assert_eq!(t.get(&key(i)).unwrap(), Some(want), "key #{i}");
+    }
+    // Between present keys (odd n, dates off the step of 3) and past either end.
+    for absent in [
+        vec![Value::Utf8("p05".into()), Value::Int16(3), Value::Date(-10)],
+        vec![Value::Utf8("p05".into()), Value::Int16(2), Value::Date(-9)],
+        vec![Value::Utf8("p".into()), Value::Int16(0), Value::Date(-10)],
+        vec![Value::Utf8("p29".into()), Value::Int16(18), Value::Date(18)],
+    ] {
+        assert_eq!(t.get(&absent).unwrap(), None, "{absent:?}");
+    }
+    // Upserts of every 7th key replace the row in its segment: one live row per key.
+    write(WriteOp::Upsert, &mut (0..3000).step_by(7).map(|i| (i, -i)));
+    let rows: usize = t
+        .scan(&ScanRequest::default())
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 3000);
+    assert_eq!(t.get(&key(700)).unwrap().unwrap()[3], Value::Int64(-700));
+    assert_eq!(t.get(&key(701)).unwrap().unwrap()[3], Value::Int64(701));
 }
