@@ -193,6 +193,35 @@ impl BoundPredicate {
         }
     }
 
+    /// Whether every row of a segment with these per-key-column bounds matches: then a scan
+    /// need not check the predicate there (a time-series query's `ts >= ...` on the newest
+    /// time windows, say). Only for predicates on key columns, which have bounds.
+    pub fn must_match_bounds(&self, bounds: &[(Vec<u8>, Vec<u8>)]) -> bool {
+        let Some((k, enc)) = &self.key else {
+            return false;
+        };
+        let Some((lo, hi)) = bounds.get(*k) else {
+            return false;
+        };
+        let (lo, hi) = (lo.as_slice(), hi.as_slice());
+        match &self.test {
+            Test::Compare(op, _, _) => {
+                let v = enc[0].as_slice();
+                match op {
+                    CmpOp::Eq => lo == v && hi == v,
+                    CmpOp::Lt => hi < v,
+                    CmpOp::Le => hi <= v,
+                    CmpOp::Gt => lo > v,
+                    CmpOp::Ge => lo >= v,
+                }
+            }
+            Test::In(_) => lo == hi && enc.iter().any(|v| v.as_slice() == lo),
+            // Key columns are never null.
+            Test::IsNull => false,
+            Test::IsNotNull => true,
+        }
+    }
+
     /// Which rows of `array` (this predicate's column) satisfy it; NULL counts as false.
     pub fn evaluate(&self, array: &ArrayRef) -> Result<BooleanArray> {
         Ok(match &self.test {

@@ -58,23 +58,76 @@ pub struct TabletScan {
     codec: Arc<RowCodec>,
     snapshot: Timestamp,
     schema: SchemaRef,
-    /// Columns read from every source (table indices, ascending).
-    read: Vec<usize>,
-    /// Position in `read` of each output column, in output order.
-    output_pos: Vec<usize>,
-    /// Position in `read` of each predicate's column.
-    pred_pos: Vec<usize>,
+    /// What every source reads and which predicates it checks; a segment whose key-column
+    /// bounds prove some predicates true for all its rows reads with a narrower one.
+    layout: Arc<Layout>,
+    /// The output columns (table indices, output order).
+    output: Vec<usize>,
     preds: Vec<BoundPredicate>,
     range: KeyRange,
     batch_size: usize,
     remaining: Option<usize>,
     sources: VecDeque<Source>,
-    /// The segment being read (pinned, so that its files outlive a compaction that replaces
-    /// it until this scan is done with them), its batches, and its timestamp column.
-    current: Option<(BatchIter, Option<usize>, Arc<Segment>)>,
+    /// The segment being read.
+    current: Option<CurrentSegment>,
     buffer_cursor: BufferCursor,
     ready: VecDeque<RecordBatch>,
     segments_read: usize,
+}
+
+/// A segment being read: its batches, its timestamp column, and its layout.
+struct CurrentSegment {
+    batches: BatchIter,
+    ts_col: Option<usize>,
+    layout: Arc<Layout>,
+    /// Pinned, so that its files outlive a compaction that replaces it until this scan is
+    /// done with them.
+    _segment: Arc<Segment>,
+}
+
+/// The columns a source reads and where the output and the predicates find theirs.
+#[derive(Debug)]
+struct Layout {
+    /// Columns read (table indices, ascending).
+    read: Vec<usize>,
+    /// Position in `read` of each output column, in output order.
+    output_pos: Vec<usize>,
+    /// Position in `read` of each predicate's column; `None`: the predicate holds for every
+    /// row of this source, so it is not evaluated (nor its column read, unless needed).
+    pred_pos: Vec<Option<usize>>,
+}
+
+impl Layout {
+    /// Reads `output` and the columns of the predicates marked in `check`.
+    fn new(output: &[usize], preds: &[BoundPredicate], check: &[bool], key0: usize) -> Layout {
+        let mut read: Vec<usize> = output
+            .iter()
+            .chain(
+                preds
+                    .iter()
+                    .zip(check)
+                    .filter(|(_, c)| **c)
+                    .map(|(p, _)| &p.column),
+            )
+            .copied()
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        if read.is_empty() {
+            // Read one (small) column to learn row counts.
+            read.push(key0);
+        }
+        let pos = |c: &usize| read.iter().position(|r| r == c).expect("column is read");
+        Layout {
+            output_pos: output.iter().map(pos).collect(),
+            pred_pos: preds
+                .iter()
+                .zip(check)
+                .map(|(p, c)| c.then(|| pos(&p.column)))
+                .collect(),
+            read,
+        }
+    }
 }
 
 impl std::fmt::Debug for TabletScan {
@@ -104,28 +157,19 @@ impl TabletScan {
         };
         let preds = bind(codec, &req.predicates)?;
         let range = KeyRange::from_predicates(codec, &preds)?;
-        let mut read: Vec<usize> = output
-            .iter()
-            .chain(preds.iter().map(|p| &p.column))
-            .copied()
-            .collect();
-        read.sort_unstable();
-        read.dedup();
-        if read.is_empty() {
-            // Read one (small) column to learn row counts.
-            read.push(schema.key_indices()[0]);
-        }
         let out_schema = Arc::new(schema.arrow_schema().project(&output)?);
-        let pos_in_read = |c: &usize| read.iter().position(|r| r == c).expect("column is read");
-        let output_pos = output.iter().map(pos_in_read).collect();
-        let pred_pos = preds.iter().map(|p| pos_in_read(&p.column)).collect();
+        let layout = Layout::new(
+            &output,
+            &preds,
+            &vec![true; preds.len()],
+            schema.key_indices()[0],
+        );
         let mut scan = TabletScan {
             codec: codec.clone(),
             snapshot,
             schema: out_schema,
-            output_pos,
-            pred_pos,
-            read,
+            layout: Arc::new(layout),
+            output,
             preds,
             range,
             batch_size: req.batch_size.unwrap_or(DEFAULT_BATCH_ROWS).max(1),
@@ -145,8 +189,8 @@ impl TabletScan {
                 .map(|b| b.prefix.clone())
                 .unwrap_or_default();
             if let Some(row) = lookup(&version, &key, snapshot)? {
-                let row = row.project(&scan.read)?;
-                if let Some(b) = scan.finish_batch(row, None)? {
+                let row = row.project(&scan.layout.read)?;
+                if let Some(b) = scan.finish_batch(row, None, &scan.layout)? {
                     scan.ready.push_back(b);
                 }
             }
@@ -180,6 +224,7 @@ impl TabletScan {
         &self,
         batch: RecordBatch,
         ts_col: Option<usize>,
+        layout: &Layout,
     ) -> Result<Option<RecordBatch>> {
         let batch = match ts_col {
             Some(c) => {
@@ -190,7 +235,8 @@ impl TabletScan {
             None => batch,
         };
         let mut mask: Option<BooleanArray> = None;
-        for (p, &pos) in self.preds.iter().zip(&self.pred_pos) {
+        for (p, pos) in self.preds.iter().zip(&layout.pred_pos) {
+            let Some(pos) = *pos else { continue };
             let m = p.evaluate(batch.column(pos))?;
             mask = Some(match mask {
                 None => m,
@@ -206,7 +252,7 @@ impl TabletScan {
         }
         Ok(Some(
             batch
-                .project(&self.output_pos)?
+                .project(&layout.output_pos)?
                 .with_schema(self.schema.clone())?,
         ))
     }
@@ -245,7 +291,9 @@ impl TabletScan {
             return Ok(None);
         }
         let rows: Vec<&[u8]> = rows.iter().collect();
-        Ok(Some(self.codec.decode_rows_projected(&rows, &self.read)?))
+        Ok(Some(
+            self.codec.decode_rows_projected(&rows, &self.layout.read)?,
+        ))
     }
 
     fn next_inner(&mut self) -> Option<Result<RecordBatch>> {
@@ -253,10 +301,11 @@ impl TabletScan {
             if let Some(b) = self.ready.pop_front() {
                 return Some(Ok(b));
             }
-            if let Some((iter, ts_col, _)) = &mut self.current {
-                let ts_col = *ts_col;
-                match iter.next() {
-                    Some(Ok(b)) => match self.finish_batch(b, ts_col) {
+            if let Some(cur) = &mut self.current {
+                let ts_col = cur.ts_col;
+                let layout = cur.layout.clone();
+                match cur.batches.next() {
+                    Some(Ok(b)) => match self.finish_batch(b, ts_col, &layout) {
                         Ok(Some(b)) => return Some(Ok(b)),
                         Ok(None) => continue,
                         Err(e) => return Some(Err(e)),
@@ -277,8 +326,25 @@ impl TabletScan {
                     {
                         continue;
                     }
+                    // Predicates the segment's key-column bounds prove true for every row
+                    // are neither checked nor (unless output) read.
+                    let check: Vec<bool> = self
+                        .preds
+                        .iter()
+                        .map(|p| !p.must_match_bounds(&seg.meta.key_bounds))
+                        .collect();
+                    let layout = if check.iter().all(|c| *c) {
+                        self.layout.clone()
+                    } else {
+                        Arc::new(Layout::new(
+                            &self.output,
+                            &self.preds,
+                            &check,
+                            self.codec.schema().key_indices()[0],
+                        ))
+                    };
                     let need_ts = seg.meta.max_ts > self.snapshot;
-                    let mut proj = self.read.clone();
+                    let mut proj = layout.read.clone();
                     if need_ts {
                         proj.push(self.codec.schema().len());
                     }
@@ -294,14 +360,21 @@ impl TabletScan {
                         self.snapshot,
                         self.batch_size,
                     ) {
-                        Ok(iter) => self.current = Some((iter, ts_col, seg)),
+                        Ok(batches) => {
+                            self.current = Some(CurrentSegment {
+                                batches,
+                                ts_col,
+                                layout,
+                                _segment: seg,
+                            })
+                        }
                         Err(e) => return Some(Err(e)),
                     }
                 }
                 Source::Buffer(mem) => match self.next_buffer_chunk(&mem) {
                     Ok(Some(b)) => {
                         self.sources.push_front(Source::Buffer(mem));
-                        match self.finish_batch(b, None) {
+                        match self.finish_batch(b, None, &self.layout) {
                             Ok(Some(b)) => return Some(Ok(b)),
                             Ok(None) => continue,
                             Err(e) => return Some(Err(e)),
