@@ -326,7 +326,17 @@ async fn run(dir: &Path) {
     let upsert_s = s.elapsed().as_secs_f64();
     println!("  nyala upserted {upserted} rows in {upsert_s:.2} s");
     print_layout(&table);
+    let before_queries = db.maintenance_stats();
     let after = run_queries(&engine, "after-upserts").await;
+    // Maintenance is not waited for here (the point is to query a fresh buffer): say what ran
+    // beside the queries.
+    let m = db.maintenance_stats();
+    println!(
+        "  beside the after-upserts queries: {} flushes, {} compactions",
+        m.flushes - before_queries.flushes,
+        m.compactions - before_queries.compactions
+    );
+    print_layout(&table);
 
     let report = serde_json::json!({
         "rows": loaded,
