@@ -259,10 +259,12 @@ fn merge_unapplied(first: ClientError, later: ClientError) -> ClientError {
 }
 
 /// A hash of an operation's table and key: equal keys hash equally (a collision only makes a
-/// batch wait when it need not).
+/// batch wait when it need not). The table counts by its bare name, lowercased, not by
+/// handle: two handles of one table (named with or without its namespace, in any case) write
+/// the same rows, and a false match between namespaces only costs a wait.
 fn key_hash(op: &Operation) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    Arc::as_ptr(&op.table).hash(&mut h);
+    op.table.name.name.to_lowercase().hash(&mut h);
     for &i in op.table.schema.key_indices() {
         match &op.values[i] {
             None | Some(Value::Null) => 0u8.hash(&mut h),
