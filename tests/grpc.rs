@@ -607,6 +607,50 @@ async fn background_batches_keep_each_keys_operations_in_order() {
     assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 1000);
 }
 
+/// When the server goes away with several background batches in flight, the session's error
+/// returns every operation not applied, in the order they were given: nothing is lost
+/// silently and nothing is returned twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_session_returns_every_unapplied_operation_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.sql("CREATE TABLE kv (k BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    let t = c.table("kv").await.unwrap();
+    let op = |k: i64| {
+        let mut op = t.insert();
+        op.set("k", k).unwrap().set("v", k).unwrap();
+        op
+    };
+    let mut s = c.session(FlushMode::AutoFlushBackground);
+    s.set_buffer_limit(10);
+    s.set_max_in_flight(3);
+    for k in 0..50 {
+        s.apply(op(k)).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    assert!(s.take_errors().is_empty());
+    assert_eq!(server.stop("-9"), None);
+    let mut unapplied = None;
+    for k in 50..200 {
+        match s.apply(op(k)).await {
+            Ok(()) => {}
+            Err(ClientError::NotApplied { ops, .. }) => {
+                unapplied = Some((k, ops));
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (last, ops) = unapplied.expect("the session reports the lost server");
+    let keys: Vec<Value> = ops.iter().map(|o| o.key()[0].clone()).collect();
+    let want: Vec<Value> = (50..=last).map(Value::Int64).collect();
+    assert_eq!(keys, want);
+    assert_eq!(s.buffered(), 0);
+}
+
 /// Raw bytes as a gRPC message, to send what no generated client would.
 #[derive(Clone, Default)]
 struct RawCodec;
