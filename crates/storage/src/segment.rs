@@ -1224,13 +1224,15 @@ mod tests {
         let deleted = RoaringBitmap::from_iter([48u32, 49]);
         let (_, sel) = plan_selection(&starts, None, 40..50, Some(&deleted));
         assert_eq!(selectors(sel), vec![(true, 40), (false, 8)]);
-        // Spanning row groups: the first one's tail is still skipped before the second.
+        // A range past the end reads up to the end; a pruned row group is left out.
         let (rgs, sel) = plan_selection(&starts, None, 150..250, None);
         assert_eq!(rgs, vec![1]);
         assert_eq!(selectors(sel), vec![(true, 50), (false, 50)]);
         let (rgs, sel) = plan_selection(&starts, Some(&[true, false]), 0..200, None);
         assert_eq!(rgs, vec![0]);
         assert_eq!(selectors(sel), vec![(false, 100)]);
+        // Spanning row groups: the first one's tail (here a deleted row) is still skipped
+        // before the second.
         let deleted = RoaringBitmap::from_iter([99u32]);
         let (rgs, sel) = plan_selection(&starts, None, 50..150, Some(&deleted));
         assert_eq!(rgs, vec![0, 1]);
