@@ -197,8 +197,8 @@ impl Session {
         Ok(())
     }
 
-    /// Sends every buffered operation and waits for all of them (including a background
-    /// batch in flight). Refused rows are collected, not returned: see
+    /// Sends every buffered operation and waits for all of them (including the background
+    /// batches in flight). Refused rows are collected, not returned: see
     /// [`Session::take_errors`]. An `Err` means a batch was refused whole (e.g. the table
     /// is gone) or the server was unreachable: [`ClientError::NotApplied`] then returns every
     /// operation not applied, in order (the buffer is left empty).
@@ -264,7 +264,10 @@ fn merge_unapplied(first: ClientError, later: ClientError) -> ClientError {
 /// the same rows, and a false match between namespaces only costs a wait.
 fn key_hash(op: &Operation) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    op.table.name.name.to_lowercase().hash(&mut h);
+    // Lowercased char by char: no allocation per operation.
+    for c in op.table.name.name.chars().flat_map(char::to_lowercase) {
+        c.hash(&mut h);
+    }
     for &i in op.table.schema.key_indices() {
         match &op.values[i] {
             None | Some(Value::Null) => 0u8.hash(&mut h),

@@ -85,6 +85,10 @@ impl DeleteVector {
     /// first enters `all`).
     pub fn deleted_count_at(&self, snapshot: Timestamp) -> u64 {
         let s = self.state.read();
+        debug_assert!(
+            s.log.len() as u64 <= s.all.len(),
+            "logged rows are distinct"
+        );
         let tail = s.log.partition_point(|&(t, _)| t <= snapshot);
         s.all.len() - (s.log.len() - tail) as u64
     }

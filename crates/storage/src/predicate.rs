@@ -165,16 +165,27 @@ fn compare(
     })
 }
 
+/// A segment's bounds on one key column, and a predicate's constants encoded the same way.
+struct KeyBounds<'a> {
+    lo: &'a [u8],
+    hi: &'a [u8],
+    enc: &'a [Vec<u8>],
+}
+
 impl BoundPredicate {
+    /// This predicate's key-column bounds in `bounds` and its encoded constants, when it is
+    /// on a key column that has bounds: what both bound tests below reason about.
+    fn key_bounds<'a>(&'a self, bounds: &'a [(Vec<u8>, Vec<u8>)]) -> Option<KeyBounds<'a>> {
+        let (k, enc) = self.key.as_ref()?;
+        let (lo, hi) = bounds.get(*k)?;
+        Some(KeyBounds { lo, hi, enc })
+    }
+
     /// Whether a segment with these per-key-column bounds may hold a matching row.
     pub fn may_match_bounds(&self, bounds: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        let Some((k, enc)) = &self.key else {
+        let Some(KeyBounds { lo, hi, enc }) = self.key_bounds(bounds) else {
             return true;
         };
-        let Some((lo, hi)) = bounds.get(*k) else {
-            return true;
-        };
-        let (lo, hi) = (lo.as_slice(), hi.as_slice());
         match &self.test {
             Test::Compare(op, _, _) => {
                 let v = enc[0].as_slice();
@@ -197,13 +208,9 @@ impl BoundPredicate {
     /// need not check the predicate there (a time-series query's `ts >= ...` on the newest
     /// time windows, say). Only for predicates on key columns, which have bounds.
     pub fn must_match_bounds(&self, bounds: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        let Some((k, enc)) = &self.key else {
+        let Some(KeyBounds { lo, hi, enc }) = self.key_bounds(bounds) else {
             return false;
         };
-        let Some((lo, hi)) = bounds.get(*k) else {
-            return false;
-        };
-        let (lo, hi) = (lo.as_slice(), hi.as_slice());
         match &self.test {
             Test::Compare(op, _, _) => {
                 let v = enc[0].as_slice();
