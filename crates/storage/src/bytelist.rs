@@ -9,16 +9,6 @@ pub(crate) struct ByteList {
 }
 
 impl ByteList {
-    /// An empty list with room for `n` strings of `bytes` bytes in total.
-    pub fn with_capacity(n: usize, bytes: usize) -> Self {
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(0);
-        ByteList {
-            data: Vec::with_capacity(bytes),
-            offsets,
-        }
-    }
-
     pub fn push(&mut self, s: &[u8]) {
         if self.offsets.is_empty() {
             self.offsets.push(0);

@@ -100,6 +100,10 @@ impl VersionChain {
     /// The newest version visible at `snapshot`: `Some(Some(row))`, `Some(None)` (tombstone),
     /// or `None`.
     fn visible(&self, snapshot: Timestamp) -> Option<Option<&[u8]>> {
+        if self.head.load(Ordering::Acquire).is_null() {
+            // The common case, one version: no iterator to set up per row of a scan.
+            return (self.first_ts <= snapshot).then_some(self.first_row.as_deref());
+        }
         self.iter().find(|(ts, _)| *ts <= snapshot).map(|(_, r)| r)
     }
 }
@@ -265,18 +269,17 @@ impl MemTable {
     }
 
     /// Visits, in key order from `lower`, the newest version visible at `snapshot` of every key
-    /// whose newest visible version is live, until `f` returns false.
-    pub fn for_each_visible(
-        &self,
+    /// whose newest visible version is live, until `f` returns false. The references live as
+    /// long as the caller's `guard`, so a scan can decode rows where they are instead of
+    /// copying them out first.
+    pub fn for_each_visible<'g>(
+        &'g self,
+        guard: &'g Guard,
         snapshot: Timestamp,
         lower: Bound<&[u8]>,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        mut f: impl FnMut(&'g [u8], &'g [u8]) -> bool,
     ) {
-        let guard = Guard::new();
-        for (k, chain) in self
-            .tree
-            .range::<[u8], _>((lower, Bound::Unbounded), &guard)
-        {
+        for (k, chain) in self.tree.range::<[u8], _>((lower, Bound::Unbounded), guard) {
             if let Some(Some(row)) = chain.visible(snapshot) {
                 if !f(k, row) {
                     break;
@@ -307,7 +310,7 @@ mod tests {
 
     fn visible(m: &MemTable, snap: Timestamp, lower: Bound<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut seen = vec![];
-        m.for_each_visible(snap, lower, |k, r| {
+        m.for_each_visible(&Guard::new(), snap, lower, |k, r| {
             seen.push((k.to_vec(), r.to_vec()));
             true
         });

@@ -11,7 +11,6 @@ use arrow_schema::SchemaRef;
 
 use nyala_common::RowCodec;
 
-use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::memtable::MemTable;
@@ -271,9 +270,12 @@ impl TabletScan {
         };
         let range = &self.range;
         let limit = self.batch_size;
-        let mut rows = ByteList::with_capacity(limit.min(1 << 16), limit.min(1 << 16) * 64);
+        let mut rows: Vec<&[u8]> = Vec::with_capacity(limit.min(1 << 16));
         let mut next = BufferCursor::Done;
-        mem.for_each_visible(self.snapshot, lower, |k, r| {
+        // Rows are decoded in place, under this guard; the buffer never changes a version it
+        // has published (memtable.rs), so they cannot change meanwhile.
+        let guard = scc::Guard::new();
+        mem.for_each_visible(&guard, self.snapshot, lower, |k, r| {
             if range.is_above(k) {
                 return false;
             }
@@ -290,7 +292,6 @@ impl TabletScan {
         if rows.is_empty() {
             return Ok(None);
         }
-        let rows: Vec<&[u8]> = rows.iter().collect();
         Ok(Some(
             self.codec.decode_rows_projected(&rows, &self.layout.read)?,
         ))
