@@ -160,6 +160,11 @@ impl KeyEntry<'_> {
         }
     }
 
+    /// The encoded key.
+    pub fn key(&self) -> &[u8] {
+        self.key
+    }
+
     /// The newest row, if the key is live.
     pub fn row(&self) -> Option<&[u8]> {
         self.chain.and_then(|c| c.visible(Timestamp::MAX)).flatten()

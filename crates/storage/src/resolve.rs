@@ -80,15 +80,9 @@ impl Resolver {
             MemLookup::Deleted => return Ok(None),
             MemLookup::Unknown => {}
         }
-        let schema = v.codec.schema();
-        let all: Vec<usize> = (0..schema.len()).collect();
         for seg in v.segments.iter().rev() {
             if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, key, snapshot)? {
-                let r = row as u64;
-                return Ok(Some(
-                    seg.read_range(schema, r..r + 1, &all)?
-                        .with_schema(schema.arrow_schema().clone())?,
-                ));
+                return Ok(Some(seg.read_row(&v.codec, row as u64, key)?));
             }
         }
         Ok(None)
@@ -128,8 +122,6 @@ impl Resolver {
         entry: &KeyEntry<'_>,
         loc: &Location,
     ) -> Result<Option<RecordBatch>> {
-        let schema = v.codec.schema();
-        let all: Vec<usize> = (0..schema.len()).collect();
         Ok(match loc {
             Location::Buffer => {
                 let row = entry.row().ok_or_else(|| {
@@ -137,9 +129,7 @@ impl Resolver {
                 })?;
                 Some(v.codec.decode_rows([row])?)
             }
-            Location::Segment(seg, r) => {
-                Some(seg.read_range(schema, *r as u64..*r as u64 + 1, &all)?)
-            }
+            Location::Segment(seg, r) => Some(seg.read_row(&v.codec, *r as u64, entry.key())?),
             Location::Absent => None,
         })
     }
