@@ -5,8 +5,9 @@
 //!    batches, through one `WriteStream` call.
 //! 2. Client upserts: `Session` in AutoFlushBackground with 1,000-row batches, rows built
 //!    column by column with `Operation::set`; half the keys exist, half are new.
-//! 3. `Get` latency: one client, one key per call, sequential (p50/p99); then throughput with
-//!    16 concurrent clients (16 connections).
+//! 3. `Get` latency: one client, one key per call, sequential (p50/p99), first while the
+//!    server still flushes and compacts the load, then once that is done; then throughput
+//!    with 16 concurrent clients (16 connections).
 //!
 //! Run: `cargo bench -p nyala --profile fast --bench grpc` (the server is this profile's
 //! binary).
@@ -76,6 +77,58 @@ fn key(rng: &mut StdRng, minutes: i64) -> Vec<Value> {
         Value::Int16(rng.random_range(0..LANES)),
         Value::Timestamp(T0 + rng.random_range(0..minutes) * MINUTE),
     ]
+}
+
+/// p50 and p99 of `n` sequential one-key `Get`s of present keys, in microseconds.
+async fn get_latency(
+    table: &nyala_client::Table,
+    rng: &mut StdRng,
+    n: u64,
+    minutes: i64,
+) -> (f64, f64) {
+    let mut lat = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let k = key(rng, minutes);
+        let t = Instant::now();
+        let row = table.get(&k).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        assert!(row.is_some());
+    }
+    (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99))
+}
+
+/// The server's `/metrics` text.
+fn metrics(http_port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Waits until background flushes and compactions have stopped (none running and the
+/// compaction count unchanged for two seconds); returns the seconds waited.
+fn wait_for_idle_maintenance(http_port: u16) -> f64 {
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    let started = Instant::now();
+    let (mut last, mut quiet) = (f64::NAN, 0);
+    while quiet < 4 && started.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(500));
+        let text = metrics(http_port);
+        let done = value(&text, "nyala_maintenance_compactions_total");
+        if value(&text, "nyala_maintenance_running") == 0.0 && done == last {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        last = done;
+    }
+    started.elapsed().as_secs_f64()
 }
 
 #[tokio::main]
@@ -176,18 +229,17 @@ async fn main() {
         percentile(&mut rt, 0.5)
     );
 
-    // 3. Get latency, one client, one key per call.
-    let mut lat = Vec::with_capacity(gets as usize);
-    for _ in 0..gets {
-        let k = key(&mut rng, minutes);
-        let t = Instant::now();
-        let row = table.get(&k).await.unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        assert!(row.is_some());
-    }
-    let p50 = percentile(&mut lat, 0.5);
-    let p99 = percentile(&mut lat, 0.99);
-    println!("Get, one client, one key per call ({gets} calls): p50 {p50:.0} us, p99 {p99:.0} us");
+    // 3. Get latency, one client, one key per call: first while the server still flushes and
+    // compacts what was just loaded (one of the two cores), then once it is idle.
+    let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
+    println!(
+        "Get, one client, one key per call ({gets} calls), maintenance running: p50 {p50:.0} us, p99 {p99:.0} us"
+    );
+    let waited = wait_for_idle_maintenance(port + 1);
+    let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
+    println!(
+        "Get, one client, one key per call ({gets} calls), maintenance idle (after {waited:.0} s): p50 {p50:.0} us, p99 {p99:.0} us"
+    );
 
     // Throughput: 16 clients, each its own connection, for a few seconds.
     let secs = env_u64("NYALA_BENCH_GET_SECS", 5);
