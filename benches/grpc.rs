@@ -12,64 +12,22 @@
 //! Run: `cargo bench -p nyala --profile fast --bench grpc` (the server is this profile's
 //! binary).
 
+#[path = "server.rs"]
+mod server;
 #[path = "traffic.rs"]
 mod traffic;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use nyala_client::{Client, FlushMode, Op, Value};
+use nyala_client::{FlushMode, Op, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use server::*;
 use traffic::*;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p) as usize]
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(dir: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_nyala"))
-        .args(["serve", "--log", "warn", "--data-dir"])
-        .arg(dir)
-        .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
-        .args(["--http-addr", &format!("127.0.0.1:{}", port + 1)])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the nyala binary");
-    Server(child)
-}
-
-async fn connect(url: &str) -> Client {
-    let started = Instant::now();
-    loop {
-        match Client::connect(url).await {
-            Ok(c) => return c,
-            Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
 
 fn key(rng: &mut StdRng, minutes: i64) -> Vec<Value> {
     vec![
@@ -94,41 +52,7 @@ async fn get_latency(
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(row.is_some());
     }
-    (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99))
-}
-
-/// The server's `/metrics` text.
-fn metrics(http_port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Waits until background flushes and compactions have stopped (none running and the
-/// compaction count unchanged for two seconds); returns the seconds waited.
-fn wait_for_idle_maintenance(http_port: u16) -> f64 {
-    let value = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
-    let started = Instant::now();
-    let (mut last, mut quiet) = (f64::NAN, 0);
-    while quiet < 4 && started.elapsed() < Duration::from_secs(300) {
-        std::thread::sleep(Duration::from_millis(500));
-        let text = metrics(http_port);
-        let done = value(&text, "nyala_maintenance_compactions_total");
-        if value(&text, "nyala_maintenance_running") == 0.0 && done == last {
-            quiet += 1;
-        } else {
-            quiet = 0;
-        }
-        last = done;
-    }
-    started.elapsed().as_secs_f64()
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
 #[tokio::main]
@@ -141,7 +65,7 @@ async fn main() {
     let gets = env_u64("NYALA_BENCH_GETS", 20_000);
     let port = env_u64("NYALA_BENCH_PORT", 17050) as u16;
     let dir = tempfile::tempdir().unwrap();
-    let _server = start_server(dir.path(), port);
+    let server = Server::start(dir.path(), port);
     let url = format!("http://127.0.0.1:{port}");
     let client = connect(&url).await;
     let schema = traffic_schema();
@@ -226,7 +150,7 @@ async fn main() {
     }
     println!(
         "ListTables round trip (no storage work): p50 {:.0} us",
-        percentile(&mut rt, 0.5)
+        percentile(&rt, 0.5)
     );
 
     // 3. Get latency, one client, one key per call: first while the server still flushes and
@@ -235,7 +159,7 @@ async fn main() {
     println!(
         "Get, one client, one key per call ({gets} calls), maintenance running: p50 {p50:.0} us, p99 {p99:.0} us"
     );
-    let waited = wait_for_idle_maintenance(port + 1);
+    let waited = server.wait_for_idle_maintenance();
     let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
     println!(
         "Get, one client, one key per call ({gets} calls), maintenance idle (after {waited:.0} s): p50 {p50:.0} us, p99 {p99:.0} us"

@@ -13,18 +13,19 @@
 //! Run: `cargo bench --profile fast --bench mixed` (the server is this profile's binary).
 //! `NYALA_MIXED_BASE_ROWS` (default 10M) sets the preloaded rows.
 
+#[path = "server.rs"]
+mod server;
 #[path = "traffic.rs"]
 mod traffic;
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::compute::concat_batches;
-use nyala_client::{Client, Op, Value};
+use nyala_client::{Op, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use server::*;
 use traffic::*;
 
 #[global_allocator]
@@ -32,103 +33,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const Q1: &str = "SELECT date_trunc('hour', ts) AS hr, avg(speed_c2), max(speed_c2) \
                   FROM traffic WHERE valid = 0 GROUP BY 1 ORDER BY 1";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p) as usize]
-}
-
-struct Server {
-    child: Child,
-    http: u16,
-}
-
-impl Server {
-    fn start(dir: &std::path::Path, port: u16) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_nyala"))
-            .args(["serve", "--log", "warn", "--data-dir"])
-            .arg(dir)
-            .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{}", port + 1)])
-            .args(["--pg-addr", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the nyala binary");
-        Server {
-            child,
-            http: port + 1,
-        }
-    }
-
-    /// SIGTERM and wait: the server flushes every buffer on the way out.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-
-    fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    }
-
-    /// A gauge from `/metrics` (summed over its label sets).
-    fn metric(&self, name: &str) -> f64 {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.http)) else {
-            return f64::NAN;
-        };
-        let _ = write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn connect(url: &str) -> Client {
-    let started = Instant::now();
-    loop {
-        match Client::connect(url).await {
-            Ok(c) => return c,
-            Err(e) if started.elapsed() > Duration::from_secs(120) => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
 
 /// What was measured, with the second of the run it happened in.
 #[derive(Default)]
