@@ -157,7 +157,7 @@ async fn main() {
     // compacts what was just loaded (one of the two cores), then once it is idle.
     let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
     println!(
-        "Get, one client, one key per call ({gets} calls), maintenance running: p50 {p50:.0} us, p99 {p99:.0} us"
+        "Get, one client, one key per call ({gets} calls), right after the load: p50 {p50:.0} us, p99 {p99:.0} us"
     );
     let waited = server.wait_for_idle_maintenance();
     let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
