@@ -242,6 +242,11 @@ impl TabletScan {
                 Some(prev) => and(&prev, &m)?,
             });
         }
+        // Projected before filtering: a column read only for a predicate (`valid` in
+        // `WHERE valid = 0`) is not copied by the filter just to be dropped.
+        let batch = batch
+            .project(&layout.output_pos)?
+            .with_schema(self.schema.clone())?;
         let batch = match mask {
             Some(m) => filter_record_batch(&batch, &m)?,
             None => batch,
@@ -249,11 +254,7 @@ impl TabletScan {
         if batch.num_rows() == 0 {
             return Ok(None);
         }
-        Ok(Some(
-            batch
-                .project(&layout.output_pos)?
-                .with_schema(self.schema.clone())?,
-        ))
+        Ok(Some(batch))
     }
 
     /// The next chunk of visible buffer rows in range, or `None` when the buffer is done.

@@ -297,6 +297,14 @@ fn predicates_projection_and_limit() {
         ..Default::default()
     };
     assert_eq!(count_rows(&t, &req), 99);
+    // A predicate on a column that is not output (`count(*) ... WHERE n = 3`; `ids` above
+    // covers one other column): only the rows it keeps are counted.
+    let req = ScanRequest {
+        projection: Some(vec![]),
+        predicates: vec![Predicate::cmp("n", CmpOp::Eq, Value::Int32(3))],
+        ..Default::default()
+    };
+    assert_eq!(count_rows(&t, &req), expected.len());
     // Bad predicates are clear errors.
     let bad = ScanRequest {
         predicates: vec![Predicate::cmp("n", CmpOp::Eq, Value::Utf8("x".into()))],
