@@ -12,7 +12,7 @@ use nyala_common::Value;
 use crate::clock::Timestamp;
 use crate::error::{Result, StorageError};
 use crate::memtable::{KeyEntry, MemLookup, MemState};
-use crate::segment::{new_key_block_cache, KeyBlockCache, Segment};
+use crate::segment::{new_key_block_cache, KeyBlockCache, ProbeKey, Segment};
 use crate::tablet::Version;
 use crate::write::{RowError, RowErrorKind, ValidatedBatch, WriteOp, WriteOutcome};
 
@@ -55,13 +55,16 @@ impl Resolver {
             MemState::Deleted => return Ok(Location::Absent),
             MemState::Unknown => {}
         }
+        let probe = ProbeKey::new(key);
         for seg in v
             .segments
             .iter()
             .rev()
             .filter(|s| s.meta.may_hold(key_columns, i))
         {
-            if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, key, Timestamp::MAX)? {
+            if let Some(row) =
+                seg.find_visible(&v.codec, &self.key_blocks, &probe, Timestamp::MAX)?
+            {
                 return Ok(Location::Segment(seg.clone(), row));
             }
         }
@@ -80,9 +83,10 @@ impl Resolver {
             MemLookup::Deleted => return Ok(None),
             MemLookup::Unknown => {}
         }
+        let probe = ProbeKey::new(key);
         for seg in v.segments.iter().rev() {
-            if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, key, snapshot)? {
-                return Ok(Some(seg.read_row(&v.codec, row as u64, key)?));
+            if let Some(row) = seg.find_visible(&v.codec, &self.key_blocks, &probe, snapshot)? {
+                return Ok(Some(seg.read_row(&v.codec, row as u64, &probe)?));
             }
         }
         Ok(None)
@@ -129,7 +133,9 @@ impl Resolver {
                 })?;
                 Some(v.codec.decode_rows([row])?)
             }
-            Location::Segment(seg, r) => Some(seg.read_row(&v.codec, *r as u64, entry.key())?),
+            Location::Segment(seg, r) => {
+                Some(seg.read_row(&v.codec, *r as u64, &ProbeKey::new(entry.key()))?)
+            }
             Location::Absent => None,
         })
     }

@@ -122,6 +122,31 @@ fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec
 /// Re-encoding them memcomparably would cost more than the Parquet decode itself and take more
 /// memory per cached row (about 22 bytes per traffic row this way).
 #[derive(Debug)]
+/// A key being looked up: its memcomparable bytes, plus its key columns, decoded the first time
+/// a segment needs them and then shared by every segment searched and by the row read.
+pub(crate) struct ProbeKey<'a> {
+    pub bytes: &'a [u8],
+    columns: std::cell::OnceCell<Vec<ArrayRef>>,
+}
+
+impl<'a> ProbeKey<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        ProbeKey {
+            bytes,
+            columns: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The key columns (one row each, key order).
+    fn columns(&self, codec: &RowCodec) -> Result<&[ArrayRef]> {
+        if let Some(c) = self.columns.get() {
+            return Ok(c);
+        }
+        let decoded = codec.decode_keys([self.bytes])?;
+        Ok(self.columns.get_or_init(|| decoded))
+    }
+}
+
 pub(crate) struct KeyBlock {
     keys: Vec<KeyColumn>,
     ts: ScalarBuffer<i64>,
@@ -537,8 +562,9 @@ impl Segment {
         &self,
         codec: &RowCodec,
         cache: &KeyBlockCache,
-        key: &[u8],
+        probe_key: &ProbeKey<'_>,
     ) -> Result<(Range<u64>, Vec<Timestamp>)> {
+        let key = probe_key.bytes;
         if key < self.meta.min_key.as_slice() || key > self.meta.max_key.as_slice() {
             return Ok((0..0, vec![]));
         }
@@ -558,7 +584,7 @@ impl Segment {
                 }
                 let mut found: Option<Range<u64>> = None;
                 let mut out_ts = Vec::new();
-                // The probe as key columns, decoded once the filter has let it through.
+                // The probe as key columns, once the filter has let it through.
                 let mut probe: Option<Vec<KeyColumn>> = None;
                 for b in d.index.candidate_blocks(key) {
                     let block = cache.get_or_insert_with(&(self.meta.id, b), || {
@@ -567,9 +593,10 @@ impl Segment {
                     let probe = match &mut probe {
                         Some(p) => p,
                         None => probe.insert(
-                            codec
-                                .decode_keys([key])?
-                                .into_iter()
+                            probe_key
+                                .columns(codec)?
+                                .iter()
+                                .cloned()
                                 .map(KeyColumn::new)
                                 .collect::<Vec<_>>(),
                         ),
@@ -616,7 +643,7 @@ impl Segment {
         &self,
         codec: &RowCodec,
         cache: &KeyBlockCache,
-        key: &[u8],
+        key: &ProbeKey<'_>,
         snapshot: Timestamp,
     ) -> Result<Option<u32>> {
         let (rows, ts) = self.rows_with_key(codec, cache, key)?;
@@ -695,14 +722,14 @@ impl Segment {
     /// The key columns come from decoding `key` rather than from the file: they are a fifth
     /// of a traffic row's columns, and the time column's delta encoding is the dearest to
     /// seek into.
-    pub fn read_row(&self, codec: &RowCodec, row: u64, key: &[u8]) -> Result<RecordBatch> {
+    pub fn read_row(&self, codec: &RowCodec, row: u64, key: &ProbeKey<'_>) -> Result<RecordBatch> {
         let schema = codec.schema();
         let key_cols = schema.key_indices();
         let others: Vec<usize> = (0..schema.len())
             .filter(|c| !key_cols.contains(c))
             .collect();
         let values = self.read_range(schema, row..row + 1, &others)?;
-        let keys = codec.decode_keys([key])?;
+        let keys = key.columns(codec)?;
         let mut from_values = values.columns().iter();
         let columns: Vec<ArrayRef> = (0..schema.len())
             .map(|c| match key_cols.iter().position(|&k| k == c) {
