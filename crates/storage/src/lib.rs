@@ -32,6 +32,7 @@ mod keyindex;
 mod maintenance;
 mod memtable;
 pub mod options;
+mod pointread;
 pub mod predicate;
 mod resolve;
 pub mod scan;

@@ -47,6 +47,7 @@ use crate::error::{Result, StorageError};
 use crate::keyindex::{KeyIndex, KeyIndexBuilder};
 use crate::memtable::MemTable;
 use crate::options::{SegmentCompression, TabletOptions};
+use crate::pointread;
 use crate::predicate::{BoundPredicate, KeyRange};
 
 /// Name of the hidden column holding each row version's commit timestamp.
@@ -752,8 +753,22 @@ impl Segment {
                 .slice(rows.start as usize, (rows.end - rows.start) as usize)
                 .project(projection)?),
             SegmentData::Disk(d) => {
-                let (rgs, sel) = plan_selection(&d.rg_starts, None, rows.clone(), None);
                 let schema = Arc::new(d.reader_meta.schema().project(projection)?);
+                if rows.end == rows.start + 1 && rows.end <= self.meta.rows {
+                    let rg = d.rg_starts.partition_point(|&s| s <= rows.start) - 1;
+                    let fields: Vec<&Field> = schema.fields().iter().map(|f| f.as_ref()).collect();
+                    if let Some(columns) = pointread::read_row(
+                        &d.bytes,
+                        d.reader_meta.metadata(),
+                        rg,
+                        rows.start - d.rg_starts[rg],
+                        projection,
+                        &fields,
+                    )? {
+                        return Ok(RecordBatch::try_new(schema, columns)?);
+                    }
+                }
+                let (rgs, sel) = plan_selection(&d.rg_starts, None, rows.clone(), None);
                 if rgs.is_empty() {
                     return Ok(RecordBatch::new_empty(schema));
                 }
