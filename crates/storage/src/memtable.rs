@@ -228,6 +228,31 @@ impl MemTable {
         }
     }
 
+    /// Adds `key` with its first version, unless the buffer holds the key already: then the
+    /// row comes back, to be pushed onto the key's [`entry`](Self::entry) instead. For a
+    /// write that does not depend on the key's current row (a whole-row upsert) this is one
+    /// tree search where `entry` then `push` take two. Writer only, like `push`.
+    pub fn insert_new(
+        &self,
+        key: &[u8],
+        ts: Timestamp,
+        row: Box<[u8]>,
+    ) -> std::result::Result<(), Box<[u8]>> {
+        let cost =
+            row.len() + VERSION_OVERHEAD + key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD;
+        match self
+            .tree
+            .insert_sync(Key::from_slice(key), VersionChain::with(ts, Some(row)))
+        {
+            Ok(()) => {
+                self.bytes.fetch_add(cost, Ordering::Relaxed);
+                self.versions.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err((_, mut chain)) => Err(chain.first_row.take().expect("the row just given")),
+        }
+    }
+
     /// Adds a version of `key` (see [`KeyEntry::push`]).
     #[cfg(test)]
     pub fn put(&self, key: &[u8], ts: Timestamp, row: Option<Box<[u8]>>) {

@@ -51,10 +51,20 @@ impl Resolver {
         i: usize,
     ) -> Result<Location> {
         match entry.state() {
-            MemState::Live => return Ok(Location::Buffer),
-            MemState::Deleted => return Ok(Location::Absent),
-            MemState::Unknown => {}
+            MemState::Live => Ok(Location::Buffer),
+            MemState::Deleted => Ok(Location::Absent),
+            MemState::Unknown => self.locate_in_segments(v, key, key_columns, i),
         }
+    }
+
+    /// Where the live copy of `key` is among the segments, for a key the buffer lacks.
+    fn locate_in_segments(
+        &self,
+        v: &Version,
+        key: &[u8],
+        key_columns: &[Rows],
+        i: usize,
+    ) -> Result<Location> {
         let probe = ProbeKey::new(key);
         for seg in v
             .segments
@@ -157,10 +167,33 @@ impl Resolver {
                 .map(|(k, &c)| v.codec.encode_key_column(k, &b.columns[c]))
                 .collect::<std::result::Result<Vec<_>, _>>()?
         };
+        // An upsert that sets every column writes the same row whatever the key's state: it
+        // goes into the buffer first, and only a key the buffer lacked is looked for in the
+        // segments (to delete the copy there).
+        let whole_upserts = b
+            .upsert
+            .as_ref()
+            .map_or(&b.present, |u| &u.present)
+            .iter()
+            .all(|p| *p);
         let guard = scc::Guard::new();
         for (i, &op) in b.ops.iter().enumerate() {
             let key = b.keys.row(i);
             let key = key.as_ref();
+            if op == WriteOp::Upsert && whole_upserts {
+                match v.memtable.insert_new(key, ts, b.rows.row(i).into()) {
+                    Ok(()) => {
+                        if let Location::Segment(seg, r) =
+                            self.locate_in_segments(v, key, &key_columns, i)?
+                        {
+                            seg.dv.delete(r, ts);
+                        }
+                    }
+                    Err(row) => v.memtable.entry(key, &guard).push(ts, Some(row)),
+                }
+                out.applied += 1;
+                continue;
+            }
             let entry = v.memtable.entry(key, &guard);
             let loc = self.locate(v, &entry, key, &key_columns, i)?;
             let exists = !matches!(loc, Location::Absent);
