@@ -7,8 +7,9 @@
 //! - [`write`]: batches of row operations, validation, WAL record encoding;
 //! - `tablet`: the write path (locate key, decide, apply, group commit, publish), flushes,
 //!   checkpoints and recovery; the invariants that hold it together are documented there;
-//! - `memtable`: the row-oriented write buffer (skip list of key versions);
+//! - `memtable`: the row-oriented write buffer (B+ tree of key versions);
 //! - `segment`: immutable sorted runs, in memory after a freeze and in Parquet after a flush;
+//! - `pointread`: one row of a Parquet segment, decoded value by value where it sits;
 //! - `keyindex`: per-segment key samples and filter, for point lookups and presence checks;
 //! - `dv`: deletion vectors with timestamps;
 //! - `compact`: merging segments (purging rows no snapshot can see);

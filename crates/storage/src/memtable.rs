@@ -5,7 +5,7 @@
 //! (commit timestamp, encoded row or tombstone). A B+ tree, not a skip list: measured on a
 //! million traffic keys, a search took 0.5-0.8 us instead of 1.7-2.4 us and an ordered scan
 //! 25 ns per key instead of 97, because a leaf holds many keys in one place. One writer at a time (the tablet's
-//! writer lock) adds keys and pushes versions; any number of readers walk the list at the same
+//! writer lock) adds keys and pushes versions; any number of readers walk the tree at the same
 //! time without blocking it. A reader at snapshot `s` sees, for each key, the newest version
 //! with timestamp `<= s`; versions newer than the published snapshot are invisible, which lets
 //! the writer apply a batch entry by entry and publish it at once.
@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 
 use crate::clock::Timestamp;
 
-/// Keys up to this many bytes live inside the skip-list node.
+/// Keys up to this many bytes live inside the tree's leaf.
 pub(crate) const INLINE_KEY: usize = 24;
 
 type Key = SmallVec<[u8; INLINE_KEY]>;
@@ -140,7 +140,7 @@ pub(crate) enum MemState {
 
 /// Per-version bookkeeping cost added to row bytes when accounting memory.
 const VERSION_OVERHEAD: usize = 40;
-/// Per-key bookkeeping cost (skip-list node with inline key).
+/// Per-key bookkeeping cost (leaf slot with inline key, tree overhead).
 const KEY_OVERHEAD: usize = 96;
 
 /// The writer's handle on one key of the buffer, from [`MemTable::entry`].
