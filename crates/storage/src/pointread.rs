@@ -358,15 +358,18 @@ mod rle {
                 v[..width].copy_from_slice(bytes);
                 Ok((n, Run::Repeated(u64::from_le_bytes(v))))
             } else {
-                let bytes = self.take(n * self.bits as usize)?;
-                Ok((n * 8, Run::Packed(bytes)))
+                let cut = || corrupt("a run is cut off".into());
+                let len = n.checked_mul(self.bits as usize).ok_or_else(cut)?;
+                let bytes = self.take(len)?;
+                Ok((n.saturating_mul(8), Run::Packed(bytes)))
             }
         }
 
         fn take(&mut self, n: usize) -> Result<&'a [u8]> {
             let bytes = self
-                .buf
-                .get(self.pos..self.pos + n)
+                .pos
+                .checked_add(n)
+                .and_then(|end| self.buf.get(self.pos..end))
                 .ok_or_else(|| corrupt("a run is cut off".into()))?;
             self.pos += n;
             Ok(bytes)
@@ -391,7 +394,7 @@ mod rle {
         let mut seen = 0;
         for run in (Runs { buf, pos: 0, bits }) {
             let (count, run) = run?;
-            if i < seen + count {
+            if i - seen < count {
                 return Ok(match run {
                     Run::Repeated(v) => v,
                     Run::Packed(bytes) => unpack(bytes, bits, i - seen),
@@ -414,6 +417,11 @@ mod rle {
         }) {
             let (count, run) = run?;
             let here = i.checked_sub(seen).filter(|&k| k < count);
+            if let Run::Repeated(v) = run {
+                if v > 1 {
+                    return Err(corrupt(format!("a definition level of {v}")));
+                }
+            }
             match (run, here) {
                 (Run::Repeated(v), None) => ones += v as usize * count,
                 (Run::Repeated(v), Some(k)) => return Ok((v == 1, ones + v as usize * k)),
@@ -456,6 +464,13 @@ mod rle {
             assert!(
                 value_at(&buf[..4], 3, 5).is_err(),
                 "a cut-off run is an error"
+            );
+            // A corrupt header claiming an enormous run is an error, not an overflow.
+            let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+            assert!(value_at(&huge, 3, 5).is_err());
+            assert!(
+                bit_and_ones_before(&[4 << 1, 2], 1).is_err(),
+                "a level above 1"
             );
         }
 
