@@ -29,7 +29,7 @@ use crate::clock::Timestamp;
 use crate::dv::DeleteVector;
 use crate::error::Result;
 use crate::options::TabletOptions;
-use crate::segment::{Segment, SegmentWriter};
+use crate::segment::{KeyBlockCache, Segment, SegmentWriter};
 
 /// Rows read from an input at a time.
 const CHUNK_ROWS: u64 = 32 * 1024;
@@ -125,6 +125,7 @@ pub(crate) fn merge(
     dir: &Path,
     id: u64,
     opts: &TabletOptions,
+    key_blocks: &Arc<KeyBlockCache>,
 ) -> Result<Merged> {
     let projection: Vec<usize> = (0..=codec.schema().len()).collect();
     let mut positions: Vec<Vec<u32>> = inputs
@@ -151,6 +152,9 @@ pub(crate) fn merge(
         cursors.push(c);
     }
     let mut writer = SegmentWriter::create(dir, id, codec, opts)?;
+    // The merged keys are the inputs' keys, whose blocks the cache may hold under the inputs'
+    // ids: have them ready under the output's id.
+    writer.warm_key_blocks(key_blocks.clone());
     let mut out_rows: u32 = 0;
     // Output rows gathered so far: (cursor, position in its chunk), and their keys.
     let mut picks: Vec<(usize, usize)> = Vec::with_capacity(OUT_ROWS);

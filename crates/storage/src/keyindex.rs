@@ -3,8 +3,9 @@
 //! A point lookup (or the presence check of an insert) must not touch a segment's data unless
 //! the key may be there. The filter (a binary fuse filter, ~9 bits per key, 0.4% false
 //! positives) answers "certainly not here" for almost every absent key; the samples (the key of
-//! every `stride`-th row) narrow a present key to one block of rows, which is one Parquet page
-//! per column. Both stay in memory: about 1.1 bytes per row plus one key per block.
+//! every `stride`-th row, `TabletOptions::key_block_rows`) narrow a present key to one block of
+//! rows, a part of one Parquet page per column. Both stay in memory: about 1.1 bytes per row
+//! plus one key per block.
 //!
 //! File format (`<id>.kix`, little endian): magic `NYKX`, format `u8`, stride `u32`, sample
 //! count `u32`, each sample as `u32` length + bytes, then the bincode-encoded filter.

@@ -55,6 +55,9 @@ pub struct TabletOptions {
     pub history_retention: Duration,
     /// Rows per Parquet data page: a point lookup decodes about this many values per column.
     pub page_rows: usize,
+    /// Rows per key block: what a presence check or lookup decodes (and caches) of a
+    /// segment's key columns to find a key; the key index samples one key per block.
+    pub key_block_rows: usize,
     /// Rows per Parquet row group: the unit of statistics pruning and of scan parallelism.
     pub row_group_rows: usize,
     /// How segment pages are compressed.
@@ -71,6 +74,9 @@ impl TabletOptions {
         let bad = |what: &str| Err(StorageError::InvalidInput(format!("tablet option {what}")));
         if self.page_rows == 0 || self.page_rows > u32::MAX as usize {
             return bad("page_rows must be between 1 and 2^32 - 1");
+        }
+        if self.key_block_rows == 0 || self.key_block_rows > u32::MAX as usize {
+            return bad("key_block_rows must be between 1 and 2^32 - 1");
         }
         if self.row_group_rows == 0 {
             return bad("row_group_rows must be at least 1");
@@ -100,6 +106,10 @@ impl Default for TabletOptions {
             background_compaction: true,
             history_retention: Duration::from_secs(15 * 60),
             page_rows: 4096,
+            // A quarter page: a block miss decodes 1,024 rows of the key columns instead of
+            // 4,096 (criterion upserts with half the keys in segments, whose presence checks
+            // miss the cache often, 256k -> 294k rows/s).
+            key_block_rows: 1024,
             row_group_rows: 256 * 1024,
             compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,

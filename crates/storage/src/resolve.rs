@@ -28,14 +28,19 @@ enum Location {
 /// Rows are encoded with the codec of the [`Version`] they are applied to or read from: a
 /// schema change installs a new version with an empty buffer (see `Tablet::alter_schema`).
 pub(crate) struct Resolver {
-    key_blocks: KeyBlockCache,
+    key_blocks: Arc<KeyBlockCache>,
 }
 
 impl Resolver {
     pub fn new(key_cache_bytes: u64) -> Self {
         Resolver {
-            key_blocks: new_key_block_cache(key_cache_bytes),
+            key_blocks: Arc::new(new_key_block_cache(key_cache_bytes)),
         }
+    }
+
+    /// The cache of decoded key blocks, for writers of segments to fill (compactions).
+    pub fn key_blocks(&self) -> &Arc<KeyBlockCache> {
+        &self.key_blocks
     }
 
     /// Where the live copy of `key` is, counting every applied write (writer lock held).

@@ -914,6 +914,12 @@ pub(crate) struct SegmentWriter {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     index: KeyIndexBuilder,
+    /// Rows per key block (the key index's stride).
+    stride: u64,
+    /// Rows in the row groups encoded so far.
+    encoded_rows: u64,
+    /// Where to put the key blocks of encoded rows, if anywhere.
+    warm: Option<Arc<KeyBlockCache>>,
     min_key: Vec<u8>,
     max_key: Vec<u8>,
     min_ts: Timestamp,
@@ -948,7 +954,10 @@ impl SegmentWriter {
             row_groups: 0,
             pending: vec![],
             pending_rows: 0,
-            index: KeyIndexBuilder::new(opts.page_rows as u32),
+            index: KeyIndexBuilder::new(opts.key_block_rows as u32),
+            stride: opts.key_block_rows as u64,
+            encoded_rows: 0,
+            warm: None,
             min_key: vec![],
             max_key: vec![],
             min_ts: Timestamp::MAX,
@@ -1080,6 +1089,52 @@ impl SegmentWriter {
         }
         rg.close()?;
         self.row_groups += 1;
+        if let Some(cache) = &self.warm {
+            self.cache_key_blocks(cache, slice)?;
+        }
+        self.encoded_rows += slice.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Has the key blocks of the rows written from now on put into `cache` as they are
+    /// encoded (see [`SegmentWriter::cache_key_blocks`]).
+    pub fn warm_key_blocks(&mut self, cache: Arc<KeyBlockCache>) {
+        self.warm = Some(cache);
+    }
+
+    /// Puts the key blocks wholly inside `slice` (the rows from `encoded_rows` on) into
+    /// `cache`, exactly as `Segment::decode_key_block` would decode them from the file.
+    ///
+    /// Why: a compaction gives its output a new segment id, so every key block of the rows it
+    /// merged would otherwise have to be decoded again by the next presence checks (upserts of
+    /// old keys) and lookups. A block that spans two slices is left to be decoded on demand:
+    /// a partial block must never be cached, or lookups would miss its other rows.
+    fn cache_key_blocks(&self, cache: &KeyBlockCache, slice: &RecordBatch) -> Result<()> {
+        let stride = self.stride as usize;
+        let start = self.encoded_rows as usize;
+        let key_cols = self.codec.schema().key_indices();
+        let ts = slice
+            .columns()
+            .last()
+            .expect("the timestamp column")
+            .as_primitive::<Int64Type>();
+        let mut off = (stride - start % stride) % stride;
+        while off + stride <= slice.num_rows() {
+            // Copies: a cached block must hold its own rows, not pin its row group's buffers.
+            let keys = key_cols
+                .iter()
+                .map(|&c| {
+                    let part = slice.column(c).slice(off, stride);
+                    Ok(KeyColumn::new(arrow::compute::concat(&[part.as_ref()])?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let block = KeyBlock {
+                keys,
+                ts: ScalarBuffer::from(ts.values()[off..off + stride].to_vec()),
+            };
+            cache.insert((self.id, ((start + off) / stride) as u64), Arc::new(block));
+            off += stride;
+        }
         Ok(())
     }
 

@@ -1073,6 +1073,7 @@ impl Inner {
             &self.segment_dir,
             id,
             &self.opts,
+            self.res.key_blocks(),
         ) {
             Ok(m) => m,
             Err(e) => {
@@ -1382,6 +1383,7 @@ mod tests {
             flush_threshold_bytes: None,
             background_compaction: false,
             page_rows: 4,
+            key_block_rows: 4,
             row_group_rows: 16,
             ..TabletOptions::default()
         };

@@ -151,6 +151,7 @@ fn composite_keys_of_mixed_types_are_found_in_segments() {
     .unwrap();
     let opts = TabletOptions {
         page_rows: 64,
+        key_block_rows: 64,
         row_group_rows: 256,
         ..test_opts()
     };

@@ -31,6 +31,7 @@ pub fn test_opts() -> TabletOptions {
         background_compaction: false,
         history_retention: Duration::from_secs(86_400),
         page_rows: 4,
+        key_block_rows: 4,
         row_group_rows: 16,
         ..TabletOptions::default()
     }
