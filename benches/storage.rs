@@ -32,10 +32,15 @@ fn opts() -> TabletOptions {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(TabletOptions::default().page_rows);
+    let key_block_rows = std::env::var("NYALA_BENCH_KEY_BLOCK_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(TabletOptions::default().key_block_rows);
     TabletOptions {
         flush_threshold_bytes: Some(256 << 20),
         compression,
         page_rows,
+        key_block_rows,
         ..TabletOptions::default()
     }
 }
