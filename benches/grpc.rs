@@ -6,8 +6,9 @@
 //! 2. Client upserts: `Session` in AutoFlushBackground with 1,000-row batches, rows built
 //!    column by column with `Operation::set`; half the keys exist, half are new.
 //! 3. `Get` latency: one client, one key per call, sequential (p50/p99), first while the
-//!    server still flushes and compacts the load, then once that is done; then throughput
-//!    with 16 concurrent clients (16 connections).
+//!    server still flushes and compacts the load, then once that is done, then from a client
+//!    on a current-thread runtime; then throughput with 16 concurrent clients (16
+//!    connections).
 //!
 //! Run: `cargo bench -p nyala --profile fast --bench grpc` (the server is this profile's
 //! binary).
@@ -53,6 +54,35 @@ async fn get_latency(
         assert!(row.is_some());
     }
     (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// `ListTables` p50 and `Get` p50 / p99 of one sequential client on a current-thread runtime
+/// of its own thread: what a client that issues one call at a time sees when its runtime does
+/// not move the call between threads (the multi-thread runtime hands each call from the
+/// caller's task to the channel's and the connection's, often across threads).
+fn one_thread_latencies(url: &str, gets: u64, minutes: i64) -> (f64, f64, f64) {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = connect(&url).await;
+            let mut rt = Vec::new();
+            for _ in 0..2_000 {
+                let t = Instant::now();
+                client.list_tables(Some("public")).await.unwrap();
+                rt.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let table = client.table("traffic").await.unwrap();
+            let mut rng = StdRng::seed_from_u64(77);
+            let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
+            (percentile(&rt, 0.5), p50, p99)
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 #[tokio::main]
@@ -163,6 +193,11 @@ async fn main() {
     let (p50, p99) = get_latency(&table, &mut rng, gets, minutes).await;
     println!(
         "Get, one client, one key per call ({gets} calls), maintenance idle (after {waited:.0} s): p50 {p50:.0} us, p99 {p99:.0} us"
+    );
+
+    let (list, p50, p99) = one_thread_latencies(&url, gets, minutes);
+    println!(
+        "same client on a current-thread runtime: ListTables p50 {list:.0} us; Get ({gets} calls) p50 {p50:.0} us, p99 {p99:.0} us"
     );
 
     // Throughput: 16 clients, each its own connection, for a few seconds.
