@@ -143,6 +143,16 @@ const VERSION_OVERHEAD: usize = 40;
 /// Per-key bookkeeping cost (leaf slot with inline key, tree overhead).
 const KEY_OVERHEAD: usize = 96;
 
+/// Memory accounted for one version holding a row of `row_len` bytes (0 for a tombstone).
+fn version_cost(row_len: usize) -> usize {
+    row_len + VERSION_OVERHEAD
+}
+
+/// Memory accounted for a key's entry in the tree (longer keys spill out of the leaf).
+fn key_cost(key: &[u8]) -> usize {
+    key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD
+}
+
 /// The writer's handle on one key of the buffer, from [`MemTable::entry`].
 pub(crate) struct KeyEntry<'g> {
     key: &'g [u8],
@@ -176,15 +186,14 @@ impl KeyEntry<'_> {
     pub fn push(self, ts: Timestamp, row: Option<Box<[u8]>>) {
         let t = self.table;
         t.bytes.fetch_add(
-            row.as_ref().map_or(0, |r| r.len()) + VERSION_OVERHEAD,
+            version_cost(row.as_ref().map_or(0, |r| r.len())),
             Ordering::Relaxed,
         );
         t.versions.fetch_add(1, Ordering::Relaxed);
         match self.chain {
             Some(c) => c.push(ts, row),
             None => {
-                let key_cost = self.key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD;
-                t.bytes.fetch_add(key_cost, Ordering::Relaxed);
+                t.bytes.fetch_add(key_cost(self.key), Ordering::Relaxed);
                 // Only the writer inserts, and it found no entry, so the insert cannot collide;
                 // if it ever did, the version goes onto the chain that won instead of being lost.
                 let chain = VersionChain::with(ts, row);
@@ -238,8 +247,7 @@ impl MemTable {
         ts: Timestamp,
         row: Box<[u8]>,
     ) -> std::result::Result<(), Box<[u8]>> {
-        let cost =
-            row.len() + VERSION_OVERHEAD + key.len().saturating_sub(INLINE_KEY) + KEY_OVERHEAD;
+        let cost = version_cost(row.len()) + key_cost(key);
         match self
             .tree
             .insert_sync(Key::from_slice(key), VersionChain::with(ts, Some(row)))

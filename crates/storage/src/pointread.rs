@@ -110,7 +110,7 @@ pub(crate) fn read_row(
     for (&c, field) in columns.iter().zip(fields) {
         let chunk = Chunk {
             meta: rg_meta,
-            offsets: offsets.map(|o| &o[c]),
+            offsets: offsets.and_then(|o| o.get(c)),
             dictionaries,
             rg,
             column: c,

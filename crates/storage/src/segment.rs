@@ -116,15 +116,9 @@ fn key_bounds(codec: &RowCodec, table: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec
     Ok(out)
 }
 
-/// Decoded key columns and commit timestamps of one block of an on-disk segment: what
-/// presence checks and lookups search. Cached, so that hot blocks are decoded once.
-///
-/// The key columns stay typed (key order), compared to the probe column by column.
-/// Re-encoding them memcomparably would cost more than the Parquet decode itself and take more
-/// memory per cached row (about 22 bytes per traffic row this way).
-#[derive(Debug)]
 /// A key being looked up: its memcomparable bytes, plus its key columns, decoded the first time
 /// a segment needs them and then shared by every segment searched and by the row read.
+#[derive(Debug)]
 pub(crate) struct ProbeKey<'a> {
     pub bytes: &'a [u8],
     columns: std::cell::OnceCell<Vec<ArrayRef>>,
@@ -148,9 +142,27 @@ impl<'a> ProbeKey<'a> {
     }
 }
 
+/// Decoded key columns and commit timestamps of one block of an on-disk segment: what
+/// presence checks and lookups search. Cached, so that hot blocks are decoded once.
+///
+/// The key columns stay typed (key order), compared to the probe column by column.
+/// Re-encoding them memcomparably would cost more than the Parquet decode itself and take more
+/// memory per cached row (about 22 bytes per traffic row this way).
+#[derive(Debug)]
 pub(crate) struct KeyBlock {
     keys: Vec<KeyColumn>,
     ts: ScalarBuffer<i64>,
+}
+
+impl KeyBlock {
+    /// A block of the key columns `keys` (key order) and the commit timestamps `ts` of the
+    /// same rows: decoded from a file, or taken from a batch being written.
+    fn new(keys: impl IntoIterator<Item = ArrayRef>, ts: ScalarBuffer<i64>) -> Self {
+        KeyBlock {
+            keys: keys.into_iter().map(KeyColumn::new).collect(),
+            ts,
+        }
+    }
 }
 
 /// One decoded key column: the integer widths keys mostly are, compared natively (a binary
@@ -637,10 +649,9 @@ impl Segment {
         proj.push(codec.schema().len());
         let plan = self.plan(codec.schema(), &proj);
         let batch = plan.apply(self.read_file_range(d.index.block_rows(b), &plan.file)?)?;
-        let keys: Vec<KeyColumn> = key_cols
+        let keys = key_cols
             .iter()
-            .map(|&c| KeyColumn::new(batch.column(position_in(&proj, c)).clone()))
-            .collect();
+            .map(|&c| batch.column(position_in(&proj, c)).clone());
         let ts = batch
             .columns()
             .last()
@@ -648,7 +659,7 @@ impl Segment {
             .as_primitive::<Int64Type>()
             .values()
             .clone();
-        Ok(Arc::new(KeyBlock { keys, ts }))
+        Ok(Arc::new(KeyBlock::new(keys, ts)))
     }
 
     /// The row holding the version of `key` visible at `snapshot`, if any. With
@@ -1137,15 +1148,10 @@ impl SegmentWriter {
             // Copies: a cached block must hold its own rows, not pin its row group's buffers.
             let keys = key_cols
                 .iter()
-                .map(|&c| {
-                    let part = slice.column(c).slice(off, stride);
-                    Ok(KeyColumn::new(arrow::compute::concat(&[part.as_ref()])?))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let block = KeyBlock {
-                keys,
-                ts: ScalarBuffer::from(ts.values()[off..off + stride].to_vec()),
-            };
+                .map(|&c| arrow::compute::concat(&[slice.column(c).slice(off, stride).as_ref()]))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let ts = ScalarBuffer::from(ts.values()[off..off + stride].to_vec());
+            let block = KeyBlock::new(keys, ts);
             cache.insert((self.id, ((start + off) / stride) as u64), Arc::new(block));
             off += stride;
         }

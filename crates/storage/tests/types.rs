@@ -54,6 +54,24 @@ fn all_types() -> Vec<(DataType, Value, Value)> {
     ]
 }
 
+/// Every row `req` returns, as values.
+fn scan_values(t: &Tablet, req: &ScanRequest) -> Vec<Vec<Value>> {
+    t.scan(req)
+        .unwrap()
+        .flat_map(|b| {
+            let b = b.unwrap();
+            (0..b.num_rows())
+                .map(|r| {
+                    b.columns()
+                        .iter()
+                        .map(|c| Value::from_array(c, r).unwrap())
+                        .collect()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[test]
 fn every_type_as_a_value_and_as_a_key() {
     for (i, (t, small, big)) in all_types().into_iter().enumerate() {
@@ -103,21 +121,7 @@ fn every_type_as_a_value_and_as_a_key() {
                 predicates: vec![Predicate::cmp("v", CmpOp::Gt, small.clone())],
                 ..Default::default()
             };
-            let rows: Vec<Vec<Value>> = tab
-                .scan(&req)
-                .unwrap()
-                .flat_map(|b| {
-                    let b = b.unwrap();
-                    (0..b.num_rows())
-                        .map(|r| {
-                            b.columns()
-                                .iter()
-                                .map(|c| Value::from_array(c, r).unwrap())
-                                .collect()
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let rows = scan_values(tab, &req);
             assert_eq!(
                 rows,
                 vec![vec![k2.clone(), big.clone()]],
@@ -270,21 +274,7 @@ fn point_reads_from_segments_match_scans_for_every_type() {
     assert!(o.errors.is_empty(), "{:?}", o.errors);
     t.flush().unwrap();
 
-    let scanned: Vec<Vec<Value>> = t
-        .scan(&ScanRequest::default())
-        .unwrap()
-        .flat_map(|b| {
-            let b = b.unwrap();
-            (0..b.num_rows())
-                .map(|r| {
-                    b.columns()
-                        .iter()
-                        .map(|c| Value::from_array(c, r).unwrap())
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let scanned = scan_values(&t, &ScanRequest::default());
     assert_eq!(scanned.len(), n as usize);
     for (r, want) in scanned.iter().enumerate() {
         assert_eq!(want, &row(r as i64), "scan row {r}");
