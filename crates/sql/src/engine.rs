@@ -92,6 +92,7 @@ impl Engine {
                 )
                 .with_analyzer_rules(rules)
                 .with_optimizer_rule(Arc::new(crate::eager_aggregate::EagerAggregate))
+                .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregate))
                 .build();
             *ctx.state_ref().write() = state;
         }

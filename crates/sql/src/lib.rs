@@ -21,6 +21,7 @@ mod partition_clause;
 mod pg;
 mod pg_catalog;
 pub mod provider;
+mod run_aggregate;
 pub mod statement;
 mod system;
 mod types;

@@ -205,6 +205,10 @@ impl TableProvider for NyalaTable {
             plan,
             predicates,
             limit,
+            schema
+                .key_indices()
+                .first()
+                .map(|&k| schema.columns()[k].name.as_str()),
         )))
     }
 
@@ -240,6 +244,10 @@ pub struct NyalaScanExec {
     plan: nyala_storage::db::ScanPlan,
     /// Rows per chosen tablet when planned (inexact), for [`Statistics`].
     estimated_rows: Vec<u64>,
+    /// Where the table's first primary-key column is among the output columns, if projected.
+    /// Each partition returns it in long runs of equal values (every segment and the write
+    /// buffer are sorted by key), which [`crate::run_aggregate`] exploits.
+    leading_key: Option<usize>,
     props: Arc<PlanProperties>,
 }
 
@@ -259,8 +267,10 @@ impl NyalaScanExec {
         plan: nyala_storage::db::ScanPlan,
         predicates: Vec<Predicate>,
         limit: Option<usize>,
+        leading_key: Option<&str>,
     ) -> Self {
         let schema = sql_schema(&plan.schema);
+        let leading_key = leading_key.and_then(|name| schema.index_of(name).ok());
         let n = plan.tablet_ids.len().max(1);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -270,6 +280,7 @@ impl NyalaScanExec {
         );
         NyalaScanExec {
             estimated_rows: plan.estimated_rows(),
+            leading_key,
             table,
             tablets_total,
             snapshot: plan.snapshot,
@@ -279,6 +290,13 @@ impl NyalaScanExec {
             plan,
             props: Arc::new(props),
         }
+    }
+}
+
+impl NyalaScanExec {
+    /// The output column that holds the table's first key column, if any (see the field).
+    pub(crate) fn leading_key(&self) -> Option<usize> {
+        self.leading_key
     }
 }
 
