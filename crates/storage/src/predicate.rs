@@ -229,6 +229,12 @@ impl BoundPredicate {
         }
     }
 
+    /// Whether a row this predicate keeps is never NULL in its column: true of every test but
+    /// `IS NULL` (a comparison with NULL is NULL, which a filter drops).
+    pub fn rejects_null(&self) -> bool {
+        !matches!(self.test, Test::IsNull)
+    }
+
     /// Which rows of `array` (this predicate's column) satisfy it; NULL counts as false.
     pub fn evaluate(&self, array: &ArrayRef) -> Result<BooleanArray> {
         Ok(match &self.test {

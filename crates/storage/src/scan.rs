@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{make_array, Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::and;
 use arrow_schema::SchemaRef;
@@ -234,6 +234,7 @@ impl TabletScan {
             None => batch,
         };
         let mut mask: Option<BooleanArray> = None;
+        let mut columns = batch.columns().to_vec();
         for (p, pos) in self.preds.iter().zip(&layout.pred_pos) {
             let Some(pos) = *pos else { continue };
             let m = p.evaluate(batch.column(pos))?;
@@ -241,10 +242,17 @@ impl TabletScan {
                 None => m,
                 Some(prev) => and(&prev, &m)?,
             });
+            // Every row the filter keeps has a value in this column: without its validity
+            // bitmap the filter does not copy one bit by bit (a sixth of a filtered
+            // aggregation), and the aggregation above takes its no-NULL path.
+            if p.rejects_null() && columns[pos].null_count() > 0 && fixed_width(&columns[pos]) {
+                columns[pos] = without_nulls(&columns[pos])?;
+            }
         }
         // Projected before filtering: a column read only for a predicate (`valid` in
         // `WHERE valid = 0`) is not copied by the filter just to be dropped.
-        let batch = batch
+        let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let batch = RecordBatch::try_new_with_options(batch.schema(), columns, &opts)?
             .project(&layout.output_pos)?
             .with_schema(self.schema.clone())?;
         let batch = match mask {
@@ -428,4 +436,17 @@ fn prefetch(row: &[u8]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = row;
+}
+
+/// Whether every bit pattern is a valid value of `a`'s type, so that whatever lies under a
+/// NULL may stand as a value (see [`without_nulls`]).
+fn fixed_width(a: &ArrayRef) -> bool {
+    a.data_type().is_primitive() || *a.data_type() == arrow_schema::DataType::Boolean
+}
+
+/// The same values without a validity bitmap, for a fixed-width column whose NULL rows a
+/// filter is about to drop.
+fn without_nulls(a: &ArrayRef) -> Result<ArrayRef> {
+    let data = a.to_data().into_builder().nulls(None).build()?;
+    Ok(make_array(data))
 }
