@@ -205,10 +205,11 @@ impl TableProvider for NyalaTable {
             plan,
             predicates,
             limit,
-            schema
+            &schema
                 .key_indices()
-                .first()
-                .map(|&k| schema.columns()[k].name.as_str()),
+                .iter()
+                .map(|&k| schema.columns()[k].name.as_str())
+                .collect::<Vec<_>>(),
         )))
     }
 
@@ -244,10 +245,10 @@ pub struct NyalaScanExec {
     plan: nyala_storage::db::ScanPlan,
     /// Rows per chosen tablet when planned (inexact), for [`Statistics`].
     estimated_rows: Vec<u64>,
-    /// Where the table's first primary-key column is among the output columns, if projected.
-    /// Each partition returns it in long runs of equal values (every segment and the write
-    /// buffer are sorted by key), which [`crate::run_aggregate`] exploits.
-    leading_key: Option<usize>,
+    /// Which output columns are primary-key columns. Each partition returns rows in runs of
+    /// equal key prefixes (every segment and the write buffer are sorted by key), which
+    /// [`crate::run_aggregate`] exploits.
+    key_columns: Vec<usize>,
     props: Arc<PlanProperties>,
 }
 
@@ -267,10 +268,13 @@ impl NyalaScanExec {
         plan: nyala_storage::db::ScanPlan,
         predicates: Vec<Predicate>,
         limit: Option<usize>,
-        leading_key: Option<&str>,
+        key_names: &[&str],
     ) -> Self {
         let schema = sql_schema(&plan.schema);
-        let leading_key = leading_key.and_then(|name| schema.index_of(name).ok());
+        let key_columns = key_names
+            .iter()
+            .filter_map(|name| schema.index_of(name).ok())
+            .collect();
         let n = plan.tablet_ids.len().max(1);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -280,7 +284,7 @@ impl NyalaScanExec {
         );
         NyalaScanExec {
             estimated_rows: plan.estimated_rows(),
-            leading_key,
+            key_columns,
             table,
             tablets_total,
             snapshot: plan.snapshot,
@@ -294,9 +298,9 @@ impl NyalaScanExec {
 }
 
 impl NyalaScanExec {
-    /// The output column that holds the table's first key column, if any (see the field).
-    pub(crate) fn leading_key(&self) -> Option<usize> {
-        self.leading_key
+    /// The output columns that hold primary-key columns (see the field).
+    pub(crate) fn key_columns(&self) -> &[usize] {
+        &self.key_columns
     }
 }
 

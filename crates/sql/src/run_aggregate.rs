@@ -1,43 +1,47 @@
-//! Partial aggregation grouped by a table's leading key column, a run at a time.
+//! Partial aggregation grouped by key columns, a run of equal group values at a time.
 //!
-//! `GROUP BY uid` over a table keyed by `(uid, lane, ts)` is the shape of most per-entity
-//! analyses (top points by speed, per-road averages after [`crate::eager_aggregate`]). Each
-//! scan partition returns the leading key column in long runs of equal values, because every
-//! segment and the write buffer are sorted by key. DataFusion's partial aggregation does not
-//! know this: it hashes every row's group value to find its group, and updates every
-//! accumulator row by row. On the traffic benchmark that was a third of the query.
+//! Analyses of keyed data group by the key or by something of it: `GROUP BY uid` over a table
+//! keyed by `(uid, lane, ts)` (top points by speed, per-road averages after
+//! [`crate::eager_aggregate`]), `GROUP BY date_trunc('hour', ts)` or by the hour of day and the
+//! day of week of `ts`. Each scan partition returns its rows sorted by key (every segment and
+//! the write buffer are), so such group values come in runs: 10,000 rows of one `uid`, 60
+//! readings of one hour of one series. DataFusion's partial aggregation does not know this: it
+//! hashes every row's group values to find its group and updates every accumulator row by row.
+//! On the traffic benchmark that was a third of a query.
 //!
 //! [`RunAggregateExec`] replaces such a partial `AggregateExec`. Per input batch it finds the
-//! runs of equal group values (Arrow's `partition` kernel) and looks each run's group up once.
-//! Where runs are long, it computes each run's partial state with Arrow's vectorised
-//! `sum`/`min`/`max` kernels and folds the per-run states into DataFusion's own groups
-//! accumulators with `merge_batch`; where they are short, it hands the rows to the same
-//! accumulators' `update_batch`, as DataFusion would. Either way the accumulators emit the
-//! state DataFusion's final aggregation expects, so only the partial step changes.
+//! runs of equal group values (Arrow's `partition` kernel). Where runs are long, it interns only
+//! each run's first row (with DataFusion's own `GroupValues`), reduces each run to a partial
+//! state in a tight loop over its values, and folds the per-run states into DataFusion's own
+//! groups accumulators with `merge_batch`. Where runs are short, it interns every row and hands
+//! the rows to the accumulators' `update_batch`, as DataFusion does. Either way the accumulators
+//! emit the state DataFusion's final aggregation expects, so only the partial step changes.
 //!
 //! Correctness never depends on the runs: a group met in several runs (several segments, the
-//! write buffer) merges like any other. The rule applies only where every piece is exact:
-//! - a partial aggregation with one plain grouping column (no grouping sets, no group limit)
-//!   that is the leading key column of a Nyala scan, seen through projections and filters;
+//! write buffer, rows of another series) merges like any other. Which plans it takes is a
+//! matter of speed only, and every piece must be exact:
+//! - a partial aggregation without grouping sets or group limit whose grouping expressions read
+//!   only primary-key columns of a Nyala scan (through projections and filters), so runs are
+//!   likely; where they turn out short the cost is DataFusion's plus finding runs;
 //! - every aggregate is `count`, `sum`, `min`, `max` or `avg` of one argument, without
 //!   DISTINCT, FILTER or ORDER BY, and its state has the types computed here: `sum` of Int64,
 //!   UInt64 or Float64 (DataFusion widens smaller types before summing), `avg` of Float64,
 //!   `min`/`max` of a primitive type. Decimal sums widen their precision: left to DataFusion.
 //!
-//! Float sums add a run's values first and then the run totals, where DataFusion adds row by
-//! row: the last bits may differ, as they already do between DataFusion's partitions.
+//! A run's values are added in row order, as DataFusion adds them; float sums still add run
+//! totals rather than rows, so their last bits may differ, as they do between partitions.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    downcast_primitive_array, make_array, Array, ArrayData, ArrayRef, AsArray, Int64Array,
-    PrimitiveArray, RecordBatch, UInt64Array,
+    downcast_primitive_array, Array, ArrayRef, ArrowNativeTypeOp, AsArray, Int64Array,
+    PrimitiveArray, RecordBatch, UInt32Array, UInt64Array,
 };
-use arrow::buffer::MutableBuffer;
-use arrow::datatypes::{ArrowNumericType, DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::util::bit_chunk_iterator::UnalignedBitChunk;
 use arrow_schema::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -48,6 +52,8 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -61,7 +67,7 @@ use futures::StreamExt;
 use crate::provider::NyalaScanExec;
 
 /// Below this many rows per run on average, a batch goes through `update_batch` row by row.
-const MIN_RUN_ROWS: usize = 16;
+const MIN_RUN_ROWS: usize = 8;
 
 /// The physical optimizer rule (see the module docs).
 #[derive(Debug, Default)]
@@ -94,7 +100,7 @@ impl PhysicalOptimizerRule for RunAggregate {
     }
 }
 
-/// What one aggregate computes, with the type of its (single) argument.
+/// What one aggregate computes per run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Count,
@@ -132,35 +138,49 @@ fn kind_of(agg: &AggregateFunctionExpr, arg: &DataType) -> Option<Kind> {
     fits.then_some(kind)
 }
 
-/// Whether column `idx` of `plan`'s output is a Nyala scan's leading key column, passed
-/// through unchanged.
-fn is_leading_key(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> bool {
+/// Whether `expr`, over `plan`'s output, reads primary-key columns of a Nyala scan only.
+fn reads_keys_only(plan: &Arc<dyn ExecutionPlan>, expr: &Arc<dyn PhysicalExpr>) -> bool {
+    let mut keys_only = true;
+    let _ = expr.apply(|e| {
+        if let Some(c) = e.downcast_ref::<Column>() {
+            keys_only &= is_key_column(plan, c.index());
+        }
+        Ok(if keys_only {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    keys_only
+}
+
+/// Whether column `idx` of `plan`'s output is computed from primary-key columns of a Nyala
+/// scan only.
+fn is_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> bool {
     if let Some(scan) = plan.downcast_ref::<NyalaScanExec>() {
-        return scan.leading_key() == Some(idx);
+        return scan.key_columns().contains(&idx);
     }
     if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         return p
             .expr()
             .get(idx)
-            .and_then(|e| e.expr.downcast_ref::<Column>())
-            .is_some_and(|c| is_leading_key(p.input(), c.index()));
+            .is_some_and(|e| reads_keys_only(p.input(), &e.expr));
     }
     if let Some(f) = plan.downcast_ref::<FilterExec>() {
         let inner = match f.projection() {
             None => Some(idx),
             Some(p) => p.get(idx).copied(),
         };
-        return inner.is_some_and(|i| is_leading_key(f.input(), i));
+        return inner.is_some_and(|i| is_key_column(f.input(), i));
     }
     false
 }
 
-/// A partial aggregation grouped by a leading key column, computed run by run (module docs).
+/// A partial aggregation grouped by key columns, computed run by run (module docs).
 #[derive(Debug)]
 pub struct RunAggregateExec {
     /// The aggregation it replaces: its input, expressions, schema and properties.
     agg: Arc<AggregateExec>,
-    group: Arc<dyn PhysicalExpr>,
     kinds: Vec<Kind>,
 }
 
@@ -172,18 +192,11 @@ impl RunAggregateExec {
         if *agg.mode() != AggregateMode::Partial
             || agg.limit_options().is_some()
             || group_by.has_grouping_set()
-            || group_by.expr().len() != 1
-        {
-            return Ok(None);
-        }
-        let group = group_by.expr()[0].0.clone();
-        let Some(col) = group.downcast_ref::<Column>() else {
-            return Ok(None);
-        };
-        // (The SQL schema calls every column nullable; a key column never holds NULL.)
-        let field = input_schema.field(col.index());
-        if field.data_type().primitive_width().is_none_or(|w| w > 8)
-            || !is_leading_key(agg.input(), col.index())
+            || group_by.expr().is_empty()
+            || !group_by
+                .expr()
+                .iter()
+                .all(|(e, _)| reads_keys_only(agg.input(), e))
         {
             return Ok(None);
         }
@@ -206,7 +219,6 @@ impl RunAggregateExec {
         }
         Ok(Some(RunAggregateExec {
             agg: Arc::new(agg.clone()),
-            group,
             kinds,
         }))
     }
@@ -214,11 +226,18 @@ impl RunAggregateExec {
 
 impl DisplayAs for RunAggregateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let groups: Vec<&str> = self
+            .agg
+            .group_expr()
+            .expr()
+            .iter()
+            .map(|(_, name)| name.as_str())
+            .collect();
         let aggs: Vec<&str> = self.agg.aggr_expr().iter().map(|a| a.name()).collect();
         write!(
             f,
-            "RunAggregateExec: mode=Partial, gby=[{}] (runs of the leading key), aggr=[{}]",
-            self.agg.group_expr().expr()[0].1,
+            "RunAggregateExec: mode=Partial, gby=[{}] (runs of key values), aggr=[{}]",
+            groups.join(", "),
             aggs.join(", ")
         )
     }
@@ -276,9 +295,13 @@ impl ExecutionPlan for RunAggregateExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.agg.input().execute(partition, Arc::clone(&context))?;
-        let schema = self.agg.schema();
+        let group_by = self.agg.group_expr();
         let mut state = RunState {
-            group: Arc::clone(&self.group),
+            group_exprs: group_by.expr().iter().map(|(e, _)| Arc::clone(e)).collect(),
+            group_values: new_group_values(
+                group_by.group_schema(&self.agg.input().schema())?,
+                &GroupOrdering::None,
+            )?,
             args: self
                 .agg
                 .aggr_expr()
@@ -292,11 +315,9 @@ impl ExecutionPlan for RunAggregateExec {
                 .iter()
                 .map(|a| a.create_groups_accumulator())
                 .collect::<Result<_>>()?,
-            groups: HashMap::new(),
-            keys: vec![],
-            indices: vec![],
-            key_type: None,
+            groups: vec![],
         };
+        let schema = self.agg.schema();
         let batch_size = context.session_config().batch_size().max(1);
         let out_schema = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
@@ -306,16 +327,18 @@ impl ExecutionPlan for RunAggregateExec {
             }
             state.finish(&out_schema)
         })
-        .map(move |r| match r {
-            Ok(batch) => {
-                let n = batch.num_rows();
-                let slices: Vec<Result<RecordBatch>> = (0..n)
-                    .step_by(batch_size)
-                    .map(|o| Ok(batch.slice(o, batch_size.min(n - o))))
-                    .collect();
-                futures::stream::iter(slices)
-            }
-            Err(e) => futures::stream::iter(vec![Err(e)]),
+        .map(move |r| {
+            let slices: Vec<Result<RecordBatch>> = match r {
+                Ok(batch) => {
+                    let n = batch.num_rows();
+                    (0..n)
+                        .step_by(batch_size)
+                        .map(|o| Ok(batch.slice(o, batch_size.min(n - o))))
+                        .collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(slices)
         })
         .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -324,17 +347,14 @@ impl ExecutionPlan for RunAggregateExec {
 
 /// One partition's groups and accumulators.
 struct RunState {
-    group: Arc<dyn PhysicalExpr>,
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// DataFusion's group interning: the same groups, numbered the same way, as its own.
+    group_values: Box<dyn GroupValues>,
     args: Vec<Arc<dyn PhysicalExpr>>,
     kinds: Vec<Kind>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    /// Group value (its bytes, zero-extended) to group index.
-    groups: HashMap<u64, usize>,
-    /// Group values by group index.
-    keys: Vec<u64>,
     /// Scratch: a group index per run or per row.
-    indices: Vec<usize>,
-    key_type: Option<DataType>,
+    groups: Vec<usize>,
 }
 
 impl RunState {
@@ -343,83 +363,48 @@ impl RunState {
         if rows == 0 {
             return Ok(());
         }
-        let group = self.group.evaluate(batch)?.into_array(rows)?;
-        if group.null_count() > 0 {
-            return Err(DataFusionError::Internal(
-                "a key column returned NULL to the run aggregation".into(),
-            ));
-        }
-        self.key_type
-            .get_or_insert_with(|| group.data_type().clone());
-        let data = group.to_data();
-        let width = data.data_type().primitive_width().unwrap_or(8);
-        let runs = arrow::compute::kernels::partition::partition(&[group])?.ranges();
+        let keys = self
+            .group_exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        let runs = arrow::compute::kernels::partition::partition(&keys)?.ranges();
         let values = self
             .args
             .iter()
             .map(|a| a.evaluate(batch))
             .collect::<Result<Vec<_>>>()?;
-        self.indices.clear();
-        let long = rows / runs.len() >= MIN_RUN_ROWS;
-        for run in &runs {
-            let key = key_at(&data, width, run.start);
-            let next = self.keys.len();
-            let g = *self.groups.entry(key).or_insert(next);
-            if g == next {
-                self.keys.push(key);
-            }
-            if long {
-                self.indices.push(g);
-            } else {
-                self.indices.extend(std::iter::repeat_n(g, run.len()));
-            }
-        }
-        let total = self.keys.len();
-        for ((acc, kind), value) in self.accumulators.iter_mut().zip(&self.kinds).zip(values) {
-            if long {
+        if rows / runs.len() >= MIN_RUN_ROWS {
+            // One row per run stands for its run.
+            let firsts: UInt32Array = runs.iter().map(|r| r.start as u32).collect();
+            let firsts = keys
+                .iter()
+                .map(|k| Ok(arrow::compute::take(k, &firsts, None)?))
+                .collect::<Result<Vec<_>>>()?;
+            self.group_values.intern(&firsts, &mut self.groups)?;
+            let total = self.group_values.len();
+            for ((acc, kind), value) in self.accumulators.iter_mut().zip(&self.kinds).zip(values) {
                 let states = run_states(*kind, &value, &runs)?;
-                acc.merge_batch(&states, &self.indices, total)?;
-            } else {
+                acc.merge_batch(&states, &self.groups, total)?;
+            }
+        } else {
+            self.group_values.intern(&keys, &mut self.groups)?;
+            let total = self.group_values.len();
+            for (acc, value) in self.accumulators.iter_mut().zip(values) {
                 let value = value.into_array(rows)?;
-                acc.update_batch(&[value], &self.indices, None, total)?;
+                acc.update_batch(&[value], &self.groups, None, total)?;
             }
         }
         Ok(())
     }
 
     fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let key_type = self
-            .key_type
-            .clone()
-            .unwrap_or_else(|| schema.field(0).data_type().clone());
-        let mut columns = vec![keys_array(&self.keys, &key_type)?];
+        let mut columns = self.group_values.emit(EmitTo::All)?;
         for acc in &mut self.accumulators {
             columns.extend(acc.state(EmitTo::All)?);
         }
         Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
     }
-}
-
-/// Row `i`'s value in a primitive array of `width` bytes, zero-extended: a hash key.
-fn key_at(data: &ArrayData, width: usize, i: usize) -> u64 {
-    let start = (data.offset() + i) * width;
-    let mut bytes = [0u8; 8];
-    bytes[..width].copy_from_slice(&data.buffers()[0].as_slice()[start..start + width]);
-    u64::from_le_bytes(bytes)
-}
-
-/// The group column from its keys (the inverse of [`key_at`]).
-fn keys_array(keys: &[u64], data_type: &DataType) -> Result<ArrayRef> {
-    let width = data_type.primitive_width().unwrap_or(8);
-    let mut buf = MutableBuffer::with_capacity(keys.len() * width);
-    for k in keys {
-        buf.extend_from_slice(&k.to_le_bytes()[..width]);
-    }
-    let data = ArrayData::builder(data_type.clone())
-        .len(keys.len())
-        .add_buffer(buf.into())
-        .build()?;
-    Ok(make_array(data))
 }
 
 /// Each run's partial state of one aggregate: the arrays `merge_batch` takes.
@@ -435,7 +420,7 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
             return Ok(vec![Arc::new(counts)]);
         }
     };
-    let valid = |r: &Range<usize>| r.len() - array.slice(r.start, r.len()).null_count();
+    let valid = |r: &Range<usize>| valid_in(array.nulls(), r);
     Ok(match kind {
         Kind::Count => {
             let counts: Int64Array = runs.iter().map(|r| Some(valid(r) as i64)).collect();
@@ -474,32 +459,56 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
     })
 }
 
-/// Each run's sum (NULL where the run has no values), typed like the input.
-fn sums<T: ArrowNumericType>(array: &ArrayRef, runs: &[Range<usize>]) -> ArrayRef {
-    let a = array.as_primitive::<T>();
-    let out: PrimitiveArray<T> = runs
-        .iter()
-        .map(|r| arrow::compute::sum(&a.slice(r.start, r.len())))
-        .collect();
-    Arc::new(out.with_data_type(array.data_type().clone()))
+/// How many rows of `r` hold a value.
+fn valid_in(nulls: Option<&NullBuffer>, r: &Range<usize>) -> usize {
+    match nulls {
+        None => r.len(),
+        Some(n) => {
+            let bits = n.inner();
+            UnalignedBitChunk::new(bits.values(), bits.offset() + r.start, r.len()).count_ones()
+        }
+    }
 }
 
-/// Each run's minimum or maximum (NULL where the run has no values), typed like the input.
-fn extremes<T: ArrowNumericType>(
+/// Folds each run's values with `f` (NULL where the run has none), typed like the input.
+fn fold_runs<T: ArrowPrimitiveType>(
+    a: &PrimitiveArray<T>,
+    runs: &[Range<usize>],
+    f: impl Fn(T::Native, T::Native) -> T::Native,
+) -> ArrayRef {
+    let values = a.values();
+    let out: PrimitiveArray<T> = match a.nulls() {
+        None => runs
+            .iter()
+            .map(|r| values[r.clone()].iter().copied().reduce(&f))
+            .collect(),
+        Some(nulls) => runs
+            .iter()
+            .map(|r| {
+                r.clone()
+                    .filter(|&i| nulls.is_valid(i))
+                    .map(|i| values[i])
+                    .reduce(&f)
+            })
+            .collect(),
+    };
+    Arc::new(out.with_data_type(a.data_type().clone()))
+}
+
+/// Each run's sum, added in row order (wrapping, as DataFusion's integer sums do).
+fn sums<T: ArrowPrimitiveType>(array: &ArrayRef, runs: &[Range<usize>]) -> ArrayRef {
+    fold_runs(array.as_primitive::<T>(), runs, |a, b| a.add_wrapping(b))
+}
+
+/// Each run's minimum or maximum, in the total order DataFusion's `min`/`max` use.
+fn extremes<T: ArrowPrimitiveType>(
     a: &PrimitiveArray<T>,
     runs: &[Range<usize>],
     min: bool,
 ) -> ArrayRef {
-    let out: PrimitiveArray<T> = runs
-        .iter()
-        .map(|r| {
-            let s = a.slice(r.start, r.len());
-            if min {
-                arrow::compute::min(&s)
-            } else {
-                arrow::compute::max(&s)
-            }
-        })
-        .collect();
-    Arc::new(out.with_data_type(a.data_type().clone()))
+    if min {
+        fold_runs(a, runs, |x, y| if y.is_lt(x) { y } else { x })
+    } else {
+        fold_runs(a, runs, |x, y| if y.is_gt(x) { y } else { x })
+    }
 }

@@ -1,6 +1,7 @@
-//! Grouping by a table's leading key column runs as `RunAggregateExec` (runs of equal keys
-//! aggregated at once); its answers must equal DataFusion's own hash aggregation, which the
-//! same query gets when it groups by an expression of the key instead of the key itself.
+//! Grouping by key columns (or expressions of them) runs as `RunAggregateExec` (runs of equal
+//! group values aggregated at once); its answers must equal DataFusion's own hash aggregation,
+//! which the same query gets when its grouping also reads a non-key column (`+ 0 * s`, where
+//! `s` is never NULL).
 
 use std::sync::Arc;
 
@@ -36,11 +37,14 @@ async fn plan_of(e: &Engine, sql: &str) -> String {
         .to_string()
 }
 
-/// Runs `select` grouped by `k` (the run aggregation) and by `k + 0` (DataFusion's), and
-/// asserts both plans and equal answers.
-async fn same_answers(e: &Engine, table: &str, select: &str, phase: &str) {
-    let by_key = format!("SELECT k, {select} FROM {table} GROUP BY k");
-    let by_expr = format!("SELECT k + 0, {select} FROM {table} GROUP BY k + 0");
+/// Runs `select` grouped by `groups` (key expressions: the run aggregation) and by the same
+/// expressions plus `0 * s` (DataFusion's), and asserts both plans and equal answers.
+async fn same_answers(e: &Engine, table: &str, groups: &[&str], select: &str, phase: &str) {
+    let keyed = groups.join(", ");
+    let plain: Vec<String> = groups.iter().map(|g| format!("{g} + 0 * s")).collect();
+    let plain = plain.join(", ");
+    let by_key = format!("SELECT {keyed}, {select} FROM {table} GROUP BY {keyed}");
+    let by_expr = format!("SELECT {plain}, {select} FROM {table} GROUP BY {plain}");
     let plan = plan_of(e, &by_key).await;
     assert!(plan.contains("RunAggregateExec"), "{phase}: {plan}");
     let plan = plan_of(e, &by_expr).await;
@@ -55,7 +59,7 @@ const SELECT: &str = "count(*), count(v), sum(v), min(v), max(v), avg(v), sum(s)
                       max(f), sum(f), avg(f), min(t), max(t), count(f)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grouping_by_the_leading_key_matches_hash_aggregation() {
+async fn grouping_by_key_columns_matches_hash_aggregation() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).unwrap());
     let e = Engine::new(db.clone());
@@ -85,8 +89,11 @@ async fn grouping_by_the_leading_key_matches_hash_aggregation() {
     .await
     .unwrap();
     for table in ["long", "short"] {
-        same_answers(&e, table, SELECT, "write buffer").await;
+        same_answers(&e, table, &["k"], SELECT, "write buffer").await;
     }
+    // Several key expressions; an expression of a key column (runs of 60 rows).
+    same_answers(&e, "long", &["k", "j / 60"], SELECT, "two groups").await;
+    same_answers(&e, "long", &["j / 60 * 1.5"], SELECT, "expression").await;
 
     // Segments, then the same groups again in the write buffer, with deleted rows.
     for name in ["long", "short"] {
@@ -108,12 +115,15 @@ async fn grouping_by_the_leading_key_matches_hash_aggregation() {
         .await
         .unwrap();
     for table in ["long", "short"] {
-        same_answers(&e, table, SELECT, "segments and buffer").await;
+        same_answers(&e, table, &["k"], SELECT, "segments and buffer").await;
     }
+    same_answers(&e, "long", &["k", "j / 60"], SELECT, "two groups, flushed").await;
+    same_answers(&e, "long", &["j"], SELECT, "short runs of a key").await;
     // With a filter in between, and through a projection (eager aggregation's shape).
     same_answers(
         &e,
         "(SELECT k, v, s, f, t FROM long WHERE j > 100) AS sub",
+        &["k"],
         SELECT,
         "filtered",
     )
