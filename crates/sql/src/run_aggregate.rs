@@ -41,7 +41,7 @@ use arrow::array::{
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int64Type, UInt64Type};
-use arrow::util::bit_chunk_iterator::UnalignedBitChunk;
+use arrow::util::bit_chunk_iterator::{BitChunks, UnalignedBitChunk};
 use arrow_schema::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -470,34 +470,75 @@ fn valid_in(nulls: Option<&NullBuffer>, r: &Range<usize>) -> usize {
     }
 }
 
-/// Folds each run's values with `f` (NULL where the run has none), typed like the input.
-fn fold_runs<T: ArrowPrimitiveType>(
+/// Reduces each run's values with `f`, starting from `init(run)` (NULL where the run has no
+/// values), typed like the input. Four lanes (`f` is associative and commutative) and no
+/// branch per value keep a run's loop from waiting on each addition in turn.
+fn reduce_runs<T: ArrowPrimitiveType>(
     a: &PrimitiveArray<T>,
     runs: &[Range<usize>],
+    init: impl Fn(&[T::Native], Option<&NullBuffer>, &Range<usize>) -> T::Native,
     f: impl Fn(T::Native, T::Native) -> T::Native,
 ) -> ArrayRef {
     let values = a.values();
-    let out: PrimitiveArray<T> = match a.nulls() {
-        None => runs
-            .iter()
-            .map(|r| values[r.clone()].iter().copied().reduce(&f))
-            .collect(),
-        Some(nulls) => runs
-            .iter()
-            .map(|r| {
-                r.clone()
-                    .filter(|&i| nulls.is_valid(i))
-                    .map(|i| values[i])
-                    .reduce(&f)
-            })
-            .collect(),
-    };
+    let nulls = a.nulls();
+    let out: PrimitiveArray<T> = runs
+        .iter()
+        .map(|r| {
+            if valid_in(nulls, r) == 0 {
+                return None;
+            }
+            let start = init(values, nulls, r);
+            let mut lanes = [start; 4];
+            let run = &values[r.clone()];
+            // A block of at most 64 values with their validity bits (bit i: take value i).
+            let step = |block: &[T::Native], mut w: u64, l: &mut [T::Native; 4]| {
+                let mut quads = block.chunks_exact(4);
+                for q in &mut quads {
+                    let next = [f(l[0], q[0]), f(l[1], q[1]), f(l[2], q[2]), f(l[3], q[3])];
+                    for (k, n) in next.into_iter().enumerate() {
+                        if w & (1 << k) != 0 {
+                            l[k] = n;
+                        }
+                    }
+                    w >>= 4;
+                }
+                for &v in quads.remainder() {
+                    if w & 1 != 0 {
+                        l[0] = f(l[0], v);
+                    }
+                    w >>= 1;
+                }
+            };
+            match nulls {
+                None => run.chunks(64).for_each(|c| step(c, u64::MAX, &mut lanes)),
+                Some(n) => {
+                    let bits = n.inner();
+                    let words = BitChunks::new(bits.values(), bits.offset() + r.start, r.len());
+                    for (w, c) in words
+                        .iter()
+                        .chain(std::iter::once(words.remainder_bits()))
+                        .zip(run.chunks(64))
+                    {
+                        step(c, w, &mut lanes);
+                    }
+                }
+            }
+            let [l0, l1, l2, l3] = lanes;
+            Some(f(f(l0, l1), f(l2, l3)))
+        })
+        .collect();
     Arc::new(out.with_data_type(a.data_type().clone()))
 }
 
-/// Each run's sum, added in row order (wrapping, as DataFusion's integer sums do).
+/// Each run's sum (wrapping, as DataFusion's integer sums are). Like DataFusion's, it starts
+/// from zero, so a sum of `-0.0` alone is `0.0` there too.
 fn sums<T: ArrowPrimitiveType>(array: &ArrayRef, runs: &[Range<usize>]) -> ArrayRef {
-    fold_runs(array.as_primitive::<T>(), runs, |a, b| a.add_wrapping(b))
+    reduce_runs(
+        array.as_primitive::<T>(),
+        runs,
+        |_, _, _| T::Native::ZERO,
+        |a, b| a.add_wrapping(b),
+    )
 }
 
 /// Each run's minimum or maximum, in the total order DataFusion's `min`/`max` use.
@@ -506,9 +547,17 @@ fn extremes<T: ArrowPrimitiveType>(
     runs: &[Range<usize>],
     min: bool,
 ) -> ArrayRef {
+    // Every lane starts from the run's first value.
+    let first = |values: &[T::Native], nulls: Option<&NullBuffer>, r: &Range<usize>| {
+        let i = r
+            .clone()
+            .find(|&i| nulls.is_none_or(|n| n.is_valid(i)))
+            .unwrap_or(r.start);
+        values[i]
+    };
     if min {
-        fold_runs(a, runs, |x, y| if y.is_lt(x) { y } else { x })
+        reduce_runs(a, runs, first, |x, y| if y.is_lt(x) { y } else { x })
     } else {
-        fold_runs(a, runs, |x, y| if y.is_gt(x) { y } else { x })
+        reduce_runs(a, runs, first, |x, y| if y.is_gt(x) { y } else { x })
     }
 }
