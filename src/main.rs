@@ -169,6 +169,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client command piped into `head` ends quietly when the pipe closes, as Unix tools
+        // do, instead of failing its next print. (Rust ignores SIGPIPE; sockets are unaffected:
+        // they send with MSG_NOSIGNAL.)
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -231,3 +231,25 @@ async fn demo_loads_traffic_and_charts_one_point_and_the_shell_describes_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_piped_into_a_reader_that_stops_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    // As `nyala sql -c ... | head -1`: the reader takes one line and closes the pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
+        .args(["sql", "--grpc-addr", &server.grpc.to_string(), "-c"])
+        .arg("SELECT v, repeat('x', 100) FROM generate_series(1, 200000) AS t(v)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // (The pipe's read end is dropped here.)
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
