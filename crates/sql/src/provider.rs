@@ -450,7 +450,7 @@ impl ExecutionPlan for NyalaScanExec {
 }
 
 /// How long a scan decodes on a tokio worker before it lets the worker's other tasks run.
-const SCAN_SLICE: Duration = Duration::from_millis(2);
+const SCAN_SLICE: Duration = Duration::from_micros(500);
 
 /// A tablet scan's batches as DataFusion sees them.
 type ScanBatches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
