@@ -40,7 +40,10 @@ use arrow::array::{
     PrimitiveArray, RecordBatch, UInt32Array, UInt64Array,
 };
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+    Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use arrow::util::bit_chunk_iterator::{BitChunks, UnalignedBitChunk};
 use arrow_schema::SchemaRef;
 use datafusion::common::config::ConfigOptions;
@@ -49,7 +52,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{ColumnarValue, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
@@ -181,7 +184,36 @@ fn is_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> bool {
 pub struct RunAggregateExec {
     /// The aggregation it replaces: its input, expressions, schema and properties.
     agg: Arc<AggregateExec>,
-    kinds: Vec<Kind>,
+    aggs: Vec<RunAgg>,
+}
+
+/// One aggregate as a run reduces it.
+#[derive(Debug, Clone)]
+struct RunAgg {
+    kind: Kind,
+    /// What is evaluated per batch: the aggregate's argument, or, where that is a widening cast
+    /// DataFusion put under `sum`/`avg` (`CAST(speed AS DOUBLE)`), the cast's input, which runs
+    /// widen value by value instead of a pass that writes a wider copy.
+    arg: Arc<dyn PhysicalExpr>,
+    /// The argument's type where `arg` is the cast's input (for batches of short runs, which
+    /// go to DataFusion's accumulators as they are).
+    widen_to: Option<DataType>,
+}
+
+/// Whether a run can sum (or average) `from` values widened to `to` as it reads them: the
+/// casts DataFusion's type coercion adds, all exact or rounding as Rust's `as` does.
+fn widens(from: &DataType, to: &DataType, kind: Kind) -> bool {
+    use DataType::*;
+    match (kind, to) {
+        (Kind::Sum, Int64) => matches!(from, Int8 | Int16 | Int32),
+        (Kind::Sum, UInt64) => matches!(from, UInt8 | UInt16 | UInt32),
+        (Kind::Sum, Float64) => matches!(from, Float32),
+        (Kind::Avg, Float64) => matches!(
+            from,
+            Float32 | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+        ),
+        _ => false,
+    }
 }
 
 impl RunAggregateExec {
@@ -200,7 +232,7 @@ impl RunAggregateExec {
         {
             return Ok(None);
         }
-        let mut kinds = Vec::with_capacity(agg.aggr_expr().len());
+        let mut aggs = Vec::with_capacity(agg.aggr_expr().len());
         for (a, filter) in agg.aggr_expr().iter().zip(agg.filter_expr()) {
             let args = a.expressions();
             if filter.is_some()
@@ -211,15 +243,26 @@ impl RunAggregateExec {
             {
                 return Ok(None);
             }
-            let arg = args[0].data_type(&input_schema)?;
-            match kind_of(a, &arg) {
-                Some(k) => kinds.push(k),
-                None => return Ok(None),
+            let arg_type = args[0].data_type(&input_schema)?;
+            let Some(kind) = kind_of(a, &arg_type) else {
+                return Ok(None);
+            };
+            let mut run_agg = RunAgg {
+                kind,
+                arg: Arc::clone(&args[0]),
+                widen_to: None,
+            };
+            if let Some(cast) = args[0].downcast_ref::<CastExpr>() {
+                if widens(&cast.expr().data_type(&input_schema)?, &arg_type, kind) {
+                    run_agg.arg = Arc::clone(cast.expr());
+                    run_agg.widen_to = Some(arg_type);
+                }
             }
+            aggs.push(run_agg);
         }
         Ok(Some(RunAggregateExec {
             agg: Arc::new(agg.clone()),
-            kinds,
+            aggs,
         }))
     }
 }
@@ -302,13 +345,7 @@ impl ExecutionPlan for RunAggregateExec {
                 group_by.group_schema(&self.agg.input().schema())?,
                 &GroupOrdering::None,
             )?,
-            args: self
-                .agg
-                .aggr_expr()
-                .iter()
-                .map(|a| a.expressions()[0].clone())
-                .collect(),
-            kinds: self.kinds.clone(),
+            aggs: self.aggs.clone(),
             accumulators: self
                 .agg
                 .aggr_expr()
@@ -350,8 +387,7 @@ struct RunState {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     /// DataFusion's group interning: the same groups, numbered the same way, as its own.
     group_values: Box<dyn GroupValues>,
-    args: Vec<Arc<dyn PhysicalExpr>>,
-    kinds: Vec<Kind>,
+    aggs: Vec<RunAgg>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Scratch: a group index per run or per row.
     groups: Vec<usize>,
@@ -370,9 +406,9 @@ impl RunState {
             .collect::<Result<Vec<_>>>()?;
         let runs = arrow::compute::kernels::partition::partition(&keys)?.ranges();
         let values = self
-            .args
+            .aggs
             .iter()
-            .map(|a| a.evaluate(batch))
+            .map(|a| a.arg.evaluate(batch))
             .collect::<Result<Vec<_>>>()?;
         if rows / runs.len() >= MIN_RUN_ROWS {
             // One row per run stands for its run.
@@ -383,15 +419,18 @@ impl RunState {
                 .collect::<Result<Vec<_>>>()?;
             self.group_values.intern(&firsts, &mut self.groups)?;
             let total = self.group_values.len();
-            for ((acc, kind), value) in self.accumulators.iter_mut().zip(&self.kinds).zip(values) {
-                let states = run_states(*kind, &value, &runs)?;
+            for ((acc, agg), value) in self.accumulators.iter_mut().zip(&self.aggs).zip(values) {
+                let states = run_states(agg.kind, &value, &runs)?;
                 acc.merge_batch(&states, &self.groups, total)?;
             }
         } else {
             self.group_values.intern(&keys, &mut self.groups)?;
             let total = self.group_values.len();
-            for (acc, value) in self.accumulators.iter_mut().zip(values) {
-                let value = value.into_array(rows)?;
+            for ((acc, agg), value) in self.accumulators.iter_mut().zip(&self.aggs).zip(values) {
+                let mut value = value.into_array(rows)?;
+                if let Some(t) = &agg.widen_to {
+                    value = arrow::compute::cast(&value, t)?;
+                }
                 acc.update_batch(&[value], &self.groups, None, total)?;
             }
         }
@@ -426,16 +465,27 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
             let counts: Int64Array = runs.iter().map(|r| Some(valid(r) as i64)).collect();
             vec![Arc::new(counts)]
         }
-        Kind::Sum => match array.data_type() {
-            DataType::Int64 => vec![sums::<Int64Type>(array, runs)],
-            DataType::UInt64 => vec![sums::<UInt64Type>(array, runs)],
-            DataType::Float64 => vec![sums::<Float64Type>(array, runs)],
-            other => {
-                return Err(DataFusionError::Internal(format!(
-                    "run aggregation cannot sum {other}"
-                )))
-            }
-        },
+        Kind::Sum => {
+            use DataType::*;
+            let sum = match array.data_type() {
+                Int8 => sums::<Int8Type, Int64Type>(array, runs, |v| v as i64),
+                Int16 => sums::<Int16Type, Int64Type>(array, runs, |v| v as i64),
+                Int32 => sums::<Int32Type, Int64Type>(array, runs, |v| v as i64),
+                Int64 => sums::<Int64Type, Int64Type>(array, runs, |v| v),
+                UInt8 => sums::<UInt8Type, UInt64Type>(array, runs, |v| v as u64),
+                UInt16 => sums::<UInt16Type, UInt64Type>(array, runs, |v| v as u64),
+                UInt32 => sums::<UInt32Type, UInt64Type>(array, runs, |v| v as u64),
+                UInt64 => sums::<UInt64Type, UInt64Type>(array, runs, |v| v),
+                Float32 => sums::<Float32Type, Float64Type>(array, runs, |v| v as f64),
+                Float64 => sums::<Float64Type, Float64Type>(array, runs, |v| v),
+                other => {
+                    return Err(DataFusionError::Internal(format!(
+                        "run aggregation cannot sum {other}"
+                    )))
+                }
+            };
+            vec![sum]
+        }
         Kind::Avg => {
             // A run without values leaves its group unseen: NULL count and sum, as
             // DataFusion's own partial state has for such a group.
@@ -443,7 +493,25 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
                 .iter()
                 .map(|r| Some(valid(r) as u64).filter(|&n| n > 0))
                 .collect();
-            vec![Arc::new(counts), sums::<Float64Type>(array, runs)]
+            use DataType::*;
+            let sum = match array.data_type() {
+                Int8 => sums::<Int8Type, Float64Type>(array, runs, |v| v as f64),
+                Int16 => sums::<Int16Type, Float64Type>(array, runs, |v| v as f64),
+                Int32 => sums::<Int32Type, Float64Type>(array, runs, |v| v as f64),
+                Int64 => sums::<Int64Type, Float64Type>(array, runs, |v| v as f64),
+                UInt8 => sums::<UInt8Type, Float64Type>(array, runs, |v| v as f64),
+                UInt16 => sums::<UInt16Type, Float64Type>(array, runs, |v| v as f64),
+                UInt32 => sums::<UInt32Type, Float64Type>(array, runs, |v| v as f64),
+                UInt64 => sums::<UInt64Type, Float64Type>(array, runs, |v| v as f64),
+                Float32 => sums::<Float32Type, Float64Type>(array, runs, |v| v as f64),
+                Float64 => sums::<Float64Type, Float64Type>(array, runs, |v| v),
+                other => {
+                    return Err(DataFusionError::Internal(format!(
+                        "run aggregation cannot average {other}"
+                    )))
+                }
+            };
+            vec![Arc::new(counts), sum]
         }
         Kind::Min | Kind::Max => {
             let min = kind == Kind::Min;
@@ -470,18 +538,20 @@ fn valid_in(nulls: Option<&NullBuffer>, r: &Range<usize>) -> usize {
     }
 }
 
-/// Reduces each run's values with `f`, starting from `init(run)` (NULL where the run has no
-/// values), typed like the input. Four lanes (`f` is associative and commutative) and no
-/// branch per value keep a run's loop from waiting on each addition in turn.
-fn reduce_runs<T: ArrowPrimitiveType>(
-    a: &PrimitiveArray<T>,
+/// Reduces each run's values, widened by `conv`, with `f`, starting from `init(run)` (NULL
+/// where the run has no values), typed `out_type`. Four lanes (`f` is associative and
+/// commutative) and no branch per value keep a run's loop from waiting on each step in turn.
+fn reduce_runs<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
+    a: &PrimitiveArray<I>,
     runs: &[Range<usize>],
-    init: impl Fn(&[T::Native], Option<&NullBuffer>, &Range<usize>) -> T::Native,
-    f: impl Fn(T::Native, T::Native) -> T::Native,
+    out_type: DataType,
+    conv: impl Fn(I::Native) -> O::Native,
+    init: impl Fn(&[I::Native], Option<&NullBuffer>, &Range<usize>) -> O::Native,
+    f: impl Fn(O::Native, O::Native) -> O::Native,
 ) -> ArrayRef {
     let values = a.values();
     let nulls = a.nulls();
-    let out: PrimitiveArray<T> = runs
+    let out: PrimitiveArray<O> = runs
         .iter()
         .map(|r| {
             if valid_in(nulls, r) == 0 {
@@ -491,10 +561,15 @@ fn reduce_runs<T: ArrowPrimitiveType>(
             let mut lanes = [start; 4];
             let run = &values[r.clone()];
             // A block of at most 64 values with their validity bits (bit i: take value i).
-            let step = |block: &[T::Native], mut w: u64, l: &mut [T::Native; 4]| {
+            let step = |block: &[I::Native], mut w: u64, l: &mut [O::Native; 4]| {
                 let mut quads = block.chunks_exact(4);
                 for q in &mut quads {
-                    let next = [f(l[0], q[0]), f(l[1], q[1]), f(l[2], q[2]), f(l[3], q[3])];
+                    let next = [
+                        f(l[0], conv(q[0])),
+                        f(l[1], conv(q[1])),
+                        f(l[2], conv(q[2])),
+                        f(l[3], conv(q[3])),
+                    ];
                     for (k, n) in next.into_iter().enumerate() {
                         if w & (1 << k) != 0 {
                             l[k] = n;
@@ -504,7 +579,7 @@ fn reduce_runs<T: ArrowPrimitiveType>(
                 }
                 for &v in quads.remainder() {
                     if w & 1 != 0 {
-                        l[0] = f(l[0], v);
+                        l[0] = f(l[0], conv(v));
                     }
                     w >>= 1;
                 }
@@ -527,17 +602,23 @@ fn reduce_runs<T: ArrowPrimitiveType>(
             Some(f(f(l0, l1), f(l2, l3)))
         })
         .collect();
-    Arc::new(out.with_data_type(a.data_type().clone()))
+    Arc::new(out.with_data_type(out_type))
 }
 
-/// Each run's sum (wrapping, as DataFusion's integer sums are). Like DataFusion's, it starts
-/// from zero, so a sum of `-0.0` alone is `0.0` there too.
-fn sums<T: ArrowPrimitiveType>(array: &ArrayRef, runs: &[Range<usize>]) -> ArrayRef {
-    reduce_runs(
-        array.as_primitive::<T>(),
+/// Each run's sum of its values widened to `O` (wrapping, as DataFusion's integer sums are).
+/// Like DataFusion's, it starts from zero, so a sum of `-0.0` alone is `0.0` there too.
+fn sums<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
+    array: &ArrayRef,
+    runs: &[Range<usize>],
+    conv: impl Fn(I::Native) -> O::Native,
+) -> ArrayRef {
+    reduce_runs::<I, O>(
+        array.as_primitive::<I>(),
         runs,
-        |_, _, _| T::Native::ZERO,
-        |a, b| a.add_wrapping(b),
+        O::DATA_TYPE,
+        conv,
+        |_, _, _| O::Native::ZERO,
+        |a: O::Native, b| a.add_wrapping(b),
     )
 }
 
@@ -555,9 +636,24 @@ fn extremes<T: ArrowPrimitiveType>(
             .unwrap_or(r.start);
         values[i]
     };
+    let t = a.data_type().clone();
     if min {
-        reduce_runs(a, runs, first, |x, y| if y.is_lt(x) { y } else { x })
+        reduce_runs::<T, T>(
+            a,
+            runs,
+            t,
+            |v| v,
+            first,
+            |x, y| if y.is_lt(x) { y } else { x },
+        )
     } else {
-        reduce_runs(a, runs, first, |x, y| if y.is_gt(x) { y } else { x })
+        reduce_runs::<T, T>(
+            a,
+            runs,
+            t,
+            |v| v,
+            first,
+            |x, y| if y.is_gt(x) { y } else { x },
+        )
     }
 }

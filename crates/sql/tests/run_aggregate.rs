@@ -56,7 +56,8 @@ async fn same_answers(e: &Engine, table: &str, groups: &[&str], select: &str, ph
 }
 
 const SELECT: &str = "count(*), count(v), sum(v), min(v), max(v), avg(v), sum(s), min(s), \
-                      max(f), sum(f), avg(f), min(t), max(t), count(f)";
+                      max(f), sum(f), avg(f), min(t), max(t), count(f), avg(r), min(r), \
+                      avg(s)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouping_by_key_columns_matches_hash_aggregation() {
@@ -67,7 +68,7 @@ async fn grouping_by_key_columns_matches_hash_aggregation() {
     for (name, key) in [("long", "PRIMARY KEY (k, j)"), ("short", "PRIMARY KEY (k)")] {
         e.execute(&format!(
             "CREATE TABLE {name} (k INT, j INT, v INT, s SMALLINT, f DOUBLE PRECISION,
-               t TIMESTAMP, {key}) PARTITION BY HASH (k) PARTITIONS 2"
+               t TIMESTAMP, r REAL, {key}) PARTITION BY HASH (k) PARTITIONS 2"
         ))
         .await
         .unwrap();
@@ -77,7 +78,8 @@ async fn grouping_by_key_columns_matches_hash_aggregation() {
                   CAST(g % 11 AS SMALLINT), \
                   CASE WHEN g % 3 = 0 OR g / 300 % 7 = 3 THEN NULL ELSE (g % 64) * 0.25 END, \
                   CASE WHEN g % 4 = 0 OR g / 300 % 7 = 3 THEN NULL \
-                       ELSE TIMESTAMP '2024-01-01 00:00:00' + g * INTERVAL '1 second' END";
+                       ELSE TIMESTAMP '2024-01-01 00:00:00' + g * INTERVAL '1 second' END, \
+                  CASE WHEN g % 6 = 1 OR g / 300 % 7 = 3 THEN NULL ELSE (g % 40) * 0.5 END";
     e.execute(&format!(
         "INSERT INTO long SELECT g / 300, g % 300, {values} FROM generate_series(0, 29999) AS x(g)"
     ))
@@ -103,7 +105,7 @@ async fn grouping_by_key_columns_matches_hash_aggregation() {
             .unwrap();
     }
     e.execute(
-        "UPSERT INTO long SELECT g / 300, g % 300, -g, 1, g * 0.5, NULL \
+        "UPSERT INTO long SELECT g / 300, g % 300, -g, 1, g * 0.5, NULL, g % 9 \
          FROM generate_series(0, 29999, 7) AS x(g)",
     )
     .await
@@ -119,10 +121,13 @@ async fn grouping_by_key_columns_matches_hash_aggregation() {
     }
     same_answers(&e, "long", &["k", "j / 60"], SELECT, "two groups, flushed").await;
     same_answers(&e, "long", &["j"], SELECT, "short runs of a key").await;
+    // A cast shared by two aggregates is computed below them (one projection), not in each.
+    same_answers(&e, "long", &["k"], "sum(r)", "sum of a REAL column").await;
+    same_answers(&e, "long", &["k"], "sum(r), avg(r)", "shared cast").await;
     // With a filter in between, and through a projection (eager aggregation's shape).
     same_answers(
         &e,
-        "(SELECT k, v, s, f, t FROM long WHERE j > 100) AS sub",
+        "(SELECT k, v, s, f, t, r FROM long WHERE j > 100) AS sub",
         &["k"],
         SELECT,
         "filtered",
