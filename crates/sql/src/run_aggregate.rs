@@ -585,7 +585,17 @@ fn reduce_runs<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
                 }
             };
             match nulls {
-                None => run.chunks(64).for_each(|c| step(c, u64::MAX, &mut lanes)),
+                None => {
+                    let mut quads = run.chunks_exact(4);
+                    for q in &mut quads {
+                        for (l, &v) in lanes.iter_mut().zip(q) {
+                            *l = f(*l, conv(v));
+                        }
+                    }
+                    for &v in quads.remainder() {
+                        lanes[0] = f(lanes[0], conv(v));
+                    }
+                }
                 Some(n) => {
                     let bits = n.inner();
                     let words = BitChunks::new(bits.values(), bits.offset() + r.start, r.len());
