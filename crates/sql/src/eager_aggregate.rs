@@ -199,16 +199,32 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
             "avg" => Split::Avg,
             _ => return Ok(None),
         };
-        let mut early = |udaf: Arc<AggregateUDF>, n: usize| {
+        let mut early = |udaf: Arc<AggregateUDF>, arg: Expr, n: usize| {
             let name = format!("__nyala_early_{i}_{n}");
-            early_aggs.push(aggregate(udaf, arg.clone()).alias(&name));
+            early_aggs.push(aggregate(udaf, arg).alias(&name));
             name
         };
+        // `avg`'s argument carries the cast to Float64 that type coercion added. Its count
+        // counts the column itself (a numeric widening is NULL exactly where its input is):
+        // with the cast under the sum alone, the run aggregation reads through it instead of
+        // a projection computing it once for both.
+        let counted = match arg {
+            Expr::Cast(c) if c.expr.get_type(fact_schema.as_ref())?.is_numeric() => {
+                c.expr.as_ref().clone()
+            }
+            other => other.clone(),
+        };
         let (parts, late_fn): (Vec<String>, Vec<Arc<AggregateUDF>>) = match split {
-            Split::Same => (vec![early(func.clone(), 0)], vec![func.clone()]),
-            Split::Count => (vec![early(func.clone(), 0)], vec![sum_udaf()]),
+            Split::Same => (
+                vec![early(func.clone(), arg.clone(), 0)],
+                vec![func.clone()],
+            ),
+            Split::Count => (vec![early(func.clone(), arg.clone(), 0)], vec![sum_udaf()]),
             Split::Avg => (
-                vec![early(sum_udaf(), 0), early(count_udaf(), 1)],
+                vec![
+                    early(sum_udaf(), arg.clone(), 0),
+                    early(count_udaf(), counted, 1),
+                ],
                 vec![sum_udaf(), sum_udaf()],
             ),
         };
