@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use arrow::array::{make_array, Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::array::{
+    make_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
+};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::and;
 use arrow_schema::SchemaRef;
@@ -78,6 +80,8 @@ pub struct TabletScan {
 struct CurrentSegment {
     batches: BatchIter,
     ts_col: Option<usize>,
+    /// Whether each batch ends in a column of which rows are live (`SegmentBatches`).
+    live_col: bool,
     layout: Arc<Layout>,
     /// Pinned, so that its files outlive a compaction that replaces it until this scan is
     /// done with them.
@@ -189,7 +193,7 @@ impl TabletScan {
                 .unwrap_or_default();
             if let Some(row) = lookup(&version, &key, snapshot)? {
                 let row = row.project(&scan.layout.read)?;
-                if let Some(b) = scan.finish_batch(row, None, &scan.layout)? {
+                if let Some(b) = scan.finish_batch(row, None, false, &scan.layout)? {
                     scan.ready.push_back(b);
                 }
             }
@@ -217,14 +221,31 @@ impl TabletScan {
         &self.schema
     }
 
-    /// Applies the snapshot filter (if the batch carries timestamps at `ts_col`), the
-    /// predicates, and the output projection to a batch of the read columns.
+    /// Applies the live-row column (the last, with `live_col`), the snapshot filter (if the
+    /// batch carries timestamps at `ts_col`), the predicates, and the output projection to a
+    /// batch of the read columns.
     fn finish_batch(
         &self,
         batch: RecordBatch,
         ts_col: Option<usize>,
+        live_col: bool,
         layout: &Layout,
     ) -> Result<Option<RecordBatch>> {
+        let (batch, live) = if live_col {
+            let last = batch.num_columns() - 1;
+            let live = batch.column(last).as_boolean().clone();
+            let batch = batch.project(&(0..last).collect::<Vec<_>>())?;
+            if live.true_count() == live.len() {
+                (batch, None)
+            } else if ts_col.is_some() {
+                // (Rare: rows newer than the snapshot, filtered by position below.)
+                (filter_record_batch(&batch, &live)?, None)
+            } else {
+                (batch, Some(live))
+            }
+        } else {
+            (batch, None)
+        };
         let batch = match ts_col {
             Some(c) => {
                 let b = filter_by_snapshot(&batch, c, self.snapshot)?;
@@ -233,7 +254,8 @@ impl TabletScan {
             }
             None => batch,
         };
-        let mut mask: Option<BooleanArray> = None;
+        // One filter for the deleted rows and the predicates.
+        let mut mask: Option<BooleanArray> = live;
         let mut columns = batch.columns().to_vec();
         for (p, pos) in self.preds.iter().zip(&layout.pred_pos) {
             let Some(pos) = *pos else { continue };
@@ -313,10 +335,10 @@ impl TabletScan {
                 return Some(Ok(b));
             }
             if let Some(cur) = &mut self.current {
-                let ts_col = cur.ts_col;
+                let (ts_col, live_col) = (cur.ts_col, cur.live_col);
                 let layout = cur.layout.clone();
                 match cur.batches.next() {
-                    Some(Ok(b)) => match self.finish_batch(b, ts_col, &layout) {
+                    Some(Ok(b)) => match self.finish_batch(b, ts_col, live_col, &layout) {
                         Ok(Some(b)) => return Some(Ok(b)),
                         Ok(None) => continue,
                         Err(e) => return Some(Err(e)),
@@ -371,10 +393,11 @@ impl TabletScan {
                         self.snapshot,
                         self.batch_size,
                     ) {
-                        Ok(batches) => {
+                        Ok(scanned) => {
                             self.current = Some(CurrentSegment {
-                                batches,
+                                batches: scanned.batches,
                                 ts_col,
+                                live_col: scanned.live_col,
                                 layout,
                                 _segment: seg,
                             })
@@ -385,7 +408,7 @@ impl TabletScan {
                 Source::Buffer(mem) => match self.next_buffer_chunk(&mem) {
                     Ok(Some(b)) => {
                         self.sources.push_front(Source::Buffer(mem));
-                        match self.finish_batch(b, None, &self.layout) {
+                        match self.finish_batch(b, None, false, &self.layout) {
                             Ok(Some(b)) => return Some(Ok(b)),
                             Ok(None) => continue,
                             Err(e) => return Some(Err(e)),

@@ -805,7 +805,7 @@ impl Segment {
                     d.reader_meta.parquet_schema(),
                     projection.iter().copied(),
                 ))
-                .with_row_groups(rgs)
+                .with_row_groups(rgs.clone())
                 .with_row_selection(sel)
                 .with_batch_size((rows.end - rows.start).max(1) as usize)
                 .build()?;
@@ -827,9 +827,12 @@ impl Segment {
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
-    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    ) -> Result<SegmentBatches> {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
-            return Ok(Box::new(std::iter::empty()));
+            return Ok(SegmentBatches {
+                batches: Box::new(std::iter::empty()),
+                live_col: false,
+            });
         }
         let plan = Arc::new(self.plan(schema, projection));
         let ids = self.column_ids();
@@ -843,7 +846,23 @@ impl Segment {
             })
             .collect();
         let inner = self.scan_file(&plan.file, &file_preds, range, snapshot, batch_size)?;
-        Ok(Box::new(inner.map(move |b| b.and_then(|b| plan.apply(b)))))
+        if !inner.live_col {
+            return Ok(SegmentBatches {
+                batches: Box::new(inner.batches.map(move |b| b.and_then(|b| plan.apply(b)))),
+                live_col: false,
+            });
+        }
+        // The live-row column rides along after the projected columns.
+        let batches = inner.batches.map(move |b| {
+            let b = b?;
+            let live = b.num_columns() - 1;
+            let out = plan.apply(b.project(&(0..live).collect::<Vec<_>>())?)?;
+            with_live_column(&out, b.column(live).clone())
+        });
+        Ok(SegmentBatches {
+            batches: Box::new(batches),
+            live_col: true,
+        })
     }
 
     fn scan_file(
@@ -853,7 +872,11 @@ impl Segment {
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
-    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    ) -> Result<SegmentBatches> {
+        let plain = |batches| SegmentBatches {
+            batches,
+            live_col: false,
+        };
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
             SegmentData::Memory { batch, keys } => {
@@ -880,7 +903,7 @@ impl Segment {
                     chunks.push(Ok(b));
                     start += len;
                 }
-                Ok(Box::new(chunks.into_iter()))
+                Ok(plain(Box::new(chunks.into_iter())))
             }
             SegmentData::Disk(d) => {
                 let rows = if range.is_full() {
@@ -889,9 +912,22 @@ impl Segment {
                     d.index.row_range(range)
                 };
                 let keep = row_groups_matching(d, preds)?;
-                let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), rows, deleted.as_ref());
+                // Deleted rows scattered more densely than one per `MASK_BELOW_RUN_ROWS`
+                // would make the reader decode everything and copy out the live rows, and the
+                // caller's predicate filter copy them again. Instead every row is read, and a
+                // column saying which are live goes to the caller's one filter.
+                let scattered = deleted.as_ref().filter(|del| {
+                    let n = del.range_cardinality(rows.start as u32..rows.end as u32);
+                    n > 0 && (rows.end - rows.start) / (n + 1) < MASK_BELOW_RUN_ROWS as u64
+                });
+                let skip = if scattered.is_some() {
+                    None
+                } else {
+                    deleted.as_ref()
+                };
+                let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), rows.clone(), skip);
                 if rgs.is_empty() {
-                    return Ok(Box::new(std::iter::empty()));
+                    return Ok(plain(Box::new(std::iter::empty())));
                 }
                 let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
                     d.bytes.clone(),
@@ -901,7 +937,7 @@ impl Segment {
                     d.reader_meta.parquet_schema(),
                     projection.iter().copied(),
                 ))
-                .with_row_groups(rgs)
+                .with_row_groups(rgs.clone())
                 .with_row_selection(sel)
                 // Deletion vectors cut the selection into many short runs once a segment has
                 // a scattering of updated keys; below runs of ~1k rows, decoding everything and
@@ -911,7 +947,24 @@ impl Segment {
                 })
                 .with_batch_size(batch_size)
                 .build()?;
-                Ok(Box::new(reader.map(|r| r.map_err(StorageError::from))))
+                let batches = reader.map(|r| r.map_err(StorageError::from));
+                let Some(del) = scattered.cloned() else {
+                    return Ok(plain(Box::new(batches)));
+                };
+                // The rows the reader returns, in order: the chosen row groups' part of `rows`.
+                let selected: Vec<Range<u64>> = rgs
+                    .iter()
+                    .map(|&i| rows.start.max(d.rg_starts[i])..rows.end.min(d.rg_starts[i + 1]))
+                    .collect();
+                let mut live = LiveRows::new(selected, del);
+                Ok(SegmentBatches {
+                    batches: Box::new(batches.map(move |b| {
+                        let b = b?;
+                        let mask = live.next(b.num_rows());
+                        with_live_column(&b, Arc::new(mask))
+                    })),
+                    live_col: true,
+                })
             }
         }
     }
@@ -920,6 +973,79 @@ impl Segment {
 /// Average selected-or-skipped run length (rows) below which a scan's row selection is applied
 /// as a decoded-then-filtered mask (see `Segment::scan`).
 const MASK_BELOW_RUN_ROWS: usize = 1024;
+
+/// A segment scan's batches. With `live_col`, each batch ends in a non-null Boolean column
+/// saying which of its rows are live: deleted rows are still in the batch, for the caller to
+/// drop with its own filter (one copy of the rows instead of two).
+pub(crate) struct SegmentBatches {
+    pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    pub live_col: bool,
+}
+
+/// `batch` with `live` appended as the last column.
+fn with_live_column(batch: &RecordBatch, live: ArrayRef) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("__nyala_live", ArrowType::Boolean, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(live);
+    let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(ArrowSchema::new(fields)),
+        columns,
+        &opts,
+    )?)
+}
+
+/// Walks the segment rows a reader returns (ascending ranges) batch by batch, marking the
+/// deleted ones.
+struct LiveRows {
+    ranges: Vec<Range<u64>>,
+    /// Position: the range, and the next row in it.
+    at: usize,
+    next_row: u64,
+    deleted: RoaringBitmap,
+}
+
+impl LiveRows {
+    fn new(ranges: Vec<Range<u64>>, deleted: RoaringBitmap) -> Self {
+        let next_row = ranges.first().map_or(0, |r| r.start);
+        LiveRows {
+            ranges,
+            at: 0,
+            next_row,
+            deleted,
+        }
+    }
+
+    /// Liveness of the next `n` rows.
+    fn next(&mut self, n: usize) -> BooleanArray {
+        let mut bits = arrow::array::BooleanBufferBuilder::new(n);
+        bits.append_n(n, true);
+        let mut filled = 0;
+        while filled < n && self.at < self.ranges.len() {
+            let end = self.ranges[self.at].end;
+            let take = ((end - self.next_row) as usize).min(n - filled);
+            let from = self.next_row;
+            for r in self.deleted.range(from as u32..(from + take as u64) as u32) {
+                bits.set_bit(filled + (r as u64 - from) as usize, false);
+            }
+            filled += take;
+            self.next_row += take as u64;
+            if self.next_row >= end {
+                self.at += 1;
+                if let Some(r) = self.ranges.get(self.at) {
+                    self.next_row = r.start;
+                }
+            }
+        }
+        BooleanArray::new(bits.finish(), None)
+    }
+}
 
 /// Writes a new segment from rows arriving in (key, timestamp descending) order, a row group
 /// at a time, so that a compaction's output never has to be in memory whole. The files go to
