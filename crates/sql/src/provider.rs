@@ -249,6 +249,8 @@ pub struct NyalaScanExec {
     /// equal key prefixes (every segment and the write buffer are sorted by key), which
     /// [`crate::run_aggregate`] exploits.
     key_columns: Vec<usize>,
+    /// How many key columns the table has (projected or not).
+    key_count: usize,
     props: Arc<PlanProperties>,
 }
 
@@ -275,6 +277,7 @@ impl NyalaScanExec {
             .iter()
             .filter_map(|name| schema.index_of(name).ok())
             .collect();
+        let key_count = key_names.len();
         let n = plan.tablet_ids.len().max(1);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -285,6 +288,7 @@ impl NyalaScanExec {
         NyalaScanExec {
             estimated_rows: plan.estimated_rows(),
             key_columns,
+            key_count,
             table,
             tablets_total,
             snapshot: plan.snapshot,
@@ -301,6 +305,11 @@ impl NyalaScanExec {
     /// The output columns that hold primary-key columns (see the field).
     pub(crate) fn key_columns(&self) -> &[usize] {
         &self.key_columns
+    }
+
+    /// How many key columns the table has.
+    pub(crate) fn key_count(&self) -> usize {
+        self.key_count
     }
 }
 

@@ -22,7 +22,9 @@
 //! matter of speed only, and every piece must be exact:
 //! - a partial aggregation without grouping sets or group limit whose grouping expressions read
 //!   only primary-key columns of a Nyala scan (through projections and filters), so runs are
-//!   likely; where they turn out short the cost is DataFusion's plus finding runs;
+//!   likely, and do not name the whole key (one row per group); where runs turn out short the
+//!   cost is DataFusion's plus finding runs, except that DataFusion would stop aggregating
+//!   partially once groups are nearly as many as rows, and this does not;
 //! - every aggregate is `count`, `sum`, `min`, `max` or `avg` of one argument, without
 //!   DISTINCT, FILTER or ORDER BY, and its state has the types computed here: `sum` of Int64,
 //!   UInt64 or Float64 (DataFusion widens smaller types before summing), `avg` of Float64,
@@ -179,6 +181,47 @@ fn is_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> bool {
     false
 }
 
+/// Where column `idx` of `plan`'s output is a Nyala scan's key column passed through as it is:
+/// its position in the scan's output, and how many key columns the table has.
+fn plain_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> Option<(usize, usize)> {
+    if let Some(scan) = plan.downcast_ref::<NyalaScanExec>() {
+        return scan
+            .key_columns()
+            .contains(&idx)
+            .then_some((idx, scan.key_count()));
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let c = p.expr().get(idx)?.expr.downcast_ref::<Column>()?;
+        return plain_key_column(p.input(), c.index());
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let inner = match f.projection() {
+            None => idx,
+            Some(p) => *p.get(idx)?,
+        };
+        return plain_key_column(f.input(), inner);
+    }
+    None
+}
+
+/// Whether the grouping names every key column: then each group is one row, there are no
+/// runs to find, and DataFusion's partial aggregation, which passes rows through when groups
+/// are nearly as many as rows, is the better plan.
+fn groups_whole_key(agg: &AggregateExec) -> bool {
+    let keys: Vec<(usize, usize)> = agg
+        .group_expr()
+        .expr()
+        .iter()
+        .filter_map(|(e, _)| e.downcast_ref::<Column>())
+        .filter_map(|c| plain_key_column(agg.input(), c.index()))
+        .collect();
+    let mut distinct: Vec<usize> = keys.iter().map(|(pos, _)| *pos).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    keys.first()
+        .is_some_and(|(_, count)| distinct.len() >= *count)
+}
+
 /// A partial aggregation grouped by key columns, computed run by run (module docs).
 #[derive(Debug)]
 pub struct RunAggregateExec {
@@ -229,6 +272,7 @@ impl RunAggregateExec {
                 .expr()
                 .iter()
                 .all(|(e, _)| reads_keys_only(agg.input(), e))
+            || groups_whole_key(agg)
         {
             return Ok(None);
         }
