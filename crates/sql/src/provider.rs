@@ -429,10 +429,13 @@ impl ExecutionPlan for NyalaScanExec {
         // it yields every `SCAN_SLICE` of decoding.
         let schema = self.schema.clone();
         let plan = self.plan.clone();
+        // Opened at the first poll, not here (a point lookup does its lookup on opening).
         // With every tablet pruned, the one partition is empty.
-        let opened = (partition < plan.tablet_ids.len())
-            .then(move || plan.open(partition))
-            .into_iter();
+        let opened: Box<dyn Iterator<Item = _> + Send> = if partition < plan.tablet_ids.len() {
+            Box::new(std::iter::once_with(move || plan.open(partition)))
+        } else {
+            Box::new(std::iter::empty())
+        };
         let batch_schema = schema.clone();
         let batches = opened.flat_map(move |scan| -> ScanBatches {
             match scan {

@@ -30,9 +30,13 @@
 //!   UInt64 or Float64 (DataFusion widens smaller types before summing), `avg` of Float64,
 //!   `min`/`max` of a primitive type. Decimal sums widen their precision: left to DataFusion.
 //!
-//! A run's values are added in row order, as DataFusion adds them; float sums still add run
-//! totals rather than rows, so their last bits may differ, as they do between partitions.
+//! Float sums add a run's values in four interleaved lanes and then the run totals, where
+//! DataFusion adds row by row: their last bits may differ, as DataFusion's own do between
+//! partitionings. `min`/`max` compare as DataFusion's do (`partial_cmp`, a NaN taken over by
+//! what follows it): without NaNs the answers are DataFusion's; with them, which value a run
+//! ends on depends on order, as DataFusion's answer depends on the order rows arrive in.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -51,6 +55,7 @@ use arrow_schema::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{ColumnarValue, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -397,6 +402,8 @@ impl ExecutionPlan for RunAggregateExec {
                 .map(|a| a.create_groups_accumulator())
                 .collect::<Result<_>>()?,
             groups: vec![],
+            reservation: MemoryConsumer::new(format!("RunAggregateExec[{partition}]"))
+                .register(context.memory_pool()),
         };
         let schema = self.agg.schema();
         let batch_size = context.session_config().batch_size().max(1);
@@ -435,6 +442,9 @@ struct RunState {
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Scratch: a group index per run or per row.
     groups: Vec<usize>,
+    /// The groups' memory, held against the session's memory pool: past its limit the query
+    /// fails with "resources exhausted" (this aggregation does not spill).
+    reservation: MemoryReservation,
 }
 
 impl RunState {
@@ -478,7 +488,10 @@ impl RunState {
                 acc.update_batch(&[value], &self.groups, None, total)?;
             }
         }
-        Ok(())
+        let size = self.group_values.size()
+            + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            + self.groups.capacity() * std::mem::size_of::<usize>();
+        self.reservation.try_resize(size)
     }
 
     fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch> {
@@ -492,18 +505,24 @@ impl RunState {
 
 /// Each run's partial state of one aggregate: the arrays `merge_batch` takes.
 fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Result<Vec<ArrayRef>> {
+    let rows = runs.last().map_or(0, |r| r.end);
     let array = match value {
-        ColumnarValue::Array(a) => a,
-        // Only `count(*)` (a literal) gets here: each run counts its rows, or none for NULL.
-        ColumnarValue::Scalar(s) => {
+        ColumnarValue::Array(a) => Arc::clone(a),
+        // `count(*)`: each run counts its rows, or none for a NULL constant.
+        ColumnarValue::Scalar(s) if kind == Kind::Count => {
             let counts: Int64Array = runs
                 .iter()
                 .map(|r| Some(if s.is_null() { 0 } else { r.len() as i64 }))
                 .collect();
             return Ok(vec![Arc::new(counts)]);
         }
+        // `sum(2)`, `max(NULL)`: the constant as a column.
+        ColumnarValue::Scalar(s) => s.to_array_of_size(rows)?,
     };
-    let valid = |r: &Range<usize>| valid_in(array.nulls(), r);
+    let array = &array;
+    // Logical NULLs, as DataFusion's `count` takes them (a Null-typed column has no bitmap).
+    let nulls = array.logical_nulls();
+    let valid = |r: &Range<usize>| valid_in(nulls.as_ref(), r);
     Ok(match kind {
         Kind::Count => {
             let counts: Int64Array = runs.iter().map(|r| Some(valid(r) as i64)).collect();
@@ -583,8 +602,9 @@ fn valid_in(nulls: Option<&NullBuffer>, r: &Range<usize>) -> usize {
 }
 
 /// Reduces each run's values, widened by `conv`, with `f`, starting from `init(run)` (NULL
-/// where the run has no values), typed `out_type`. Four lanes (`f` is associative and
-/// commutative) and no branch per value keep a run's loop from waiting on each step in turn.
+/// where the run has no values), typed `out_type`. Four interleaved lanes (for `f` that is
+/// associative and commutative up to float rounding) and no branch per value keep a run's loop
+/// from waiting on each step in turn.
 fn reduce_runs<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
     a: &PrimitiveArray<I>,
     runs: &[Range<usize>],
@@ -676,7 +696,8 @@ fn sums<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
     )
 }
 
-/// Each run's minimum or maximum, in the total order DataFusion's `min`/`max` use.
+/// Each run's minimum or maximum, compared as DataFusion's `min`/`max` accumulators compare
+/// (`partial_cmp`; an incomparable value, NaN, replaces the current one).
 fn extremes<T: ArrowPrimitiveType>(
     a: &PrimitiveArray<T>,
     runs: &[Range<usize>],
@@ -698,7 +719,10 @@ fn extremes<T: ArrowPrimitiveType>(
             t,
             |v| v,
             first,
-            |x, y| if y.is_lt(x) { y } else { x },
+            |x, y| match y.partial_cmp(&x) {
+                Some(Ordering::Less) | None => y,
+                _ => x,
+            },
         )
     } else {
         reduce_runs::<T, T>(
@@ -707,7 +731,10 @@ fn extremes<T: ArrowPrimitiveType>(
             t,
             |v| v,
             first,
-            |x, y| if y.is_gt(x) { y } else { x },
+            |x, y| match y.partial_cmp(&x) {
+                Some(Ordering::Greater) | None => y,
+                _ => x,
+            },
         )
     }
 }

@@ -121,6 +121,16 @@ async fn grouping_by_key_columns_matches_hash_aggregation() {
     }
     same_answers(&e, "long", &["k", "j / 60"], SELECT, "two groups, flushed").await;
     same_answers(&e, "long", &["j"], SELECT, "short runs of a key").await;
+    // Constant arguments, NULL ones among them, and a column of type Null.
+    same_answers(
+        &e,
+        "long",
+        &["k"],
+        "count(*), count(1), count(NULL), sum(2), sum(1.5), avg(1), sum(CAST(NULL AS INT)), max(7), \
+         min(CAST(NULL AS INT)), count(CASE WHEN v > 0 THEN NULL END)",
+        "constants",
+    )
+    .await;
     // A cast shared by two aggregates is computed below them (one projection), not in each.
     same_answers(&e, "long", &["k"], "sum(r)", "sum of a REAL column").await;
     same_answers(&e, "long", &["k"], "sum(r), avg(r)", "shared cast").await;
