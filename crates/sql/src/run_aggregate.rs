@@ -36,7 +36,6 @@
 //! what follows it): without NaNs the answers are DataFusion's; with them, which value a run
 //! ends on depends on order, as DataFusion's answer depends on the order rows arrive in.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -719,10 +718,9 @@ fn extremes<T: ArrowPrimitiveType>(
             t,
             |v| v,
             first,
-            |x, y| match y.partial_cmp(&x) {
-                Some(Ordering::Less) | None => y,
-                _ => x,
-            },
+            // Takes `y` where `partial_cmp` is Less or None (NaN): one compare the loop can
+            // vectorise.
+            |x, y| if y >= x { x } else { y },
         )
     } else {
         reduce_runs::<T, T>(
@@ -731,10 +729,8 @@ fn extremes<T: ArrowPrimitiveType>(
             t,
             |v| v,
             first,
-            |x, y| match y.partial_cmp(&x) {
-                Some(Ordering::Greater) | None => y,
-                _ => x,
-            },
+            // Takes `y` where `partial_cmp` is Greater or None.
+            |x, y| if y <= x { x } else { y },
         )
     }
 }
