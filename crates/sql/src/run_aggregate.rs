@@ -33,8 +33,9 @@
 //! Float sums add a run's values in four interleaved lanes and then the run totals, where
 //! DataFusion adds row by row: their last bits may differ, as DataFusion's own do between
 //! partitionings. `min`/`max` compare as DataFusion's do (`partial_cmp`, a NaN taken over by
-//! what follows it): without NaNs the answers are DataFusion's; with them, which value a run
-//! ends on depends on order, as DataFusion's answer depends on the order rows arrive in.
+//! what follows it): without NaNs the answers are DataFusion's, but for which of -0.0 and 0.0
+//! a tie keeps; with NaNs, which value a run ends on depends on order, as DataFusion's answer
+//! depends on the order rows arrive in.
 
 use std::fmt;
 use std::ops::Range;
