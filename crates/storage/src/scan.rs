@@ -4,9 +4,7 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use arrow::array::{
-    make_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
-};
+use arrow::array::{make_array, Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::and;
 use arrow_schema::SchemaRef;
@@ -17,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::memtable::MemTable;
 use crate::predicate::{bind, BoundPredicate, KeyRange, Predicate};
-use crate::segment::{filter_by_snapshot, Segment};
+use crate::segment::{filter_by_snapshot, Segment, SegmentBatches};
 use crate::tablet::Version;
 
 /// Default rows per returned batch.
@@ -38,8 +36,6 @@ pub struct ScanRequest {
     /// Stop after this many rows.
     pub limit: Option<usize>,
 }
-
-type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 enum Source {
     Segment(Arc<Segment>),
@@ -78,10 +74,8 @@ pub struct TabletScan {
 
 /// A segment being read: its batches, its timestamp column, and its layout.
 struct CurrentSegment {
-    batches: BatchIter,
+    batches: SegmentBatches,
     ts_col: Option<usize>,
-    /// Whether each batch ends in a column of which rows are live (`SegmentBatches`).
-    live_col: bool,
     layout: Arc<Layout>,
     /// Pinned, so that its files outlive a compaction that replaces it until this scan is
     /// done with them.
@@ -193,7 +187,7 @@ impl TabletScan {
                 .unwrap_or_default();
             if let Some(row) = lookup(&version, &key, snapshot)? {
                 let row = row.project(&scan.layout.read)?;
-                if let Some(b) = scan.finish_batch(row, None, false, &scan.layout)? {
+                if let Some(b) = scan.finish_batch(row, None, None, &scan.layout)? {
                     scan.ready.push_back(b);
                 }
             }
@@ -221,30 +215,21 @@ impl TabletScan {
         &self.schema
     }
 
-    /// Applies the live-row column (the last, with `live_col`), the snapshot filter (if the
-    /// batch carries timestamps at `ts_col`), the predicates, and the output projection to a
-    /// batch of the read columns.
+    /// Applies the live rows (`live`, where not all are), the snapshot filter (if the batch
+    /// carries timestamps at `ts_col`), the predicates, and the output projection to a batch
+    /// of the read columns.
     fn finish_batch(
         &self,
         batch: RecordBatch,
         ts_col: Option<usize>,
-        live_col: bool,
+        live: Option<BooleanArray>,
         layout: &Layout,
     ) -> Result<Option<RecordBatch>> {
-        let (batch, live) = if live_col {
-            let last = batch.num_columns() - 1;
-            let live = batch.column(last).as_boolean().clone();
-            let batch = batch.project(&(0..last).collect::<Vec<_>>())?;
-            if live.true_count() == live.len() {
-                (batch, None)
-            } else if ts_col.is_some() {
-                // (Rare: rows newer than the snapshot, filtered by position below.)
-                (filter_record_batch(&batch, &live)?, None)
-            } else {
-                (batch, Some(live))
-            }
-        } else {
-            (batch, None)
+        let live = live.filter(|l| l.true_count() < l.len());
+        let (batch, live) = match live {
+            // (Rare: rows newer than the snapshot too, filtered by position below.)
+            Some(l) if ts_col.is_some() => (filter_record_batch(&batch, &l)?, None),
+            live => (batch, live),
         };
         let batch = match ts_col {
             Some(c) => {
@@ -335,10 +320,10 @@ impl TabletScan {
                 return Some(Ok(b));
             }
             if let Some(cur) = &mut self.current {
-                let (ts_col, live_col) = (cur.ts_col, cur.live_col);
+                let ts_col = cur.ts_col;
                 let layout = cur.layout.clone();
                 match cur.batches.next() {
-                    Some(Ok(b)) => match self.finish_batch(b, ts_col, live_col, &layout) {
+                    Some(Ok((b, live))) => match self.finish_batch(b, ts_col, live, &layout) {
                         Ok(Some(b)) => return Some(Ok(b)),
                         Ok(None) => continue,
                         Err(e) => return Some(Err(e)),
@@ -393,11 +378,10 @@ impl TabletScan {
                         self.snapshot,
                         self.batch_size,
                     ) {
-                        Ok(scanned) => {
+                        Ok(batches) => {
                             self.current = Some(CurrentSegment {
-                                batches: scanned.batches,
+                                batches,
                                 ts_col,
-                                live_col: scanned.live_col,
                                 layout,
                                 _segment: seg,
                             })
@@ -408,7 +392,7 @@ impl TabletScan {
                 Source::Buffer(mem) => match self.next_buffer_chunk(&mem) {
                     Ok(Some(b)) => {
                         self.sources.push_front(Source::Buffer(mem));
-                        match self.finish_batch(b, None, false, &self.layout) {
+                        match self.finish_batch(b, None, None, &self.layout) {
                             Ok(Some(b)) => return Some(Ok(b)),
                             Ok(None) => continue,
                             Err(e) => return Some(Err(e)),

@@ -805,7 +805,7 @@ impl Segment {
                     d.reader_meta.parquet_schema(),
                     projection.iter().copied(),
                 ))
-                .with_row_groups(rgs.clone())
+                .with_row_groups(rgs)
                 .with_row_selection(sel)
                 .with_batch_size((rows.end - rows.start).max(1) as usize)
                 .build()?;
@@ -829,10 +829,7 @@ impl Segment {
         batch_size: usize,
     ) -> Result<SegmentBatches> {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
-            return Ok(SegmentBatches {
-                batches: Box::new(std::iter::empty()),
-                live_col: false,
-            });
+            return Ok(Box::new(std::iter::empty()));
         }
         let plan = Arc::new(self.plan(schema, projection));
         let ids = self.column_ids();
@@ -846,23 +843,10 @@ impl Segment {
             })
             .collect();
         let inner = self.scan_file(&plan.file, &file_preds, range, snapshot, batch_size)?;
-        if !inner.live_col {
-            return Ok(SegmentBatches {
-                batches: Box::new(inner.batches.map(move |b| b.and_then(|b| plan.apply(b)))),
-                live_col: false,
-            });
-        }
-        // The live-row column rides along after the projected columns.
-        let batches = inner.batches.map(move |b| {
-            let b = b?;
-            let live = b.num_columns() - 1;
-            let out = plan.apply(b.project(&(0..live).collect::<Vec<_>>())?)?;
-            with_live_column(&out, b.column(live).clone())
-        });
-        Ok(SegmentBatches {
-            batches: Box::new(batches),
-            live_col: true,
-        })
+        Ok(Box::new(inner.map(move |r| {
+            let (b, live) = r?;
+            Ok((plan.apply(b)?, live))
+        })))
     }
 
     fn scan_file(
@@ -873,10 +857,6 @@ impl Segment {
         snapshot: Timestamp,
         batch_size: usize,
     ) -> Result<SegmentBatches> {
-        let plain = |batches| SegmentBatches {
-            batches,
-            live_col: false,
-        };
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
             SegmentData::Memory { batch, keys } => {
@@ -900,10 +880,10 @@ impl Segment {
                             b = filter_record_batch(&b, &mask)?;
                         }
                     }
-                    chunks.push(Ok(b));
+                    chunks.push(Ok((b, None)));
                     start += len;
                 }
-                Ok(plain(Box::new(chunks.into_iter())))
+                Ok(Box::new(chunks.into_iter()))
             }
             SegmentData::Disk(d) => {
                 let rows = if range.is_full() {
@@ -916,18 +896,14 @@ impl Segment {
                 // would make the reader decode everything and copy out the live rows, and the
                 // caller's predicate filter copy them again. Instead every row is read, and a
                 // column saying which are live goes to the caller's one filter.
-                let scattered = deleted.as_ref().filter(|del| {
+                let scattered = deleted.as_ref().is_some_and(|del| {
                     let n = del.range_cardinality(rows.start as u32..rows.end as u32);
                     n > 0 && (rows.end - rows.start) / (n + 1) < MASK_BELOW_RUN_ROWS as u64
                 });
-                let skip = if scattered.is_some() {
-                    None
-                } else {
-                    deleted.as_ref()
-                };
+                let skip = deleted.as_ref().filter(|_| !scattered);
                 let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), rows.clone(), skip);
                 if rgs.is_empty() {
-                    return Ok(plain(Box::new(std::iter::empty())));
+                    return Ok(Box::new(std::iter::empty()));
                 }
                 let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
                     d.bytes.clone(),
@@ -948,8 +924,8 @@ impl Segment {
                 .with_batch_size(batch_size)
                 .build()?;
                 let batches = reader.map(|r| r.map_err(StorageError::from));
-                let Some(del) = scattered.cloned() else {
-                    return Ok(plain(Box::new(batches)));
+                let Some(del) = deleted.filter(|_| scattered) else {
+                    return Ok(Box::new(batches.map(|b| Ok((b?, None)))));
                 };
                 // The rows the reader returns, in order: the chosen row groups' part of `rows`.
                 let selected: Vec<Range<u64>> = rgs
@@ -957,14 +933,11 @@ impl Segment {
                     .map(|&i| rows.start.max(d.rg_starts[i])..rows.end.min(d.rg_starts[i + 1]))
                     .collect();
                 let mut live = LiveRows::new(selected, del);
-                Ok(SegmentBatches {
-                    batches: Box::new(batches.map(move |b| {
-                        let b = b?;
-                        let mask = live.next(b.num_rows());
-                        with_live_column(&b, Arc::new(mask))
-                    })),
-                    live_col: true,
-                })
+                Ok(Box::new(batches.map(move |b| {
+                    let b = b?;
+                    let mask = live.next(b.num_rows());
+                    Ok((b, Some(mask)))
+                })))
             }
         }
     }
@@ -974,32 +947,11 @@ impl Segment {
 /// as a decoded-then-filtered mask (see `Segment::scan`).
 const MASK_BELOW_RUN_ROWS: usize = 1024;
 
-/// A segment scan's batches. With `live_col`, each batch ends in a non-null Boolean column
-/// saying which of its rows are live: deleted rows are still in the batch, for the caller to
-/// drop with its own filter (one copy of the rows instead of two).
-pub(crate) struct SegmentBatches {
-    pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
-    pub live_col: bool,
-}
-
-/// `batch` with `live` appended as the last column.
-fn with_live_column(batch: &RecordBatch, live: ArrayRef) -> Result<RecordBatch> {
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("__nyala_live", ArrowType::Boolean, false));
-    let mut columns = batch.columns().to_vec();
-    columns.push(live);
-    let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(
-        Arc::new(ArrowSchema::new(fields)),
-        columns,
-        &opts,
-    )?)
-}
+/// A segment scan's batches, each with which of its rows are live where that is not all of
+/// them: deleted rows scattered densely stay in the batch for the caller to drop with its own
+/// filter (one copy of the rows instead of two).
+pub(crate) type SegmentBatches =
+    Box<dyn Iterator<Item = Result<(RecordBatch, Option<BooleanArray>)>> + Send>;
 
 /// Walks the segment rows a reader returns (ascending ranges) batch by batch, marking the
 /// deleted ones.
