@@ -177,13 +177,17 @@ fn is_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> bool {
             .is_some_and(|e| reads_keys_only(p.input(), &e.expr));
     }
     if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        let inner = match f.projection() {
-            None => Some(idx),
-            Some(p) => p.get(idx).copied(),
-        };
-        return inner.is_some_and(|i| is_key_column(f.input(), i));
+        return filter_input_column(f, idx).is_some_and(|i| is_key_column(f.input(), i));
     }
     false
+}
+
+/// The input column a filter's output column `idx` is.
+fn filter_input_column(f: &FilterExec, idx: usize) -> Option<usize> {
+    match f.projection() {
+        None => Some(idx),
+        Some(p) => p.get(idx).copied(),
+    }
 }
 
 /// Where column `idx` of `plan`'s output is a Nyala scan's key column passed through as it is:
@@ -200,11 +204,7 @@ fn plain_key_column(plan: &Arc<dyn ExecutionPlan>, idx: usize) -> Option<(usize,
         return plain_key_column(p.input(), c.index());
     }
     if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        let inner = match f.projection() {
-            None => idx,
-            Some(p) => *p.get(idx)?,
-        };
-        return plain_key_column(f.input(), inner);
+        return plain_key_column(f.input(), filter_input_column(f, idx)?);
     }
     None
 }
@@ -528,27 +528,17 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
             let counts: Int64Array = runs.iter().map(|r| Some(valid(r) as i64)).collect();
             vec![Arc::new(counts)]
         }
-        Kind::Sum => {
-            use DataType::*;
-            let sum = match array.data_type() {
-                Int8 => sums::<Int8Type, Int64Type>(array, runs, |v| v as i64),
-                Int16 => sums::<Int16Type, Int64Type>(array, runs, |v| v as i64),
-                Int32 => sums::<Int32Type, Int64Type>(array, runs, |v| v as i64),
-                Int64 => sums::<Int64Type, Int64Type>(array, runs, |v| v),
-                UInt8 => sums::<UInt8Type, UInt64Type>(array, runs, |v| v as u64),
-                UInt16 => sums::<UInt16Type, UInt64Type>(array, runs, |v| v as u64),
-                UInt32 => sums::<UInt32Type, UInt64Type>(array, runs, |v| v as u64),
-                UInt64 => sums::<UInt64Type, UInt64Type>(array, runs, |v| v),
-                Float32 => sums::<Float32Type, Float64Type>(array, runs, |v| v as f64),
-                Float64 => sums::<Float64Type, Float64Type>(array, runs, |v| v),
-                other => {
-                    return Err(DataFusionError::Internal(format!(
-                        "run aggregation cannot sum {other}"
-                    )))
-                }
-            };
-            vec![sum]
-        }
+        Kind::Sum => vec![match array.data_type() {
+            DataType::Int8 => sums::<Int8Type, Int64Type>(array, runs, |v| v as i64),
+            DataType::Int16 => sums::<Int16Type, Int64Type>(array, runs, |v| v as i64),
+            DataType::Int32 => sums::<Int32Type, Int64Type>(array, runs, |v| v as i64),
+            DataType::Int64 => sums::<Int64Type, Int64Type>(array, runs, |v| v),
+            DataType::UInt8 => sums::<UInt8Type, UInt64Type>(array, runs, |v| v as u64),
+            DataType::UInt16 => sums::<UInt16Type, UInt64Type>(array, runs, |v| v as u64),
+            DataType::UInt32 => sums::<UInt32Type, UInt64Type>(array, runs, |v| v as u64),
+            DataType::UInt64 => sums::<UInt64Type, UInt64Type>(array, runs, |v| v),
+            _ => float_sums(array, runs, "sum")?,
+        }],
         Kind::Avg => {
             // A run without values leaves its group unseen: NULL count and sum, as
             // DataFusion's own partial state has for such a group.
@@ -556,25 +546,7 @@ fn run_states(kind: Kind, value: &ColumnarValue, runs: &[Range<usize>]) -> Resul
                 .iter()
                 .map(|r| Some(valid(r) as u64).filter(|&n| n > 0))
                 .collect();
-            use DataType::*;
-            let sum = match array.data_type() {
-                Int8 => sums::<Int8Type, Float64Type>(array, runs, |v| v as f64),
-                Int16 => sums::<Int16Type, Float64Type>(array, runs, |v| v as f64),
-                Int32 => sums::<Int32Type, Float64Type>(array, runs, |v| v as f64),
-                Int64 => sums::<Int64Type, Float64Type>(array, runs, |v| v as f64),
-                UInt8 => sums::<UInt8Type, Float64Type>(array, runs, |v| v as f64),
-                UInt16 => sums::<UInt16Type, Float64Type>(array, runs, |v| v as f64),
-                UInt32 => sums::<UInt32Type, Float64Type>(array, runs, |v| v as f64),
-                UInt64 => sums::<UInt64Type, Float64Type>(array, runs, |v| v as f64),
-                Float32 => sums::<Float32Type, Float64Type>(array, runs, |v| v as f64),
-                Float64 => sums::<Float64Type, Float64Type>(array, runs, |v| v),
-                other => {
-                    return Err(DataFusionError::Internal(format!(
-                        "run aggregation cannot average {other}"
-                    )))
-                }
-            };
-            vec![Arc::new(counts), sum]
+            vec![Arc::new(counts), float_sums(array, runs, "average")?]
         }
         Kind::Min | Kind::Max => {
             let min = kind == Kind::Min;
@@ -677,6 +649,27 @@ fn reduce_runs<I: ArrowPrimitiveType, O: ArrowPrimitiveType>(
         })
         .collect();
     Arc::new(out.with_data_type(out_type))
+}
+
+/// Each run's sum as Float64, of any numeric type `widens` lets through to `sum` or `avg`.
+fn float_sums(array: &ArrayRef, runs: &[Range<usize>], what: &str) -> Result<ArrayRef> {
+    macro_rules! to_f64 {
+        ($($variant:ident => $t:ty),* $(,)?) => {
+            match array.data_type() {
+                $(DataType::$variant => sums::<$t, Float64Type>(array, runs, |v| v as f64),)*
+                other => {
+                    return Err(DataFusionError::Internal(format!(
+                        "run aggregation cannot {what} {other}"
+                    )))
+                }
+            }
+        };
+    }
+    Ok(to_f64!(
+        Int8 => Int8Type, Int16 => Int16Type, Int32 => Int32Type, Int64 => Int64Type,
+        UInt8 => UInt8Type, UInt16 => UInt16Type, UInt32 => UInt32Type, UInt64 => UInt64Type,
+        Float32 => Float32Type, Float64 => Float64Type,
+    ))
 }
 
 /// Each run's sum of its values widened to `O` (wrapping, as DataFusion's integer sums are).
