@@ -17,6 +17,8 @@ use std::path::Path;
 use xorf::{BinaryFuse8, Filter};
 use xxhash_rust::xxh3::xxh3_64;
 
+use nyala_common::RowCodec;
+
 use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 4] = b"NYKX";
@@ -29,6 +31,31 @@ pub(crate) struct KeyIndex {
     rows: u64,
     samples: Vec<Box<[u8]>>,
     filter: Option<BinaryFuse8>,
+}
+
+/// Where each key column's encoding ends within each sample of a [`KeyIndex`] and within the
+/// segment's last key (a key is its columns' encodings one after another).
+#[derive(Debug)]
+pub(crate) struct SampleColumns {
+    columns: usize,
+    /// `columns` end offsets per sample, then `columns` for `last_key`.
+    ends: Vec<u32>,
+    last_key: Box<[u8]>,
+}
+
+impl SampleColumns {
+    /// The bytes of key column `j` in key `i` (a sample number, or the sample count for the
+    /// last key).
+    fn column_range(&self, i: usize, j: usize) -> Range<usize> {
+        let at = i * self.columns;
+        let start = if j == 0 { 0 } else { self.ends[at + j - 1] };
+        start as usize..self.ends[at + j] as usize
+    }
+
+    /// Approximate memory held, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.ends.len() * 4 + self.last_key.len()
+    }
 }
 
 /// Collects a segment's keys as they are written, so that the index of a segment written in
@@ -127,6 +154,81 @@ impl KeyIndex {
         let last = self.samples.partition_point(|s| not_above(s)) as u64;
         let stride = self.stride as u64;
         (first * stride).min(self.rows)..(last * stride).min(self.rows)
+    }
+
+    /// Splits every sample, and the segment's last key, at its key columns' boundaries (once
+    /// per segment, for [`KeyIndex::blocks_matching`]).
+    pub fn sample_columns(&self, codec: &RowCodec, last_key: &[u8]) -> Result<SampleColumns> {
+        let keys: Vec<&[u8]> = self
+            .samples
+            .iter()
+            .map(|s| &**s)
+            .chain(std::iter::once(last_key))
+            .collect();
+        let decoded = codec.decode_keys(keys.iter().copied())?;
+        let columns = decoded.len();
+        let mut ends = vec![0u32; keys.len() * columns];
+        for (k, col) in decoded.iter().enumerate() {
+            let enc = codec.encode_key_column(k, col)?;
+            for i in 0..keys.len() {
+                let before = if k == 0 { 0 } else { ends[i * columns + k - 1] };
+                ends[i * columns + k] = before + enc.row(i).as_ref().len() as u32;
+            }
+        }
+        // A key is its columns' encodings one after another; anything else is not a key of
+        // this schema.
+        if (0..keys.len()).any(|i| ends[(i + 1) * columns - 1] as usize != keys[i].len()) {
+            return Err(StorageError::Corrupt(
+                "a key index sample does not split into the key's columns".into(),
+            ));
+        }
+        Ok(SampleColumns {
+            columns,
+            ends,
+            last_key: last_key.into(),
+        })
+    }
+
+    /// The rows of `rows` (merged runs of whole blocks, clipped to `rows`) in blocks that
+    /// `may_match` does not rule out, given each block's bounds per key column.
+    ///
+    /// Rows are sorted by key, so block `b` holds keys from its first (sample `b`) up to the
+    /// next block's first (or the segment's last key). Where those two agree on key columns
+    /// `0..j`, every key in the block does, and column `j` lies between theirs: that bounds
+    /// `ts` in the blocks of one `(id, ts)` series, which is what lets `ts >= t` skip the old
+    /// part of every series (a skip scan). A column after a change of prefix is unbounded
+    /// (`None`).
+    pub fn blocks_matching(
+        &self,
+        split: &SampleColumns,
+        rows: Range<u64>,
+        may_match: impl Fn(&[Option<(&[u8], &[u8])>]) -> bool,
+    ) -> Vec<Range<u64>> {
+        let stride = self.stride as u64;
+        let n = self.samples.len() as u64;
+        let mut out: Vec<Range<u64>> = Vec::new();
+        let mut bounds = vec![None; split.columns];
+        for b in (rows.start / stride)..rows.end.div_ceil(stride).min(n) {
+            let lo = (&*self.samples[b as usize], b as usize);
+            let hi = match self.samples.get(b as usize + 1) {
+                Some(s) => (&**s, b as usize + 1),
+                None => (&*split.last_key, n as usize),
+            };
+            for (j, slot) in bounds.iter_mut().enumerate() {
+                let (lo_cols, hi_cols) = (split.column_range(lo.1, j), split.column_range(hi.1, j));
+                *slot = (lo.0[..lo_cols.start] == hi.0[..hi_cols.start])
+                    .then(|| (&lo.0[lo_cols], &hi.0[hi_cols]));
+            }
+            if !may_match(&bounds) {
+                continue;
+            }
+            let r = (b * stride).max(rows.start)..((b + 1) * stride).min(rows.end);
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
     }
 
     /// Approximate memory held, in bytes.

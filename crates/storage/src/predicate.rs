@@ -186,6 +186,30 @@ impl BoundPredicate {
         let Some(KeyBounds { lo, hi, enc }) = self.key_bounds(bounds) else {
             return true;
         };
+        self.may_match_between(enc, lo, hi)
+    }
+
+    /// Whether rows whose key columns lie within `bounds` (per key column, encoded on its own;
+    /// `None` where a column is not bounded) may hold a match: a key block's test in a
+    /// skip scan.
+    pub fn may_match_key_bounds(&self, bounds: &[Option<(&[u8], &[u8])>]) -> bool {
+        let Some((k, enc)) = &self.key else {
+            return true;
+        };
+        match bounds.get(*k) {
+            Some(Some((lo, hi))) => self.may_match_between(enc, lo, hi),
+            _ => true,
+        }
+    }
+
+    /// The key column this predicate tests (position in key order), if it tests one.
+    pub fn key_column(&self) -> Option<usize> {
+        self.key.as_ref().map(|(k, _)| *k)
+    }
+
+    /// Whether a key column whose values lie in `lo..=hi` may hold a value this predicate
+    /// keeps (`enc`: its constants encoded like the bounds).
+    fn may_match_between(&self, enc: &[Vec<u8>], lo: &[u8], hi: &[u8]) -> bool {
         match &self.test {
             Test::Compare(op, _, _) => {
                 let v = enc[0].as_slice();

@@ -70,6 +70,7 @@ pub struct TabletScan {
     buffer_cursor: BufferCursor,
     ready: VecDeque<RecordBatch>,
     segments_read: usize,
+    rows_skipped: u64,
 }
 
 /// A segment being read: its batches, its timestamp column, and its layout.
@@ -176,6 +177,7 @@ impl TabletScan {
             buffer_cursor: BufferCursor::Start,
             ready: VecDeque::new(),
             segments_read: 0,
+            rows_skipped: 0,
         };
         if scan.range.point {
             // Every key column is pinned: a point lookup, no scan.
@@ -208,6 +210,12 @@ impl TabletScan {
     /// Segments this scan has read so far (the others were pruned or not reached yet).
     pub fn segments_read(&self) -> usize {
         self.segments_read
+    }
+
+    /// Segment rows this scan has skipped unread so far because their key block's bounds rule
+    /// out a predicate on a key column (the skip scan of `ts >= t` on an `(id, ts)` key).
+    pub fn rows_skipped(&self) -> u64 {
+        self.rows_skipped
     }
 
     /// Schema of the returned batches.
@@ -371,16 +379,17 @@ impl TabletScan {
                         self.segments_read += 1;
                     }
                     match seg.scan(
-                        self.codec.schema(),
+                        &self.codec,
                         &proj,
                         &self.preds,
                         &self.range,
                         self.snapshot,
                         self.batch_size,
                     ) {
-                        Ok(batches) => {
+                        Ok(read) => {
+                            self.rows_skipped += read.rows_skipped;
                             self.current = Some(CurrentSegment {
-                                batches,
+                                batches: read.batches,
                                 ts_col,
                                 layout,
                                 _segment: seg,

@@ -44,7 +44,7 @@ use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
-use crate::keyindex::{KeyIndex, KeyIndexBuilder};
+use crate::keyindex::{KeyIndex, KeyIndexBuilder, SampleColumns};
 use crate::memtable::MemTable;
 use crate::options::{SegmentCompression, TabletOptions};
 use crate::pointread;
@@ -329,6 +329,9 @@ struct DiskSegment {
     /// by point reads: every point read in a column chunk needs the same dictionary, and
     /// decompressing it again was a third of a lookup on 10M rows.
     dictionaries: pointread::Dictionaries,
+    /// The key index's samples split into key columns, made by the first scan with a
+    /// predicate on a key column (see `KeyIndex::blocks_matching`).
+    sample_columns: std::sync::OnceLock<Box<SampleColumns>>,
 }
 
 #[derive(Debug)]
@@ -568,6 +571,7 @@ impl Segment {
                 index,
                 dictionaries,
                 rg_starts,
+                sample_columns: Default::default(),
             }),
         })
     }
@@ -578,7 +582,11 @@ impl Segment {
             SegmentData::Memory { batch, keys } => {
                 batch.get_array_memory_size() + keys.memory_bytes()
             }
-            SegmentData::Disk(d) => d.index.memory_bytes() + d.dictionaries.memory_bytes(),
+            SegmentData::Disk(d) => {
+                d.index.memory_bytes()
+                    + d.dictionaries.memory_bytes()
+                    + d.sample_columns.get().map_or(0, |s| s.memory_bytes())
+            }
         }
     }
 
@@ -793,7 +801,8 @@ impl Segment {
                         return Ok(RecordBatch::try_new(schema, columns)?);
                     }
                 }
-                let (rgs, sel) = plan_selection(&d.rg_starts, None, rows.clone(), None);
+                let (rgs, sel) =
+                    plan_selection(&d.rg_starts, None, std::slice::from_ref(&rows), None);
                 if rgs.is_empty() {
                     return Ok(RecordBatch::new_empty(schema));
                 }
@@ -821,16 +830,17 @@ impl Segment {
     /// caller when `meta.max_ts > snapshot` (it must then project the timestamp column).
     pub fn scan(
         &self,
-        schema: &Schema,
+        codec: &RowCodec,
         projection: &[usize],
         preds: &[BoundPredicate],
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
-    ) -> Result<SegmentBatches> {
+    ) -> Result<SegmentRead> {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
-            return Ok(Box::new(std::iter::empty()));
+            return Ok(SegmentRead::empty(0));
         }
+        let schema = codec.schema();
         let plan = Arc::new(self.plan(schema, projection));
         let ids = self.column_ids();
         // Predicates on columns this segment lacks cannot prune it by statistics.
@@ -842,21 +852,49 @@ impl Segment {
                     .map(|f| (f, p))
             })
             .collect();
-        let inner = self.scan_file(&plan.file, &file_preds, range, snapshot, batch_size)?;
-        Ok(Box::new(inner.map(move |r| {
-            let (b, live) = r?;
-            Ok((plan.apply(b)?, live))
-        })))
+        let inner = self.scan_file(codec, &plan.file, &file_preds, range, snapshot, batch_size)?;
+        Ok(SegmentRead {
+            batches: Box::new(inner.batches.map(move |r| {
+                let (b, live) = r?;
+                Ok((plan.apply(b)?, live))
+            })),
+            rows_skipped: inner.rows_skipped,
+        })
+    }
+
+    /// The parts of `rows` whose key blocks may hold rows matching `preds` (see
+    /// `KeyIndex::blocks_matching`): all of `rows` unless a predicate tests a key column.
+    fn key_blocks_matching(
+        &self,
+        codec: &RowCodec,
+        d: &DiskSegment,
+        preds: &[(usize, &BoundPredicate)],
+        rows: Range<u64>,
+    ) -> Result<Vec<Range<u64>>> {
+        if rows.is_empty() || !preds.iter().any(|(_, p)| p.key_column().is_some()) {
+            return Ok(vec![rows]);
+        }
+        let split = match d.sample_columns.get() {
+            Some(s) => s,
+            None => {
+                let s = Box::new(d.index.sample_columns(codec, &self.meta.max_key)?);
+                d.sample_columns.get_or_init(|| s)
+            }
+        };
+        Ok(d.index.blocks_matching(split, rows, |bounds| {
+            preds.iter().all(|(_, p)| p.may_match_key_bounds(bounds))
+        }))
     }
 
     fn scan_file(
         &self,
+        codec: &RowCodec,
         projection: &[usize],
         preds: &[(usize, &BoundPredicate)],
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
-    ) -> Result<SegmentBatches> {
+    ) -> Result<SegmentRead> {
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
             SegmentData::Memory { batch, keys } => {
@@ -883,7 +921,7 @@ impl Segment {
                     chunks.push(Ok((b, None)));
                     start += len;
                 }
-                Ok(Box::new(chunks.into_iter()))
+                Ok(SegmentRead::of(chunks.into_iter(), 0))
             }
             SegmentData::Disk(d) => {
                 let rows = if range.is_full() {
@@ -891,19 +929,26 @@ impl Segment {
                 } else {
                     d.index.row_range(range)
                 };
+                let in_range = rows.end - rows.start;
+                let rows = self.key_blocks_matching(codec, d, preds, rows)?;
+                let rows_skipped = in_range - rows.iter().map(|r| r.end - r.start).sum::<u64>();
                 let keep = row_groups_matching(d, preds)?;
                 // Deleted rows scattered more densely than one per `MASK_BELOW_RUN_ROWS`
                 // would make the reader decode everything and copy out the live rows, and the
                 // caller's predicate filter copy them again. Instead every row is read, and a
                 // column saying which are live goes to the caller's one filter.
                 let scattered = deleted.as_ref().is_some_and(|del| {
-                    let n = del.range_cardinality(rows.start as u32..rows.end as u32);
-                    n > 0 && (rows.end - rows.start) / (n + 1) < MASK_BELOW_RUN_ROWS as u64
+                    let (mut n, mut len) = (0, 0);
+                    for r in &rows {
+                        n += del.range_cardinality(r.start as u32..r.end as u32);
+                        len += r.end - r.start;
+                    }
+                    n > 0 && len / (n + 1) < MASK_BELOW_RUN_ROWS as u64
                 });
                 let skip = deleted.as_ref().filter(|_| !scattered);
-                let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), rows.clone(), skip);
+                let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), &rows, skip);
                 if rgs.is_empty() {
-                    return Ok(Box::new(std::iter::empty()));
+                    return Ok(SegmentRead::empty(rows_skipped));
                 }
                 let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
                     d.bytes.clone(),
@@ -925,19 +970,28 @@ impl Segment {
                 .build()?;
                 let batches = reader.map(|r| r.map_err(StorageError::from));
                 let Some(del) = deleted.filter(|_| scattered) else {
-                    return Ok(Box::new(batches.map(|b| Ok((b?, None)))));
+                    return Ok(SegmentRead::of(
+                        batches.map(|b| Ok((b?, None))),
+                        rows_skipped,
+                    ));
                 };
                 // The rows the reader returns, in order: the chosen row groups' part of `rows`.
                 let selected: Vec<Range<u64>> = rgs
                     .iter()
-                    .map(|&i| rows.start.max(d.rg_starts[i])..rows.end.min(d.rg_starts[i + 1]))
+                    .flat_map(|&i| {
+                        let (start, end) = (d.rg_starts[i], d.rg_starts[i + 1]);
+                        rows.iter()
+                            .map(move |r| r.start.max(start)..r.end.min(end))
+                            .filter(|r| r.start < r.end)
+                    })
                     .collect();
                 let mut live = LiveRows::new(selected, del);
-                Ok(Box::new(batches.map(move |b| {
+                let batches = batches.map(move |b| {
                     let b = b?;
                     let mask = live.next(b.num_rows());
                     Ok((b, Some(mask)))
-                })))
+                });
+                Ok(SegmentRead::of(batches, rows_skipped))
             }
         }
     }
@@ -952,6 +1006,29 @@ const MASK_BELOW_RUN_ROWS: usize = 1024;
 /// filter (one copy of the rows instead of two).
 pub(crate) type SegmentBatches =
     Box<dyn Iterator<Item = Result<(RecordBatch, Option<BooleanArray>)>> + Send>;
+
+/// A segment scan under way.
+pub(crate) struct SegmentRead {
+    pub batches: SegmentBatches,
+    /// Rows of the scan's key range that key block bounds ruled out unread.
+    pub rows_skipped: u64,
+}
+
+impl SegmentRead {
+    fn of(
+        batches: impl Iterator<Item = Result<(RecordBatch, Option<BooleanArray>)>> + Send + 'static,
+        rows_skipped: u64,
+    ) -> Self {
+        SegmentRead {
+            batches: Box::new(batches),
+            rows_skipped,
+        }
+    }
+
+    fn empty(rows_skipped: u64) -> Self {
+        Self::of(std::iter::empty(), rows_skipped)
+    }
+}
 
 /// Walks the segment rows a reader returns (ascending ranges) batch by batch, marking the
 /// deleted ones.
@@ -1355,8 +1432,8 @@ fn row_groups_matching(d: &DiskSegment, preds: &[(usize, &BoundPredicate)]) -> R
     Ok(keep)
 }
 
-/// The row groups to read and the selection within them for rows `rows` minus `deleted`,
-/// skipping row groups not in `keep`.
+/// The row groups to read and the selection within them for the rows of `rows` (ascending,
+/// disjoint ranges) minus `deleted`, skipping row groups not in `keep`.
 ///
 /// The selection ends with the last selected row: the reader stops there. A trailing skip
 /// would make it decode the rest of that page and walk every later page of the row group,
@@ -1364,37 +1441,47 @@ fn row_groups_matching(d: &DiskSegment, preds: &[(usize, &BoundPredicate)]) -> R
 fn plan_selection(
     rg_starts: &[u64],
     keep: Option<&[bool]>,
-    rows: Range<u64>,
+    rows: &[Range<u64>],
     deleted: Option<&RoaringBitmap>,
 ) -> (Vec<usize>, RowSelection) {
     let mut rgs = Vec::new();
     let mut sel: Vec<RowSelector> = Vec::new();
     for i in 0..rg_starts.len() - 1 {
         let (start, end) = (rg_starts[i], rg_starts[i + 1]);
-        let (a, b) = (rows.start.max(start), rows.end.min(end));
-        if a >= b || keep.is_some_and(|k| !k[i]) {
+        if keep.is_some_and(|k| !k[i]) {
             continue;
         }
-        rgs.push(i);
-        if a > start {
-            sel.push(RowSelector::skip((a - start) as usize));
-        }
-        let mut pos = a;
-        if let Some(del) = deleted {
-            for r in del.range(a as u32..b as u32) {
-                let r = r as u64;
-                if r > pos {
-                    sel.push(RowSelector::select((r - pos) as usize));
-                }
-                sel.push(RowSelector::skip(1));
-                pos = r + 1;
+        // `pos`: the row group's rows before it are in the selection already.
+        let mut pos = start;
+        for r in rows {
+            let (a, b) = (r.start.max(start), r.end.min(end));
+            if a >= b {
+                continue;
             }
+            if pos == start {
+                rgs.push(i);
+            }
+            if a > pos {
+                sel.push(RowSelector::skip((a - pos) as usize));
+            }
+            pos = a;
+            if let Some(del) = deleted {
+                for r in del.range(a as u32..b as u32) {
+                    let r = r as u64;
+                    if r > pos {
+                        sel.push(RowSelector::select((r - pos) as usize));
+                    }
+                    sel.push(RowSelector::skip(1));
+                    pos = r + 1;
+                }
+            }
+            if b > pos {
+                sel.push(RowSelector::select((b - pos) as usize));
+            }
+            pos = b;
         }
-        if b > pos {
-            sel.push(RowSelector::select((b - pos) as usize));
-        }
-        if end > b {
-            sel.push(RowSelector::skip((end - b) as usize));
+        if pos > start && end > pos {
+            sel.push(RowSelector::skip((end - pos) as usize));
         }
     }
     while sel.last().is_some_and(|s| s.skip) {
@@ -1440,28 +1527,78 @@ mod tests {
     fn a_selection_ends_at_its_last_selected_row() {
         // Two row groups of 100 rows.
         let starts = [0, 100, 200];
-        let (rgs, sel) = plan_selection(&starts, None, 40..41, None);
+        let (rgs, sel) = plan_selection(&starts, None, std::slice::from_ref(&(40..41)), None);
         assert_eq!(rgs, vec![0]);
         assert_eq!(selectors(sel), vec![(true, 40), (false, 1)]);
         // Rows deleted at the end of the range leave no trailing skip either.
         let deleted = RoaringBitmap::from_iter([48u32, 49]);
-        let (_, sel) = plan_selection(&starts, None, 40..50, Some(&deleted));
+        let (_, sel) = plan_selection(
+            &starts,
+            None,
+            std::slice::from_ref(&(40..50)),
+            Some(&deleted),
+        );
         assert_eq!(selectors(sel), vec![(true, 40), (false, 8)]);
         // A range past the end reads up to the end; a pruned row group is left out.
-        let (rgs, sel) = plan_selection(&starts, None, 150..250, None);
+        let (rgs, sel) = plan_selection(&starts, None, std::slice::from_ref(&(150..250)), None);
         assert_eq!(rgs, vec![1]);
         assert_eq!(selectors(sel), vec![(true, 50), (false, 50)]);
-        let (rgs, sel) = plan_selection(&starts, Some(&[true, false]), 0..200, None);
+        let (rgs, sel) = plan_selection(
+            &starts,
+            Some(&[true, false]),
+            std::slice::from_ref(&(0..200)),
+            None,
+        );
         assert_eq!(rgs, vec![0]);
         assert_eq!(selectors(sel), vec![(false, 100)]);
         // Spanning row groups: the first one's tail (here a deleted row) is still skipped
         // before the second.
         let deleted = RoaringBitmap::from_iter([99u32]);
-        let (rgs, sel) = plan_selection(&starts, None, 50..150, Some(&deleted));
+        let (rgs, sel) = plan_selection(
+            &starts,
+            None,
+            std::slice::from_ref(&(50..150)),
+            Some(&deleted),
+        );
         assert_eq!(rgs, vec![0, 1]);
         assert_eq!(
             selectors(sel),
             vec![(true, 50), (false, 49), (true, 1), (false, 50)]
+        );
+    }
+
+    #[test]
+    fn a_selection_covers_several_ranges_across_row_groups() {
+        let starts = [0, 100, 200, 300];
+        // Two ranges in the first group, one spanning into the second, none in the third.
+        let deleted = RoaringBitmap::from_iter([12u32]);
+        let (rgs, sel) = plan_selection(&starts, None, &[10..20, 30..40, 90..110], Some(&deleted));
+        assert_eq!(rgs, vec![0, 1]);
+        assert_eq!(
+            selectors(sel),
+            vec![
+                (true, 10),
+                (false, 2),
+                (true, 1),
+                (false, 7),
+                (true, 10),
+                (false, 10),
+                (true, 50),
+                (false, 20),
+            ]
+        );
+        // A pruned group between two ranges is left out; the reader's rows are the kept
+        // groups' only.
+        let (rgs, sel) = plan_selection(
+            &starts,
+            Some(&[true, false, true]),
+            &[50..150, 250..260],
+            None,
+        );
+        assert_eq!(rgs, vec![0, 2]);
+        assert_eq!(
+            selectors(sel),
+            vec![(true, 50), (false, 50), (true, 50), (false, 10)]
         );
     }
 }
