@@ -311,6 +311,12 @@ async fn run(dir: &Path) {
         loaded as f64 / load_s
     );
     settle(&db);
+    if std::env::var_os("NYALA_COMPARE_COMPACT_ALL").is_some() {
+        // The layout a long-lived table converges to: one segment per tablet.
+        let s = Instant::now();
+        table.compact_all().unwrap();
+        println!("  nyala compacted in {:.1} s", s.elapsed().as_secs_f64());
+    }
     print_layout(&table);
     let before = run_queries(&engine, "flushed").await;
 

@@ -707,3 +707,36 @@ fn upsert_columns_change_only_those_columns_of_existing_rows() {
     let db = open(dir.path());
     assert_eq!(read(&db.table(&name("t")).unwrap()), expected);
 }
+
+#[test]
+fn compacting_a_table_leaves_one_segment_per_tablet_and_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let t = db
+        .create_table(&name("c"), &schema(), &daily(2), IfExists::Error)
+        .unwrap();
+    // Three flushes, then an update and a delete that land in the segments' deletion vectors.
+    for round in 0..3i64 {
+        let batch: Vec<(i32, i64, f64)> = (0..30)
+            .flat_map(|uid| (0..2).map(move |d| (uid, d * DAY + round, round as f64)))
+            .collect();
+        t.write(&rows(&t, WriteOp::Insert, &batch)).unwrap();
+        t.flush().unwrap();
+    }
+    t.write(&rows(&t, WriteOp::Update, &[(4, 1, -1.0)]))
+        .unwrap();
+    t.write(&rows(&t, WriteOp::Delete, &[(5, DAY + 2, 0.0)]))
+        .unwrap();
+    let before = contents(&t, &ScanRequest::default());
+    assert_eq!(before.len(), 30 * 2 * 3 - 1);
+    assert!(t.describe().tablets.iter().any(|x| x.stats.segments > 1));
+    t.compact_all().unwrap();
+    for tablet in t.describe().tablets {
+        assert!(tablet.stats.segments <= 1, "tablet {}", tablet.id);
+    }
+    assert_eq!(contents(&t, &ScanRequest::default()), before);
+    assert_eq!(before[&(4, 1)], -1.0);
+    // A dropped table refuses, as its flush does.
+    db.drop_table(&name("c"), IfExists::Error).unwrap();
+    assert!(t.compact_all().is_err());
+}

@@ -192,19 +192,32 @@ impl Table {
 
     /// Flushes every tablet's write buffer to segments (tablets in parallel).
     pub fn flush(&self) -> Result<()> {
+        self.each_tablet("flush", |t| t.flush())
+    }
+
+    /// Merges each tablet's segments into one (tablets in parallel; see
+    /// [`Tablet::compact_all`]): a maintenance tool, and the layout a long-lived table
+    /// converges to, for benchmarks.
+    pub fn compact_all(&self) -> Result<()> {
+        self.each_tablet("compaction", |t| t.compact_all().map(drop))
+    }
+
+    /// Runs `op` on every tablet, one thread each.
+    fn each_tablet(&self, what: &str, op: impl Fn(&Tablet) -> Result<()> + Sync) -> Result<()> {
         self.check_live()?;
         let layout = self.inner.layout.load_full();
+        let op = &op;
         std::thread::scope(|s| {
             let handles: Vec<_> = layout
                 .tablets
                 .iter()
-                .map(|h| s.spawn(move || h.tablet().flush()))
+                .map(|h| s.spawn(move || op(h.tablet())))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(StorageError::Corrupt("a tablet flush panicked".into()))
+                        Err(StorageError::Corrupt(format!("a tablet {what} panicked")))
                     })
                 })
                 .collect::<Result<Vec<()>>>()
