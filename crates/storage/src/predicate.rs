@@ -74,7 +74,7 @@ impl Predicate {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Test {
     Compare(CmpOp, Scalar<ArrayRef>, Value),
     In(Vec<(Scalar<ArrayRef>, Value)>),
@@ -83,7 +83,7 @@ enum Test {
 }
 
 /// A predicate checked against the schema, with its constants as Arrow scalars.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct BoundPredicate {
     /// Table column index.
     pub column: usize,

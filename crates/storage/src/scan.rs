@@ -353,11 +353,28 @@ impl TabletScan {
                         continue;
                     }
                     // Predicates the segment's key-column bounds prove true for every row
-                    // are neither checked nor (unless output) read.
+                    // are neither checked nor (unless output) read. An on-disk segment applies
+                    // those on key columns itself (see `Segment::scan`), so they are not
+                    // checked here either.
+                    let proven: Vec<bool> = self
+                        .preds
+                        .iter()
+                        .map(|p| p.must_match_bounds(&seg.meta.key_bounds))
+                        .collect();
                     let check: Vec<bool> = self
                         .preds
                         .iter()
-                        .map(|p| !p.must_match_bounds(&seg.meta.key_bounds))
+                        .zip(&proven)
+                        .map(|(p, &proven)| {
+                            !proven && (seg.is_in_memory() || p.key_column().is_none())
+                        })
+                        .collect();
+                    let unproven: Vec<&BoundPredicate> = self
+                        .preds
+                        .iter()
+                        .zip(&proven)
+                        .filter(|(_, &proven)| !proven)
+                        .map(|(p, _)| p)
                         .collect();
                     let layout = if check.iter().all(|c| *c) {
                         self.layout.clone()
@@ -381,7 +398,7 @@ impl TabletScan {
                     match seg.scan(
                         &self.codec,
                         &proj,
-                        &self.preds,
+                        &unproven,
                         &self.range,
                         self.snapshot,
                         self.batch_size,

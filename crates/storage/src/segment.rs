@@ -22,12 +22,12 @@ use arrow::buffer::ScalarBuffer;
 use arrow::compute::SortOptions;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::Int64Type;
-use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
+use arrow_schema::{ArrowError, DataType as ArrowType, Field, Schema as ArrowSchema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelectionPolicy, RowSelector,
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder, RowFilter, RowSelection, RowSelectionPolicy, RowSelector,
 };
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -832,7 +832,7 @@ impl Segment {
         &self,
         codec: &RowCodec,
         projection: &[usize],
-        preds: &[BoundPredicate],
+        preds: &[&BoundPredicate],
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
@@ -846,6 +846,7 @@ impl Segment {
         // Predicates on columns this segment lacks cannot prune it by statistics.
         let file_preds: Vec<(usize, &BoundPredicate)> = preds
             .iter()
+            .copied()
             .filter_map(|p| {
                 ids.binary_search(&schema.columns()[p.column].id)
                     .ok()
@@ -950,51 +951,194 @@ impl Segment {
                 if rgs.is_empty() {
                     return Ok(SegmentRead::empty(rows_skipped));
                 }
-                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                    d.bytes.clone(),
-                    d.reader_meta.clone(),
-                )
-                .with_projection(ProjectionMask::roots(
-                    d.reader_meta.parquet_schema(),
-                    projection.iter().copied(),
-                ))
-                .with_row_groups(rgs.clone())
-                .with_row_selection(sel)
-                // Deletion vectors cut the selection into many short runs once a segment has
-                // a scattering of updated keys; below runs of ~1k rows, decoding everything and
-                // filtering with a mask beats skipping run by run.
-                .with_row_selection_policy(RowSelectionPolicy::Auto {
-                    threshold: MASK_BELOW_RUN_ROWS,
-                })
-                .with_batch_size(batch_size)
-                .build()?;
-                let batches = reader.map(|r| r.map_err(StorageError::from));
-                let Some(del) = deleted.filter(|_| scattered) else {
-                    return Ok(SegmentRead::of(
-                        batches.map(|b| Ok((b?, None))),
-                        rows_skipped,
-                    ));
+                // The rows the reader returns of row group `i`, in order: its part of `rows`.
+                let selected = |i: usize| -> Vec<Range<u64>> {
+                    let (start, end) = (d.rg_starts[i], d.rg_starts[i + 1]);
+                    rows.iter()
+                        .map(move |r| r.start.max(start)..r.end.min(end))
+                        .filter(|r| r.start < r.end)
+                        .collect()
                 };
-                // The rows the reader returns, in order: the chosen row groups' part of `rows`.
-                let selected: Vec<Range<u64>> = rgs
+                let exact: Vec<(usize, BoundPredicate)> = preds
                     .iter()
-                    .flat_map(|&i| {
-                        let (start, end) = (d.rg_starts[i], d.rg_starts[i + 1]);
-                        rows.iter()
-                            .map(move |r| r.start.max(start)..r.end.min(end))
-                            .filter(|r| r.start < r.end)
+                    .filter(|(_, p)| p.key_column().is_some())
+                    .map(|&(f, p)| (f, p.clone()))
+                    .collect();
+                // With predicates on key columns (below), each row group's own selection.
+                let groups: Vec<(usize, RowSelection, Vec<Range<u64>>)> = rgs
+                    .iter()
+                    .filter(|_| !exact.is_empty())
+                    .map(|&i| {
+                        let only: Vec<bool> = (0..keep.len()).map(|g| g == i).collect();
+                        let (_, sel) = plan_selection(&d.rg_starts, Some(&only), &rows, skip);
+                        (i, sel, selected(i))
                     })
                     .collect();
-                let mut live = LiveRows::new(selected, del);
-                let batches = batches.map(move |b| {
-                    let b = b?;
-                    let mask = live.next(b.num_rows());
-                    Ok((b, Some(mask)))
+                let deleted = deleted.filter(|_| scattered).map(Arc::new);
+                let read = ReadSpec {
+                    bytes: d.bytes.clone(),
+                    meta: d.reader_meta.clone(),
+                    projection: ProjectionMask::roots(
+                        d.reader_meta.parquet_schema(),
+                        projection.iter().copied(),
+                    ),
+                    batch_size,
+                };
+                if exact.is_empty() {
+                    let batches = read
+                        .reader(rgs.clone(), sel, None)?
+                        .map(|r| r.map_err(StorageError::from));
+                    let Some(del) = deleted else {
+                        return Ok(SegmentRead::of(
+                            batches.map(|b| Ok((b?, None))),
+                            rows_skipped,
+                        ));
+                    };
+                    let mut live =
+                        LiveRows::new(rgs.iter().flat_map(|&i| selected(i)).collect(), del);
+                    let batches = batches.map(move |b| {
+                        let b = b?;
+                        let mask = live.next(b.num_rows());
+                        Ok((b, Some(mask)))
+                    });
+                    return Ok(SegmentRead::of(batches, rows_skipped));
+                }
+                // Predicates on key columns are applied here, exactly: the reader decodes
+                // their columns first and the rest only for the rows that pass (for `ts >= t`
+                // on an `(id, ts)` key, each series' tail). One reader per row group bounds
+                // the work of that first pass, which the reader does before its first batch.
+                let exact = Arc::new(exact);
+                let batches = groups.into_iter().flat_map(move |(i, sel, ranges)| {
+                    let passed = Arc::new(parking_lot::Mutex::new(PassedLive::default()));
+                    let live = deleted
+                        .clone()
+                        .map(|del| (LiveRows::new(ranges, del), passed.clone()));
+                    let filter = key_filter(&read.meta, exact.clone(), live);
+                    let batches: Box<dyn Iterator<Item = Result<_>> + Send> =
+                        match read.reader(vec![i], sel, Some(filter)) {
+                            Ok(r) if deleted.is_none() => Box::new(r.map(|b| Ok((b?, None)))),
+                            Ok(r) => {
+                                // The reader ran the filter over the row group as it was built.
+                                let live = std::mem::take(&mut *passed.lock()).finish();
+                                let mut at = 0;
+                                Box::new(r.map(move |b| {
+                                    let b = b?;
+                                    let n = b.num_rows();
+                                    if at + n > live.len() {
+                                        return Err(StorageError::Corrupt(
+                                            "a segment reader returned rows its key filter \
+                                             did not pass"
+                                                .into(),
+                                        ));
+                                    }
+                                    let mask = BooleanArray::new(live.slice(at, n), None);
+                                    at += n;
+                                    Ok((b, Some(mask)))
+                                }))
+                            }
+                            Err(e) => Box::new(std::iter::once(Err(e))),
+                        };
+                    batches
                 });
                 Ok(SegmentRead::of(batches, rows_skipped))
             }
         }
     }
+}
+
+/// What every reader of one segment scan shares.
+struct ReadSpec {
+    bytes: Bytes,
+    meta: ArrowReaderMetadata,
+    projection: ProjectionMask,
+    batch_size: usize,
+}
+
+impl ReadSpec {
+    /// A reader of row groups `rgs` (their rows in `sel`), with `filter` applied if given.
+    fn reader(
+        &self,
+        rgs: Vec<usize>,
+        sel: RowSelection,
+        filter: Option<RowFilter>,
+    ) -> Result<ParquetRecordBatchReader> {
+        let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            self.bytes.clone(),
+            self.meta.clone(),
+        )
+        .with_projection(self.projection.clone())
+        .with_row_groups(rgs)
+        .with_row_selection(sel)
+        // Deletion vectors cut the selection into many short runs once a segment has a
+        // scattering of updated keys; below runs of ~1k rows, decoding everything and
+        // filtering with a mask beats skipping run by run.
+        .with_row_selection_policy(RowSelectionPolicy::Auto {
+            threshold: MASK_BELOW_RUN_ROWS,
+        })
+        .with_batch_size(self.batch_size);
+        if let Some(f) = filter {
+            b = b.with_row_filter(f);
+        }
+        Ok(b.build()?)
+    }
+}
+
+/// Which of the rows that passed a key filter are live, in order: the filter records it, the
+/// reader's batches (those rows) take it. Deleted rows stay out of the filter's answer: folded
+/// in, a scattering of them would cut the reader's second pass into short runs.
+#[derive(Default)]
+struct PassedLive(Option<arrow::array::BooleanBufferBuilder>);
+
+impl PassedLive {
+    fn append(&mut self, live: &BooleanArray) {
+        self.0
+            .get_or_insert_with(|| arrow::array::BooleanBufferBuilder::new(live.len()))
+            .append_buffer(live.values());
+    }
+
+    fn finish(self) -> arrow::buffer::BooleanBuffer {
+        self.0.map_or_else(
+            || arrow::buffer::BooleanBuffer::new_set(0),
+            |mut b| b.finish(),
+        )
+    }
+}
+
+/// The reader's first pass for predicates on key columns (file column, predicate): which of
+/// the rows it visits pass them all. Where deleted rows were left in the selection, `live`
+/// walks the same rows and records which passing ones are live.
+fn key_filter(
+    meta: &ArrowReaderMetadata,
+    preds: Arc<Vec<(usize, BoundPredicate)>>,
+    mut live: Option<(LiveRows, Arc<parking_lot::Mutex<PassedLive>>)>,
+) -> RowFilter {
+    let mut columns: Vec<usize> = preds.iter().map(|(f, _)| *f).collect();
+    columns.sort_unstable();
+    columns.dedup();
+    let mask = ProjectionMask::roots(meta.parquet_schema(), columns.iter().copied());
+    let eval = move |batch: RecordBatch| -> std::result::Result<BooleanArray, ArrowError> {
+        let mut pass: Option<BooleanArray> = None;
+        for (f, p) in preds.iter() {
+            let col = batch.column(position_in(&columns, *f));
+            let m = p
+                .evaluate(col)
+                .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+            pass = Some(match pass {
+                None => m,
+                // Key columns are never null, so neither mask has nulls.
+                Some(k) => arrow::compute::and(&k, &m)?,
+            });
+        }
+        let pass = pass.expect("there is a predicate");
+        if let Some((rows, passed)) = &mut live {
+            let l = rows.next(batch.num_rows());
+            passed
+                .lock()
+                .append(arrow::compute::filter(&l, &pass)?.as_boolean());
+        }
+        Ok(pass)
+    };
+    RowFilter::new(vec![Box::new(ArrowPredicateFn::new(mask, eval))])
 }
 
 /// Average selected-or-skipped run length (rows) below which a scan's row selection is applied
@@ -1037,11 +1181,11 @@ struct LiveRows {
     /// Position: the range, and the next row in it.
     at: usize,
     next_row: u64,
-    deleted: RoaringBitmap,
+    deleted: Arc<RoaringBitmap>,
 }
 
 impl LiveRows {
-    fn new(ranges: Vec<Range<u64>>, deleted: RoaringBitmap) -> Self {
+    fn new(ranges: Vec<Range<u64>>, deleted: Arc<RoaringBitmap>) -> Self {
         let next_row = ranges.first().map_or(0, |r| r.start);
         LiveRows {
             ranges,
