@@ -618,6 +618,16 @@ impl Engine {
         mode: &mut InsertMode,
     ) -> Result<Vec<String>, SqlError> {
         let mut set_columns = Vec::new();
+        // `EXPLAIN [ANALYZE] q` plans `q` with the same PostgreSQL expressions rewritten.
+        if let DFStatement::Explain(e) = statement {
+            let mut inner = &mut *e.statement;
+            while let DFStatement::Explain(e) = inner {
+                inner = &mut *e.statement;
+            }
+            if let DFStatement::Statement(s) = inner {
+                crate::pg::rewrite(s);
+            }
+        }
         if let DFStatement::Statement(s) = statement {
             crate::pg::rewrite(s);
             match s.as_mut() {

@@ -19,6 +19,9 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::statistics::StatisticsArgs;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -251,6 +254,8 @@ pub struct NyalaScanExec {
     key_columns: Vec<usize>,
     /// How many key columns the table has (projected or not).
     key_count: usize,
+    /// What `EXPLAIN ANALYZE` shows: rows out, segments read, rows skipped by key block.
+    metrics: ExecutionPlanMetricsSet,
     props: Arc<PlanProperties>,
 }
 
@@ -296,6 +301,7 @@ impl NyalaScanExec {
             limit,
             schema,
             plan,
+            metrics: ExecutionPlanMetricsSet::new(),
             props: Arc::new(props),
         }
     }
@@ -375,6 +381,10 @@ impl ExecutionPlan for NyalaScanExec {
         vec![]
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     /// Row counts (inexact) per tablet: without them DataFusion cannot tell a fact table from
     /// a dimension table and may build a join's hash table on the big side.
     fn statistics_from_inputs(
@@ -437,12 +447,14 @@ impl ExecutionPlan for NyalaScanExec {
             Box::new(std::iter::empty())
         };
         let batch_schema = schema.clone();
+        let metrics = ScanMetrics::new(&self.metrics, partition);
         let batches = opened.flat_map(move |scan| -> ScanBatches {
             match scan {
-                Ok(scan) => {
-                    let schema = batch_schema.clone();
-                    Box::new(scan.map(move |b| relabel(&schema, b)))
-                }
+                Ok(scan) => Box::new(MeteredScan {
+                    scan,
+                    schema: batch_schema.clone(),
+                    metrics: metrics.clone(),
+                }),
                 Err(e) => Box::new(std::iter::once(Err(to_df(e)))),
             }
         });
@@ -458,6 +470,57 @@ impl ExecutionPlan for NyalaScanExec {
             },
         );
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, sliced)))
+    }
+}
+
+/// A partition's scan counters.
+#[derive(Clone)]
+struct ScanMetrics {
+    output_rows: Count,
+    elapsed_compute: Time,
+    segments_read: Count,
+    rows_skipped: Count,
+}
+
+impl ScanMetrics {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        ScanMetrics {
+            output_rows: MetricBuilder::new(set).output_rows(partition),
+            elapsed_compute: MetricBuilder::new(set).elapsed_compute(partition),
+            segments_read: MetricBuilder::new(set).counter("segments_read", partition),
+            rows_skipped: MetricBuilder::new(set).counter("rows_skipped_by_key_blocks", partition),
+        }
+    }
+}
+
+/// A tablet scan's batches, relabelled for DataFusion and counted; its storage counters are
+/// recorded when it is dropped, so a scan a `LIMIT` stops early counts too.
+struct MeteredScan {
+    scan: nyala_storage::TabletScan,
+    schema: SchemaRef,
+    metrics: ScanMetrics,
+}
+
+impl Iterator for MeteredScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let timer = self.metrics.elapsed_compute.timer();
+        let b = self.scan.next().map(|b| relabel(&self.schema, b));
+        timer.done();
+        if let Some(Ok(b)) = &b {
+            self.metrics.output_rows.add(b.num_rows());
+        }
+        b
+    }
+}
+
+impl Drop for MeteredScan {
+    fn drop(&mut self) {
+        self.metrics.segments_read.add(self.scan.segments_read());
+        self.metrics
+            .rows_skipped
+            .add(self.scan.rows_skipped() as usize);
     }
 }
 
