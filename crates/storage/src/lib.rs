@@ -39,6 +39,7 @@ mod resolve;
 pub mod scan;
 mod segment;
 mod store;
+mod syncpool;
 mod tablet;
 mod wal;
 pub mod write;

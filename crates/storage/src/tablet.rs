@@ -45,6 +45,7 @@ use crate::resolve::Resolver;
 use crate::scan::{ScanRequest, TabletScan};
 use crate::segment::Segment;
 use crate::store::{Manifest, MetaStore};
+use crate::syncpool::PendingSync;
 use crate::wal::Wal;
 use crate::write::{
     decode_wal_record, encode_wal_record, validate, ValidatedBatch, WriteBatch, WriteOutcome,
@@ -171,6 +172,8 @@ pub(crate) struct Inner {
     visible: AtomicU64,
     /// Latest timestamp applied to the in-memory state (writer lock held to change).
     applied: AtomicU64,
+    /// Latest timestamp whose WAL record is appended (writer lock held to change).
+    appended: AtomicU64,
     /// Latest timestamp whose WAL record is durable.
     durable: AtomicU64,
     /// Oldest readable snapshot.
@@ -196,6 +199,10 @@ pub(crate) struct Inner {
     syncer_stop: Arc<(Mutex<bool>, Condvar)>,
     counters: TabletCounters,
 }
+
+/// Rows in a batch from which, with sync durability, its WAL record is synced on the sync
+/// pool while the batch is applied.
+const OVERLAP_SYNC_ROWS: usize = 256;
 
 /// A tablet. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Tablet {
@@ -359,6 +366,7 @@ impl Tablet {
             version: ArcSwap::from_pointee(version),
             visible: AtomicU64::new(now),
             applied: AtomicU64::new(now),
+            appended: AtomicU64::new(now),
             durable: AtomicU64::new(now),
             horizon: AtomicU64::new(manifest.history_horizon),
             writer: Mutex::new(WriterState {
@@ -883,7 +891,7 @@ impl Inner {
         }
     }
 
-    fn write(&self, mut vb: ValidatedBatch) -> Result<WriteOutcome> {
+    fn write(self: &Arc<Self>, mut vb: ValidatedBatch) -> Result<WriteOutcome> {
         if vb.ops.is_empty() {
             return Ok(WriteOutcome {
                 timestamp: self.visible.load(Ordering::Acquire),
@@ -891,6 +899,7 @@ impl Inner {
             });
         }
         let record = encode_wal_record(&vb)?;
+        let mut sync = None;
         let outcome = {
             let _w = self.writer.lock();
             self.check_poisoned()?;
@@ -907,6 +916,13 @@ impl Inner {
             self.wal
                 .append(ts, &record)
                 .inspect_err(|e| self.poison(e))?;
+            self.appended.store(ts, Ordering::Release);
+            // A big batch's record syncs while the batch is applied (see `syncpool`); a small
+            // one's apply is too short to be worth the hand-off.
+            if self.opts.durability == Durability::Sync && vb.ops.len() >= OVERLAP_SYNC_ROWS {
+                let me = self.clone();
+                sync = Some(PendingSync::start(move || me.sync_upto(ts)));
+            }
             // A failure (or a bug's panic) halfway through leaves part of the batch applied in
             // memory: poison, so that neither a later write nor a flush builds on it.
             let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -922,7 +938,9 @@ impl Inner {
             outcome
         };
         let ts = outcome.timestamp;
-        if self.opts.durability == Durability::Sync {
+        if let Some(pending) = sync {
+            pending.wait().inspect_err(|e| self.poison(e))?;
+        } else if self.opts.durability == Durability::Sync {
             self.sync_upto(ts).inspect_err(|e| self.poison(e))?;
         }
         self.visible.fetch_max(ts, Ordering::AcqRel);
@@ -949,7 +967,8 @@ impl Inner {
         // After a failed sync, a later one may "succeed" without the lost pages (Linux reports
         // a writeback error once): never count anything as durable again.
         self.check_poisoned()?;
-        let target = self.applied.load(Ordering::Acquire);
+        // Read before the sync starts: every record appended by then is in the file.
+        let target = self.appended.load(Ordering::Acquire);
         self.wal.sync().inspect_err(|e| self.poison(e))?;
         self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())

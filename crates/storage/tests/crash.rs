@@ -16,6 +16,18 @@ use rand::Rng;
 
 const KEYS_PER_BATCH: i64 = 10;
 
+/// Every fourth batch also inserts this many keys of its own: big enough that its WAL record
+/// syncs on the sync pool while the batch is applied.
+const BIG_BATCH_EXTRA: i64 = 300;
+
+fn is_big(b: i64) -> bool {
+    b % 4 == 1
+}
+
+fn big_key(b: i64, k: i64) -> i64 {
+    100_000_000 + b * BIG_BATCH_EXTRA + k
+}
+
 /// Options that make flushes (foreground and background) frequent, and keep no history, so
 /// that compactions purge.
 fn crash_opts() -> TabletOptions {
@@ -26,9 +38,22 @@ fn crash_opts() -> TabletOptions {
     }
 }
 
-/// Batch `b`: inserts ten new keys, rewrites a hot key, and deletes an older batch's first key.
+/// Batch `b`: inserts ten new keys (and, if big, 300 more), rewrites a hot key, and deletes an
+/// older batch's first key.
 fn batch(t: &Tablet, b: i64) -> WriteBatch {
     let mut bb = BatchBuilder::new(["id", "v", "n"]);
+    for k in 0..BIG_BATCH_EXTRA {
+        if is_big(b) {
+            bb.push(
+                WriteOp::Insert,
+                vec![
+                    Value::Int64(big_key(b, k)),
+                    Value::Utf8(format!("big{b}")),
+                    Value::Int32(b as i32),
+                ],
+            );
+        }
+    }
     for k in 0..KEYS_PER_BATCH {
         bb.push(
             WriteOp::Insert,
@@ -69,6 +94,11 @@ fn expected(n: i64) -> BTreeMap<i64, KvRow> {
                 1000 + b * KEYS_PER_BATCH + k,
                 (Some(format!("b{b}")), Some(b as i32)),
             );
+        }
+        if is_big(b) {
+            for k in 0..BIG_BATCH_EXTRA {
+                m.insert(big_key(b, k), (Some(format!("big{b}")), Some(b as i32)));
+            }
         }
         m.insert(b % 7, (Some(format!("hot{b}")), Some(b as i32)));
         if b >= 3 {
