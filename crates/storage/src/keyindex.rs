@@ -153,7 +153,9 @@ impl KeyIndex {
         let first = self.samples.partition_point(|s| below(s)).saturating_sub(1) as u64;
         let last = self.samples.partition_point(|s| not_above(s)) as u64;
         let stride = self.stride as u64;
-        (first * stride).min(self.rows)..(last * stride).min(self.rows)
+        // A range whose lower bound is above its upper one (`k >= 9 AND k < 2`) has no rows.
+        let start = (first * stride).min(self.rows);
+        start..(last * stride).min(self.rows).max(start)
     }
 
     /// Splits every sample, and the segment's last key, at its key columns' boundaries (once

@@ -964,14 +964,21 @@ impl Segment {
                     .filter(|(_, p)| p.key_column().is_some())
                     .map(|&(f, p)| (f, p.clone()))
                     .collect();
-                // With predicates on key columns (below), each row group's own selection.
+                // With predicates on key columns (below), a selection of its own for each
+                // piece of up to `FIRST_PASS_ROWS` rows of a row group.
                 let groups: Vec<(usize, RowSelection, Vec<Range<u64>>)> = rgs
                     .iter()
                     .filter(|_| !exact.is_empty())
-                    .map(|&i| {
+                    .flat_map(|&i| {
                         let only: Vec<bool> = (0..keep.len()).map(|g| g == i).collect();
-                        let (_, sel) = plan_selection(&d.rg_starts, Some(&only), &rows, skip);
-                        (i, sel, selected(i))
+                        pieces(selected(i), FIRST_PASS_ROWS)
+                            .into_iter()
+                            .map(move |piece| {
+                                let (_, sel) =
+                                    plan_selection(&d.rg_starts, Some(&only), &piece, skip);
+                                (i, sel, piece)
+                            })
+                            .collect::<Vec<_>>()
                     })
                     .collect();
                 let deleted = deleted.filter(|_| scattered).map(Arc::new);
@@ -1005,8 +1012,9 @@ impl Segment {
                 }
                 // Predicates on key columns are applied here, exactly: the reader decodes
                 // their columns first and the rest only for the rows that pass (for `ts >= t`
-                // on an `(id, ts)` key, each series' tail). One reader per row group bounds
-                // the work of that first pass, which the reader does before its first batch.
+                // on an `(id, ts)` key, each series' tail). One reader per piece bounds the
+                // work of that first pass, which the reader does before its first batch (a
+                // `LIMIT` query waits for no more than one piece).
                 let exact = Arc::new(exact);
                 let batches = groups.into_iter().flat_map(move |(i, sel, ranges)| {
                     let passed = Arc::new(parking_lot::Mutex::new(PassedLive::default()));
@@ -1044,6 +1052,31 @@ impl Segment {
             }
         }
     }
+}
+
+/// Rows a segment scan's first pass (its key-column predicates) covers at most before the
+/// reader yields: the pieces a row group is read in when the segment applies those predicates.
+const FIRST_PASS_ROWS: u64 = 65_536;
+
+/// `ranges` (ascending, disjoint) cut into consecutive pieces of at most `max` rows each.
+fn pieces(ranges: Vec<Range<u64>>, max: u64) -> Vec<Vec<Range<u64>>> {
+    let mut out: Vec<Vec<Range<u64>>> = vec![];
+    let mut room = 0;
+    for mut r in ranges {
+        while r.start < r.end {
+            if room == 0 {
+                out.push(vec![]);
+                room = max;
+            }
+            let take = (r.end - r.start).min(room);
+            out.last_mut()
+                .expect("a piece was started")
+                .push(r.start..r.start + take);
+            r.start += take;
+            room -= take;
+        }
+    }
+    out
 }
 
 /// What every reader of one segment scan shares.
@@ -1709,6 +1742,23 @@ mod tests {
             selectors(sel),
             vec![(true, 50), (false, 49), (true, 1), (false, 50)]
         );
+    }
+
+    #[test]
+    fn ranges_are_cut_into_pieces_of_bounded_rows() {
+        assert_eq!(
+            pieces(vec![0..5, 10..12, 20..30], 4),
+            vec![
+                vec![0..4],
+                vec![4..5, 10..12, 20..21],
+                vec![21..25],
+                vec![25..29],
+                vec![29..30]
+            ]
+        );
+        assert!(pieces(vec![], 4).is_empty());
+        let whole = vec![3..7, 8..8];
+        assert_eq!(pieces(whole, 4), vec![vec![3..7]]);
     }
 
     #[test]

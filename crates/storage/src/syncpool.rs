@@ -54,43 +54,56 @@ fn pool() -> Option<&'static Pool> {
     .as_ref()
 }
 
-/// A sync under way (or done, if it ran on the caller's thread).
-pub(crate) enum PendingSync {
-    Done(Result<()>),
-    Running(Receiver<Result<()>>),
+/// A sync to run: whoever takes it first runs it, the pool's thread or the waiting writer.
+type Slot = std::sync::Arc<Mutex<Option<Box<dyn FnOnce() -> Result<()> + Send>>>>;
+
+/// A sync under way, queued, or (when no pool thread could be started) left for the waiter.
+pub(crate) struct PendingSync {
+    slot: Slot,
+    outcome: Option<Receiver<Result<()>>>,
 }
 
 impl PendingSync {
-    /// Runs `sync` on the pool, or here if the pool is unavailable.
+    /// Queues `sync` on the pool.
     pub fn start(sync: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        let slot: Slot = std::sync::Arc::new(Mutex::new(Some(Box::new(sync))));
         let Some(pool) = pool() else {
-            return PendingSync::Done(sync());
+            return PendingSync {
+                slot,
+                outcome: None,
+            };
         };
         let (tx, rx) = sync_channel(1);
+        let job_slot = slot.clone();
         let job: Job = Box::new(move || {
-            // The writer may have given up waiting (its apply failed): nobody to tell.
-            let _ = tx.send(sync());
-        });
-        match pool.jobs.send(job) {
-            Ok(()) => PendingSync::Running(rx),
-            Err(e) => {
-                // No worker left to take it; run it here. `e.0` is the job itself, which
-                // reports on `tx`.
-                (e.0)();
-                PendingSync::Running(rx)
+            let taken = job_slot.lock().ok().and_then(|mut s| s.take());
+            if let Some(sync) = taken {
+                // The writer may have given up waiting (its apply failed): nobody to tell.
+                let _ = tx.send(sync());
             }
-        }
+        });
+        // Without a worker to take it, the waiter runs it.
+        let outcome = pool.jobs.send(job).is_ok().then_some(rx);
+        PendingSync { slot, outcome }
     }
 
-    /// Waits for the sync's outcome.
+    /// Waits for the sync's outcome. A sync still queued when its writer is done applying
+    /// (every pool thread busy with other tablets' syncs) runs here instead, so a writer never
+    /// waits behind other tablets.
     pub fn wait(self) -> Result<()> {
-        match self {
-            PendingSync::Done(r) => r,
-            PendingSync::Running(rx) => rx.recv().unwrap_or_else(|_| {
+        let taken = self.slot.lock().ok().and_then(|mut s| s.take());
+        if let Some(sync) = taken {
+            return sync();
+        }
+        match self.outcome {
+            Some(rx) => rx.recv().unwrap_or_else(|_| {
                 Err(StorageError::Corrupt(
                     "a WAL sync ended without an outcome (its thread panicked)".into(),
                 ))
             }),
+            None => Err(StorageError::Corrupt(
+                "a WAL sync was neither queued nor run".into(),
+            )),
         }
     }
 }
@@ -115,7 +128,11 @@ mod tests {
         for (i, p) in pending.into_iter().enumerate() {
             assert_eq!(p.wait().is_err(), i % 3 == 0, "job {i}");
         }
+        // A panicking sync is an error for its waiter, whichever thread ran it (the waiter
+        // runs a sync no pool thread has taken yet), and the pool carries on.
         let p = PendingSync::start(|| panic!("a sync that panics"));
-        assert!(p.wait().is_err());
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.wait()));
+        assert!(waited.is_err() || waited.unwrap().is_err());
+        assert!(PendingSync::start(|| Ok(())).wait().is_ok());
     }
 }
