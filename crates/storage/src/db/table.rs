@@ -202,16 +202,28 @@ impl Table {
         self.each_tablet("compaction", |t| t.compact_all().map(drop))
     }
 
-    /// Runs `op` on every tablet, one thread each.
+    /// Runs `op` on every tablet, on as many threads as the machine has cores (a table of
+    /// hundreds of tablets does not flush or merge them all at once).
     fn each_tablet(&self, what: &str, op: impl Fn(&Tablet) -> Result<()> + Sync) -> Result<()> {
         self.check_live()?;
         let layout = self.inner.layout.load_full();
-        let op = &op;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (op, next, tablets) = (&op, &next, &layout.tablets);
         std::thread::scope(|s| {
-            let handles: Vec<_> = layout
-                .tablets
-                .iter()
-                .map(|h| s.spawn(move || op(h.tablet())))
+            let handles: Vec<_> = (0..threads.min(tablets.len()))
+                .map(|_| {
+                    s.spawn(move || -> Result<()> {
+                        // Every tablet is tried; the first failure is reported.
+                        let mut failed = None;
+                        while let Some(h) = tablets.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            if let Err(e) = op(h.tablet()) {
+                                failed.get_or_insert(e);
+                            }
+                        }
+                        failed.map_or(Ok(()), Err)
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
