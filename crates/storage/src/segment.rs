@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    make_comparator, ArrayRef, AsArray, BooleanArray, DynComparator, Int64Array, RecordBatch,
+    make_comparator, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, DynComparator,
+    Int64Array, RecordBatch,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::SortOptions;
@@ -946,7 +947,8 @@ impl Segment {
                     }
                     n > 0 && len / (n + 1) < MASK_BELOW_RUN_ROWS as u64
                 });
-                let skip = deleted.as_ref().filter(|_| !scattered);
+                let deleted = deleted.map(Arc::new);
+                let skip = deleted.as_deref().filter(|_| !scattered);
                 let (rgs, sel) = plan_selection(&d.rg_starts, Some(&keep), &rows, skip);
                 if rgs.is_empty() {
                     return Ok(SegmentRead::empty(rows_skipped));
@@ -964,24 +966,8 @@ impl Segment {
                     .filter(|(_, p)| p.key_column().is_some())
                     .map(|&(f, p)| (f, p.clone()))
                     .collect();
-                // With predicates on key columns (below), a selection of its own for each
-                // piece of up to `FIRST_PASS_ROWS` rows of a row group.
-                let groups: Vec<(usize, RowSelection, Vec<Range<u64>>)> = rgs
-                    .iter()
-                    .filter(|_| !exact.is_empty())
-                    .flat_map(|&i| {
-                        let only: Vec<bool> = (0..keep.len()).map(|g| g == i).collect();
-                        pieces(selected(i), FIRST_PASS_ROWS)
-                            .into_iter()
-                            .map(move |piece| {
-                                let (_, sel) =
-                                    plan_selection(&d.rg_starts, Some(&only), &piece, skip);
-                                (i, sel, piece)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                let deleted = deleted.filter(|_| scattered).map(Arc::new);
+                // Deleted rows left in the selection, for the caller's filter to drop.
+                let unskipped = deleted.clone().filter(|_| scattered);
                 let read = ReadSpec {
                     bytes: d.bytes.clone(),
                     meta: d.reader_meta.clone(),
@@ -995,7 +981,7 @@ impl Segment {
                     let batches = read
                         .reader(rgs.clone(), sel, None)?
                         .map(|r| r.map_err(StorageError::from));
-                    let Some(del) = deleted else {
+                    let Some(del) = unskipped else {
                         return Ok(SegmentRead::of(
                             batches.map(|b| Ok((b?, None))),
                             rows_skipped,
@@ -1014,20 +1000,36 @@ impl Segment {
                 // their columns first and the rest only for the rows that pass (for `ts >= t`
                 // on an `(id, ts)` key, each series' tail). One reader per piece bounds the
                 // work of that first pass, which the reader does before its first batch (a
-                // `LIMIT` query waits for no more than one piece).
+                // `LIMIT` query waits for no more than one piece). Each piece lies in one row
+                // group, so its selection names that group alone.
+                let work: Vec<(usize, RowSelection, Vec<Range<u64>>)> = rgs
+                    .iter()
+                    .flat_map(|&i| {
+                        pieces(selected(i), FIRST_PASS_ROWS)
+                            .into_iter()
+                            .map(move |p| (i, p))
+                    })
+                    .map(|(i, piece)| {
+                        (i, plan_selection(&d.rg_starts, None, &piece, skip).1, piece)
+                    })
+                    .collect();
                 let exact = Arc::new(exact);
-                let batches = groups.into_iter().flat_map(move |(i, sel, ranges)| {
-                    let passed = Arc::new(parking_lot::Mutex::new(PassedLive::default()));
-                    let live = deleted
+                let batches = work.into_iter().flat_map(move |(i, sel, ranges)| {
+                    let passed = Arc::new(parking_lot::Mutex::new(BooleanBufferBuilder::new(0)));
+                    let live = unskipped
                         .clone()
                         .map(|del| (LiveRows::new(ranges, del), passed.clone()));
                     let filter = key_filter(&read.meta, exact.clone(), live);
                     let batches: Box<dyn Iterator<Item = Result<_>> + Send> =
                         match read.reader(vec![i], sel, Some(filter)) {
-                            Ok(r) if deleted.is_none() => Box::new(r.map(|b| Ok((b?, None)))),
+                            Ok(r) if unskipped.is_none() => Box::new(r.map(|b| Ok((b?, None)))),
                             Ok(r) => {
-                                // The reader ran the filter over the row group as it was built.
-                                let live = std::mem::take(&mut *passed.lock()).finish();
+                                // The reader ran the filter over the piece as it was built.
+                                let live = std::mem::replace(
+                                    &mut *passed.lock(),
+                                    BooleanBufferBuilder::new(0),
+                                )
+                                .finish();
                                 let mut at = 0;
                                 Box::new(r.map(move |b| {
                                     let b = b?;
@@ -1116,34 +1118,15 @@ impl ReadSpec {
     }
 }
 
-/// Which of the rows that passed a key filter are live, in order: the filter records it, the
-/// reader's batches (those rows) take it. Deleted rows stay out of the filter's answer: folded
-/// in, a scattering of them would cut the reader's second pass into short runs.
-#[derive(Default)]
-struct PassedLive(Option<arrow::array::BooleanBufferBuilder>);
-
-impl PassedLive {
-    fn append(&mut self, live: &BooleanArray) {
-        self.0
-            .get_or_insert_with(|| arrow::array::BooleanBufferBuilder::new(live.len()))
-            .append_buffer(live.values());
-    }
-
-    fn finish(self) -> arrow::buffer::BooleanBuffer {
-        self.0.map_or_else(
-            || arrow::buffer::BooleanBuffer::new_set(0),
-            |mut b| b.finish(),
-        )
-    }
-}
-
 /// The reader's first pass for predicates on key columns (file column, predicate): which of
 /// the rows it visits pass them all. Where deleted rows were left in the selection, `live`
-/// walks the same rows and records which passing ones are live.
+/// walks the same rows and records, in order, which passing ones are live, for the reader's
+/// batches (those rows) to take. Deleted rows stay out of the filter's answer: folded in, a
+/// scattering of them would cut the reader's second pass into short runs.
 fn key_filter(
     meta: &ArrowReaderMetadata,
     preds: Arc<Vec<(usize, BoundPredicate)>>,
-    mut live: Option<(LiveRows, Arc<parking_lot::Mutex<PassedLive>>)>,
+    mut live: Option<(LiveRows, Arc<parking_lot::Mutex<BooleanBufferBuilder>>)>,
 ) -> RowFilter {
     let mut columns: Vec<usize> = preds.iter().map(|(f, _)| *f).collect();
     columns.sort_unstable();
@@ -1167,7 +1150,7 @@ fn key_filter(
             let l = rows.next(batch.num_rows());
             passed
                 .lock()
-                .append(arrow::compute::filter(&l, &pass)?.as_boolean());
+                .append_buffer(arrow::compute::filter(&l, &pass)?.as_boolean().values());
         }
         Ok(pass)
     };
