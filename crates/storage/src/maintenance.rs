@@ -35,9 +35,15 @@ use crate::tablet::Inner as TabletInner;
 /// Settings of the maintenance manager (one per process).
 #[derive(Clone, Debug)]
 pub struct MaintenanceOptions {
-    /// Background threads. With two or more, compactions never take the last one: a flush
-    /// always finds a thread.
+    /// Background threads. With two or more, the first one never compacts: a flush always
+    /// finds a thread.
     pub threads: usize,
+    /// Nice value the compacting threads run at (0 to 19; 0 leaves them at the process's
+    /// priority), when there are two or more threads. Compactions only lower future read
+    /// costs, so under load they yield the CPU to requests and flushes; they still run on
+    /// whatever CPU is idle. Linux lets a thread lower its priority but not raise it back, so
+    /// the role of a thread is fixed when it starts.
+    pub compaction_nice: i32,
     /// Bytes all write buffers of the process may hold (the hard limit).
     pub memory_budget_bytes: usize,
     /// Percent of the budget above which flushes come first and writers slow down.
@@ -79,6 +85,9 @@ impl MaintenanceOptions {
         if self.threads == 0 {
             return bad("threads must be at least 1");
         }
+        if !(0..=19).contains(&self.compaction_nice) {
+            return bad("compaction_nice must be between 0 and 19");
+        }
         if self.memory_budget_bytes == 0 {
             return bad("memory_budget_bytes must be at least 1");
         }
@@ -115,6 +124,7 @@ impl Default for MaintenanceOptions {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         MaintenanceOptions {
             threads: (cores / 4).clamp(2, 8),
+            compaction_nice: 10,
             memory_budget_bytes: (machine_memory_bytes() / 5).max(256 << 20) as usize,
             soft_limit_percent: 60,
             write_stall_timeout: Duration::from_secs(10),
@@ -388,7 +398,6 @@ pub(crate) struct Shared {
     used: AtomicUsize,
     freed: Mutex<()>,
     freed_cv: Condvar,
-    running_compactions: AtomicUsize,
     /// Flushes and compactions in progress.
     running: AtomicUsize,
     pub counters: Counters,
@@ -469,19 +478,17 @@ impl Shared {
     }
 
     /// The most valuable operation across all tablets that no worker is running yet, marked
-    /// as running. Compactions leave one worker free for flushes.
-    fn pick(&self) -> Option<(Arc<TabletInner>, Candidate)> {
+    /// as running; a compaction only if `may_compact` (the worker's role).
+    fn pick(&self, may_compact: bool) -> Option<(Arc<TabletInner>, Candidate)> {
         let tablets: Vec<Arc<TabletInner>> = {
             let mut t = self.tablets.lock();
             t.retain(|w| w.strong_count() > 0);
             t.iter().filter_map(|w| w.upgrade()).collect()
         };
         let used = self.used();
-        let compactions_allowed = self.opts.threads == 1
-            || self.running_compactions.load(Ordering::Acquire) < self.opts.threads - 1;
         let mut best: Option<(Arc<TabletInner>, Candidate)> = None;
         for t in tablets {
-            for c in t.maintenance_candidates(&self.opts, used, compactions_allowed) {
+            for c in t.maintenance_candidates(&self.opts, used, may_compact) {
                 if best.as_ref().is_none_or(|(_, b)| c.score > b.score) {
                     best = Some((t.clone(), c));
                 }
@@ -490,23 +497,6 @@ impl Shared {
         let (t, c) = best?;
         if !t.claim(&c.op) {
             return None;
-        }
-        if matches!(c.op, Op::Compact(_)) {
-            // Another worker may have started one since `compactions_allowed` was read.
-            let limit = if self.opts.threads == 1 {
-                1
-            } else {
-                self.opts.threads - 1
-            };
-            let started =
-                self.running_compactions
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < limit).then_some(n + 1)
-                    });
-            if started.is_err() {
-                t.release(&c.op);
-                return None;
-            }
         }
         Some((t, c))
     }
@@ -527,7 +517,6 @@ impl Shared {
                     .fetch_add(micros, Ordering::Relaxed);
             }
             Op::Compact(_) => {
-                self.running_compactions.fetch_sub(1, Ordering::AcqRel);
                 self.counters.compactions.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .compaction_micros
@@ -616,7 +605,6 @@ impl Maintenance {
             used: AtomicUsize::new(0),
             freed: Mutex::new(()),
             freed_cv: Condvar::new(),
-            running_compactions: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             counters: Counters::default(),
         });
@@ -625,7 +613,7 @@ impl Maintenance {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("nyala-maint-{i}"))
-                    .spawn(move || worker(&s))
+                    .spawn(move || worker(&s, i))
                     .map_err(StorageError::Io)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -651,7 +639,13 @@ impl Drop for Maintenance {
     }
 }
 
-fn worker(s: &Shared) {
+/// Worker `i`'s loop. With two or more workers, worker 0 only flushes (at the process's
+/// priority) and the others also compact, at `compaction_nice`; a single worker does both.
+fn worker(s: &Shared, i: usize) {
+    let may_compact = s.opts.threads == 1 || i > 0;
+    if may_compact && s.opts.threads > 1 && s.opts.compaction_nice > 0 {
+        lower_priority(s.opts.compaction_nice);
+    }
     loop {
         {
             let mut wanted = s.wake.lock();
@@ -665,10 +659,33 @@ fn worker(s: &Shared) {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let Some((t, c)) = s.pick() else { break };
+            let Some((t, c)) = s.pick(may_compact) else {
+                break;
+            };
             s.run(&t, &c);
         }
     }
+}
+
+/// Lowers the calling thread's CPU priority to `nice` (Linux: `setpriority` on a thread id
+/// sets that thread's nice value alone). Failure only leaves the priority as it was.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread, no pointers involved.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the compaction thread's priority"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 #[cfg(test)]

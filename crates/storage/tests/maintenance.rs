@@ -286,3 +286,73 @@ fn deletions_alone_are_checkpointed_and_purged_in_the_background() {
     assert_eq!(rows.len(), 500);
     assert!(rows.keys().all(|id| id % 2 == 1));
 }
+
+/// The nice value of this process's thread named `name` (from `/proc`), if there is one.
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split(' ').nth(16)?.parse().ok();
+    }
+    None
+}
+
+/// Compactions yield the CPU to requests: the compacting worker runs at `compaction_nice`,
+/// the flush-only worker at the process's own priority, and compactions still happen.
+#[cfg(target_os = "linux")]
+#[test]
+fn compacting_workers_run_at_lower_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, t) = open(
+        dir.path(),
+        TabletOptions {
+            flush_threshold_bytes: Some(16 * 1024),
+            ..TabletOptions::default()
+        },
+        MaintenanceOptions {
+            threads: 2,
+            tick: Duration::from_millis(20),
+            target_segment_bytes: 1 << 20,
+            ..MaintenanceOptions::default()
+        },
+    );
+    // A worker lowers its priority as it starts, which may be just after `open` returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flush_worker = thread_nice("nyala-maint-0").expect("flush worker running");
+        let compact_worker = thread_nice("nyala-maint-1").expect("compaction worker running");
+        if compact_worker - flush_worker == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nice values: flush worker {flush_worker}, compaction worker {compact_worker}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for round in 0..40 {
+        let mut b = BatchBuilder::new(["id", "v", "n"]);
+        for i in 0..100 {
+            b.push(
+                WriteOp::Upsert,
+                vec![
+                    Value::Int64(round * 100 + i),
+                    Value::Utf8(format!("v{round}")),
+                    Value::Int32(i as i32),
+                ],
+            );
+        }
+        t.write(&b.build(&t.schema()).unwrap()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.maintenance_stats().compactions == 0 {
+        assert!(Instant::now() < deadline, "no compaction ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
