@@ -153,7 +153,22 @@ pub(crate) struct Candidate {
     pub op: Op,
     pub score: f64,
     pub why: &'static str,
+    /// A compaction of a tablet whose compactions have fallen behind (see [`BEHIND_OVERLAP`]): the
+    /// flush worker takes it too, at full priority.
+    pub urgent: bool,
 }
+
+/// A tablet's compactions are behind once `BEHIND_OVERLAP` times `small_segments_to_merge`
+/// of its segments overlap one segment (what a lookup pays for), or `BEHIND_SMALL` times that
+/// many are small (disjoint small segments, such as a bulk load's time windows, cost reads
+/// little, so they may wait longer). The compacting workers run at a lower priority; when
+/// writes keep every core busy they get little CPU, and without a bound the segments a read
+/// must open would pile up. Past this point the flush worker compacts as well, at full
+/// priority, and flushes may wait for it: writers then slow down at the memory budget, which
+/// is the backpressure that lets compaction catch up.
+pub(crate) const BEHIND_OVERLAP: usize = 2;
+/// See [`BEHIND_OVERLAP`].
+pub(crate) const BEHIND_SMALL: usize = 4;
 
 /// Scores: every flush outranks every compaction; memory pressure outranks the rest.
 mod score {
@@ -209,6 +224,7 @@ pub(crate) fn flush_candidate(
         op: Op::Flush,
         score,
         why,
+        urgent: false,
     })
 }
 
@@ -257,6 +273,7 @@ pub(crate) fn compaction_candidate(
     opts: &MaintenanceOptions,
 ) -> Option<Candidate> {
     let budget = opts.compaction_input_bytes;
+    let mut widest_overlap = 0;
     let mut best: Option<Candidate> = None;
     let mut offer = |c: Candidate| {
         if best.as_ref().is_none_or(|b| c.score > b.score) {
@@ -271,6 +288,7 @@ pub(crate) fn compaction_candidate(
             .iter()
             .filter(|t| overlap(s.meta, t.meta))
             .collect();
+        widest_overlap = widest_overlap.max(group.len());
         if group.len() < 2 {
             continue;
         }
@@ -297,6 +315,7 @@ pub(crate) fn compaction_candidate(
                 score: score::REWRITE + 10.0 * ratio,
                 op: Op::Compact(vec![s.meta.id]),
                 why: "deleted rows",
+                urgent: false,
             });
         }
     }
@@ -309,6 +328,8 @@ pub(crate) fn compaction_candidate(
         .iter()
         .filter(|s| s.meta.file_bytes < opts.target_segment_bytes)
         .collect();
+    let behind = widest_overlap >= BEHIND_OVERLAP * opts.small_segments_to_merge
+        || small.len() >= BEHIND_SMALL * opts.small_segments_to_merge;
     if small.len() >= opts.small_segments_to_merge {
         small.sort_by_key(|s| (s.meta.min_ts, s.meta.id));
         let cap = budget.min(opts.target_segment_bytes.max(1));
@@ -328,7 +349,10 @@ pub(crate) fn compaction_candidate(
             }
         }
     }
-    best
+    best.map(|c| Candidate {
+        urgent: behind,
+        ..c
+    })
 }
 
 /// A merge of segments `ids`, scored above `base` by how many it folds into one.
@@ -338,6 +362,7 @@ fn merge(mut ids: Vec<u64>, base: f64, why: &'static str) -> Candidate {
         score: base + ids.len() as f64,
         op: Op::Compact(ids),
         why,
+        urgent: false,
     }
 }
 
@@ -478,7 +503,7 @@ impl Shared {
     }
 
     /// The most valuable operation across all tablets that no worker is running yet, marked
-    /// as running; a compaction only if `may_compact` (the worker's role).
+    /// as running; a compaction only if urgent, unless `may_compact` (the worker's role).
     fn pick(&self, may_compact: bool) -> Option<(Arc<TabletInner>, Candidate)> {
         let tablets: Vec<Arc<TabletInner>> = {
             let mut t = self.tablets.lock();
@@ -488,7 +513,10 @@ impl Shared {
         let used = self.used();
         let mut best: Option<(Arc<TabletInner>, Candidate)> = None;
         for t in tablets {
-            for c in t.maintenance_candidates(&self.opts, used, may_compact) {
+            for c in t.maintenance_candidates(&self.opts, used) {
+                if matches!(c.op, Op::Compact(_)) && !may_compact && !c.urgent {
+                    continue;
+                }
                 if best.as_ref().is_none_or(|(_, b)| c.score > b.score) {
                     best = Some((t.clone(), c));
                 }
@@ -639,8 +667,9 @@ impl Drop for Maintenance {
     }
 }
 
-/// Worker `i`'s loop. With two or more workers, worker 0 only flushes (at the process's
-/// priority) and the others also compact, at `compaction_nice`; a single worker does both.
+/// Worker `i`'s loop. With two or more workers, worker 0 flushes (at the process's priority)
+/// and compacts only tablets that are behind ([`BEHIND_OVERLAP`]); the others also compact, at
+/// `compaction_nice`. A single worker does everything.
 fn worker(s: &Shared, i: usize) {
     let may_compact = s.opts.threads == 1 || i > 0;
     if may_compact && s.opts.threads > 1 && s.opts.compaction_nice > 0 {
@@ -742,6 +771,29 @@ mod tests {
             .collect();
         let c = compaction_candidate(&states(&m), &opts).unwrap();
         assert_eq!(c.op, Op::Compact(vec![1, 2, 3, 4, 5]));
+        assert!(!c.urgent, "five small segments are routine work");
+        // Sixteen small segments (four times the merge trigger), or eight segments overlapping
+        // one another (twice): compactions are behind.
+        let many: Vec<SegmentMeta> = (0..16)
+            .map(|i| meta(i + 1, 1 << 20, i as u8 * 10, i as u8 * 10 + 5))
+            .collect();
+        assert!(compaction_candidate(&states(&many), &opts).unwrap().urgent);
+        assert!(
+            !compaction_candidate(&states(&many[..15]), &opts)
+                .unwrap()
+                .urgent
+        );
+        let overlapping: Vec<SegmentMeta> = (0..8).map(|i| meta(i + 1, 40 << 20, 0, 10)).collect();
+        assert!(
+            compaction_candidate(&states(&overlapping), &opts)
+                .unwrap()
+                .urgent
+        );
+        assert!(
+            !compaction_candidate(&states(&overlapping[..7]), &opts)
+                .unwrap()
+                .urgent
+        );
         // Time windows of 9 MiB (a bulk load's flushes): the oldest three make one segment
         // of at most the target size; the newer windows stay apart.
         let m: Vec<SegmentMeta> = (0..5)

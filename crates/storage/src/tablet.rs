@@ -771,7 +771,6 @@ impl Inner {
         &self,
         opts: &MaintenanceOptions,
         used: usize,
-        compactions_allowed: bool,
     ) -> Vec<Candidate> {
         if self.closed.load(Ordering::Acquire) || self.poisoned.lock().is_some() {
             return vec![];
@@ -789,10 +788,7 @@ impl Inner {
             };
             out.extend(flush_candidate(&b, opts, used));
         }
-        if self.opts.background_compaction
-            && compactions_allowed
-            && !self.compact_claimed.load(Ordering::Acquire)
-        {
+        if self.opts.background_compaction && !self.compact_claimed.load(Ordering::Acquire) {
             let purge_at = self.purge_horizon();
             let states: Vec<SegmentState<'_>> = v
                 .segments
