@@ -152,6 +152,10 @@ impl<'a> ProbeKey<'a> {
 #[derive(Debug)]
 pub(crate) struct KeyBlock {
     keys: Vec<KeyColumn>,
+    /// How many leading key columns hold a single value across the block (a block of a
+    /// time-series key is mostly one series: its id columns are constant and only `ts`
+    /// varies). A search compares those once and then looks at the rest only.
+    constant: usize,
     ts: ScalarBuffer<i64>,
 }
 
@@ -159,10 +163,16 @@ impl KeyBlock {
     /// A block of the key columns `keys` (key order) and the commit timestamps `ts` of the
     /// same rows: decoded from a file, or taken from a batch being written.
     fn new(keys: impl IntoIterator<Item = ArrayRef>, ts: ScalarBuffer<i64>) -> Self {
-        KeyBlock {
-            keys: keys.into_iter().map(KeyColumn::new).collect(),
-            ts,
-        }
+        let keys: Vec<KeyColumn> = keys.into_iter().map(KeyColumn::new).collect();
+        // Rows are sorted by key: while the columns before it are constant, a column is
+        // sorted across the block, so it is constant when its first and last values agree.
+        let n = ts.len();
+        let constant = if n == 0 {
+            0
+        } else {
+            keys.iter().take_while(|k| k.same(0, n - 1)).count()
+        };
+        KeyBlock { keys, constant, ts }
     }
 }
 
@@ -215,6 +225,18 @@ impl KeyColumn {
         }
     }
 
+    /// Whether rows `i` and `j` hold the same value.
+    fn same(&self, i: usize, j: usize) -> bool {
+        match self {
+            KeyColumn::I8(v) => v[i] == v[j],
+            KeyColumn::I16(v) => v[i] == v[j],
+            KeyColumn::I32(v) => v[i] == v[j],
+            KeyColumn::I64(v) => v[i] == v[j],
+            KeyColumn::Other(a) => make_comparator(a.as_ref(), a.as_ref(), SortOptions::default())
+                .is_ok_and(|c| c(i, j).is_eq()),
+        }
+    }
+
     fn as_array(&self) -> Option<&ArrayRef> {
         match self {
             KeyColumn::Other(a) => Some(a),
@@ -258,16 +280,40 @@ impl KeyBlock {
                 });
             }
         }
+        let other = |c: usize| others.get(c).and_then(Option::as_ref);
+        let n = self.ts.len();
+        // The constant leading columns: compared once, against the first row.
+        for (c, (k, p)) in self.keys.iter().zip(probe).take(self.constant).enumerate() {
+            match k.cmp(0, p, other(c)) {
+                Ordering::Less => return Ok(n..n),
+                Ordering::Greater => return Ok(0..0),
+                Ordering::Equal => {}
+            }
+        }
+        let varying = self.constant;
+        if varying == self.keys.len() {
+            // One key throughout (its versions).
+            return Ok(0..n);
+        }
+        if varying + 1 == self.keys.len() {
+            // One varying column: a search over its values alone.
+            match (&self.keys[varying], &probe[varying]) {
+                (KeyColumn::I8(a), KeyColumn::I8(b)) => return Ok(equal_run(a, b[0])),
+                (KeyColumn::I16(a), KeyColumn::I16(b)) => return Ok(equal_run(a, b[0])),
+                (KeyColumn::I32(a), KeyColumn::I32(b)) => return Ok(equal_run(a, b[0])),
+                (KeyColumn::I64(a), KeyColumn::I64(b)) => return Ok(equal_run(a, b[0])),
+                _ => {}
+            }
+        }
         let cmp = |i: usize| {
-            for (c, (k, p)) in self.keys.iter().zip(probe).enumerate() {
-                let o = k.cmp(i, p, others.get(c).and_then(Option::as_ref));
+            for (c, (k, p)) in self.keys.iter().zip(probe).enumerate().skip(varying) {
+                let o = k.cmp(i, p, other(c));
                 if o.is_ne() {
                     return o;
                 }
             }
             Ordering::Equal
         };
-        let n = self.ts.len();
         let lo = partition_point(0..n, |i| cmp(i).is_lt());
         let hi = partition_point(lo..n, |i| cmp(i).is_le());
         Ok(lo..hi)
@@ -276,6 +322,12 @@ impl KeyBlock {
     fn memory_bytes(&self) -> usize {
         self.keys.iter().map(KeyColumn::memory_bytes).sum::<usize>() + self.ts.len() * 8
     }
+}
+
+/// The positions of the sorted `values` equal to `x`.
+fn equal_run<T: Ord + Copy>(values: &[T], x: T) -> Range<usize> {
+    let lo = values.partition_point(|v| *v < x);
+    lo..lo + values[lo..].partition_point(|v| *v <= x)
 }
 
 /// The first index of `range` where `pred` is false (`pred` is true for a prefix).
@@ -1675,6 +1727,60 @@ pub(crate) fn filter_by_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key block's equal ranges match a brute-force scan, whichever leading columns are
+    /// constant (native and Arrow-compared columns, one key repeated as versions).
+    #[test]
+    fn key_block_search_matches_a_scan() {
+        use arrow::array::{Int32Array, Int64Array, StringArray};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let names = ["x", "y", "z"];
+        for round in 0..400 {
+            // Each column's spread varies by round, so every prefix length is constant in
+            // some blocks.
+            let spread = |c: u32| 1 + (round / 3u32.pow(c)) % 3;
+            let n = rng.random_range(1..40);
+            let mut rows: Vec<(i32, &str, i64)> = (0..n)
+                .map(|_| {
+                    (
+                        rng.random_range(0..spread(0)) as i32,
+                        names[rng.random_range(0..spread(1)) as usize],
+                        rng.random_range(0..spread(2) as i64 * 2),
+                    )
+                })
+                .collect();
+            rows.sort();
+            let block = KeyBlock::new(
+                [
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                ],
+                ScalarBuffer::from(vec![0i64; rows.len()]),
+            );
+            for a in -1..4 {
+                for name in ["w", "x", "y", "z", "zz"] {
+                    for t in -1..7 {
+                        let probe = [
+                            KeyColumn::new(Arc::new(Int32Array::from(vec![a]))),
+                            KeyColumn::new(Arc::new(StringArray::from(vec![name]))),
+                            KeyColumn::new(Arc::new(Int64Array::from(vec![t]))),
+                        ];
+                        let want: Vec<usize> = (0..rows.len())
+                            .filter(|&i| rows[i] == (a, name, t))
+                            .collect();
+                        let got = block.equal_range(&probe).unwrap();
+                        if want.is_empty() {
+                            assert!(got.is_empty(), "{rows:?} {a} {name} {t}: {got:?}");
+                        } else {
+                            assert_eq!(got, want[0]..want[want.len() - 1] + 1, "{rows:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn selectors(sel: RowSelection) -> Vec<(bool, usize)> {
         Vec::<RowSelector>::from(sel)
