@@ -127,6 +127,7 @@ fn maintenance_options(args: &ServeArgs) -> nyala_server::MaintenanceOptions {
         },
         write_stall_timeout: Duration::from_secs(args.write_stall_secs),
         compaction_input_bytes: args.compaction_budget_mb.clamp(1, 1 << 20) << 20,
+        compaction_nice: args.compaction_nice,
         max_buffer_age: Duration::from_secs(args.max_buffer_age_secs.max(1)),
         ..auto
     }

@@ -163,8 +163,9 @@ fn sql_cli_runs_statements_and_reports_errors() {
     assert_eq!(server.stop("-TERM"), Some(0));
 }
 
-/// The maintenance flags reach the manager, and its work shows in `/metrics`: a table written
-/// past its flush threshold is flushed in the background, then merged.
+/// The maintenance flags reach the manager (the compacting thread's priority included), and
+/// its work shows in `/metrics`: a table written past its flush threshold is flushed in the
+/// background, then merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_maintenance_is_configured_by_flags_and_published_as_metrics() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,8 +178,44 @@ async fn background_maintenance_is_configured_by_flags_and_published_as_metrics(
             "1",
             "--maintenance-threads",
             "2",
+            "--compaction-nice",
+            "7",
         ],
     );
+    // The compacting worker runs 7 nice levels below the flushing one.
+    #[cfg(target_os = "linux")]
+    {
+        let tasks = format!("/proc/{}/task", server.child.id());
+        let nice = |name: &str| -> Option<i64> {
+            std::fs::read_dir(&tasks).ok()?.flatten().find_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                if comm.trim_end() != name {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                // After the parenthesised name, the nice value is the 17th field.
+                stat[stat.rfind(')')? + 2..]
+                    .split(' ')
+                    .nth(16)?
+                    .parse()
+                    .ok()
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (flusher, compacter) = (nice("nyala-maint-0"), nice("nyala-maint-1"));
+            if let (Some(f), Some(c)) = (flusher, compacter) {
+                if c - f == 7 {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "maintenance threads' nice values: {flusher:?} / {compacter:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     let c = server.client().await;
     c.sql("CREATE TABLE m (k BIGINT PRIMARY KEY, v TEXT)")
         .await
