@@ -130,8 +130,9 @@ pub(crate) struct ServeArgs {
     /// Largest input of one compaction, in MiB of segment files.
     #[arg(long, env = "NYALA_COMPACTION_BUDGET_MB", default_value_t = 128)]
     pub(crate) compaction_budget_mb: u64,
-    /// Nice value (0 to 19) of the background threads that compact, so that compactions take
-    /// the CPU requests leave idle; 0 runs them at the server's own priority (Linux only).
+    /// How many nice levels (0 to 19) below the server the background threads that compact
+    /// run, so that compactions take the CPU requests leave idle; 0 runs them at the server's
+    /// own priority (Linux only).
     #[arg(long, env = "NYALA_COMPACTION_NICE", default_value_t = 10,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub(crate) compaction_nice: i32,

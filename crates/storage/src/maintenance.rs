@@ -38,8 +38,8 @@ pub struct MaintenanceOptions {
     /// Background threads. With two or more, the first one never compacts: a flush always
     /// finds a thread.
     pub threads: usize,
-    /// Nice value the compacting threads run at (0 to 19; 0 leaves them at the process's
-    /// priority), when there are two or more threads. Compactions only lower future read
+    /// Nice levels the compacting threads run below the process (0 to 19, capped at nice 19;
+    /// 0 leaves them at the process's priority), when there are two or more threads. Compactions only lower future read
     /// costs, so under load they yield the CPU to requests and flushes; they still run on
     /// whatever CPU is idle. Linux lets a thread lower its priority but not raise it back, so
     /// the role of a thread is fixed when it starts.
@@ -159,9 +159,11 @@ pub(crate) struct Candidate {
 }
 
 /// A tablet's compactions are behind once `BEHIND_OVERLAP` times `small_segments_to_merge`
-/// of its segments overlap one segment (what a lookup pays for), or `BEHIND_SMALL` times that
-/// many are small (disjoint small segments, such as a bulk load's time windows, cost reads
-/// little, so they may wait longer). The compacting workers run at a lower priority; when
+/// of its segments overlap one segment (an upper bound of what a lookup pays for: ranges that
+/// meet need not share keys), or `BEHIND_SMALL` times that many are small (disjoint small
+/// segments, such as a bulk load's time windows, cost reads little, so they may wait longer).
+/// Only the merge that reduces such a backlog is urgent (an overlap merge from such a group;
+/// a merge of at least `small_segments_to_merge` small segments), and it goes first. The compacting workers run at a lower priority; when
 /// writes keep every core busy they get little CPU, and without a bound the segments a read
 /// must open would pile up. Past this point the flush worker compacts as well, at full
 /// priority, and flushes may wait for it: writers then slow down at the memory budget, which
@@ -273,10 +275,13 @@ pub(crate) fn compaction_candidate(
     opts: &MaintenanceOptions,
 ) -> Option<Candidate> {
     let budget = opts.compaction_input_bytes;
-    let mut widest_overlap = 0;
     let mut best: Option<Candidate> = None;
+    // Backlog first: an urgent candidate outranks any routine one.
     let mut offer = |c: Candidate| {
-        if best.as_ref().is_none_or(|b| c.score > b.score) {
+        if best
+            .as_ref()
+            .is_none_or(|b| (c.urgent, c.score) > (b.urgent, b.score))
+        {
             best = Some(c);
         }
     };
@@ -288,7 +293,7 @@ pub(crate) fn compaction_candidate(
             .iter()
             .filter(|t| overlap(s.meta, t.meta))
             .collect();
-        widest_overlap = widest_overlap.max(group.len());
+        let urgent = group.len() >= BEHIND_OVERLAP * opts.small_segments_to_merge;
         if group.len() < 2 {
             continue;
         }
@@ -304,7 +309,10 @@ pub(crate) fn compaction_candidate(
             total += bytes;
         }
         if chosen.len() >= 2 {
-            offer(merge(chosen, score::MERGE_OVERLAP, "overlapping segments"));
+            offer(Candidate {
+                urgent,
+                ..merge(chosen, score::MERGE_OVERLAP, "overlapping segments")
+            });
         }
     }
     // 2. Rewrites: mostly deleted segments.
@@ -328,8 +336,7 @@ pub(crate) fn compaction_candidate(
         .iter()
         .filter(|s| s.meta.file_bytes < opts.target_segment_bytes)
         .collect();
-    let behind = widest_overlap >= BEHIND_OVERLAP * opts.small_segments_to_merge
-        || small.len() >= BEHIND_SMALL * opts.small_segments_to_merge;
+    let many_small = small.len() >= BEHIND_SMALL * opts.small_segments_to_merge;
     if small.len() >= opts.small_segments_to_merge {
         small.sort_by_key(|s| (s.meta.min_ts, s.meta.id));
         let cap = budget.min(opts.target_segment_bytes.max(1));
@@ -344,15 +351,19 @@ pub(crate) fn compaction_candidate(
                 total += s.meta.file_bytes;
             }
             if chosen.len() >= 2 {
-                offer(merge(chosen, score::MERGE_SMALL, "small segments"));
+                // Urgent only if it takes a real bite out of the backlog: small segments
+                // that cannot merge (each over half the target) must not make every routine
+                // merge of the tablet urgent.
+                let urgent = many_small && chosen.len() >= opts.small_segments_to_merge;
+                offer(Candidate {
+                    urgent,
+                    ..merge(chosen, score::MERGE_SMALL, "small segments")
+                });
                 break;
             }
         }
     }
-    best.map(|c| Candidate {
-        urgent: behind,
-        ..c
-    })
+    best
 }
 
 /// A merge of segments `ids`, scored above `base` by how many it folds into one.
@@ -423,6 +434,9 @@ pub(crate) struct Shared {
     used: AtomicUsize,
     freed: Mutex<()>,
     freed_cv: Condvar,
+    /// Worker 0 (the flush worker, at the process's priority) is running an operation: only
+    /// then do the lower-priority workers take flushes.
+    flusher_busy: AtomicBool,
     /// Flushes and compactions in progress.
     running: AtomicUsize,
     pub counters: Counters,
@@ -447,7 +461,8 @@ impl Shared {
     /// Wakes a worker (work may be waiting).
     pub fn wake(&self) {
         *self.wake.lock() = true;
-        self.wake_cv.notify_one();
+        // All of them: a flush is for worker 0, which a single notification may miss.
+        self.wake_cv.notify_all();
     }
 
     /// Changes the bytes charged to the budget by `delta` (a tablet's charge moved).
@@ -503,8 +518,12 @@ impl Shared {
     }
 
     /// The most valuable operation across all tablets that no worker is running yet, marked
-    /// as running; a compaction only if urgent, unless `may_compact` (the worker's role).
-    fn pick(&self, may_compact: bool) -> Option<(Arc<TabletInner>, Candidate)> {
+    /// as running, for a worker of `role`.
+    fn pick(&self, role: Role) -> Option<(Arc<TabletInner>, Candidate)> {
+        let flushes = match role {
+            Role::All | Role::Flusher => true,
+            Role::Compacter => self.flusher_busy.load(Ordering::Acquire),
+        };
         let tablets: Vec<Arc<TabletInner>> = {
             let mut t = self.tablets.lock();
             t.retain(|w| w.strong_count() > 0);
@@ -514,7 +533,11 @@ impl Shared {
         let mut best: Option<(Arc<TabletInner>, Candidate)> = None;
         for t in tablets {
             for c in t.maintenance_candidates(&self.opts, used) {
-                if matches!(c.op, Op::Compact(_)) && !may_compact && !c.urgent {
+                let wanted = match c.op {
+                    Op::Flush => flushes,
+                    Op::Compact(_) => role != Role::Flusher || c.urgent,
+                };
+                if !wanted {
                     continue;
                 }
                 if best.as_ref().is_none_or(|(_, b)| c.score > b.score) {
@@ -633,6 +656,7 @@ impl Maintenance {
             used: AtomicUsize::new(0),
             freed: Mutex::new(()),
             freed_cv: Condvar::new(),
+            flusher_busy: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             counters: Counters::default(),
         });
@@ -667,12 +691,27 @@ impl Drop for Maintenance {
     }
 }
 
-/// Worker `i`'s loop. With two or more workers, worker 0 flushes (at the process's priority)
-/// and compacts only tablets that are behind ([`BEHIND_OVERLAP`]); the others also compact, at
-/// `compaction_nice`. A single worker does everything.
+/// What a maintenance worker takes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The only worker: everything, at the process's priority.
+    All,
+    /// Worker 0 of several: flushes, and urgent compactions ([`BEHIND_OVERLAP`]), at the
+    /// process's priority.
+    Flusher,
+    /// The others: compactions at `compaction_nice` levels below the process, and flushes
+    /// while the flusher is busy.
+    Compacter,
+}
+
+/// Worker `i`'s loop.
 fn worker(s: &Shared, i: usize) {
-    let may_compact = s.opts.threads == 1 || i > 0;
-    if may_compact && s.opts.threads > 1 && s.opts.compaction_nice > 0 {
+    let role = match (s.opts.threads, i) {
+        (1, _) => Role::All,
+        (_, 0) => Role::Flusher,
+        _ => Role::Compacter,
+    };
+    if role == Role::Compacter && s.opts.compaction_nice > 0 {
         lower_priority(s.opts.compaction_nice);
     }
     loop {
@@ -688,23 +727,38 @@ fn worker(s: &Shared, i: usize) {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let Some((t, c)) = s.pick(may_compact) else {
+            let Some((t, c)) = s.pick(role) else {
                 break;
             };
+            if role == Role::Flusher {
+                s.flusher_busy.store(true, Ordering::Release);
+            }
             s.run(&t, &c);
+            if role == Role::Flusher {
+                s.flusher_busy.store(false, Ordering::Release);
+            }
         }
     }
 }
 
-/// Lowers the calling thread's CPU priority to `nice` (Linux: `setpriority` on a thread id
-/// sets that thread's nice value alone). Failure only leaves the priority as it was.
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's CPU priority by `levels` nice levels from its current one (at
+/// most to 19; Linux: `setpriority` on a thread id sets that thread's nice value alone).
+/// Relative, so that a server started with `nice` keeps its compactions below itself and
+/// never above. Failure only leaves the priority as it was.
+fn lower_priority(levels: i32) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on the calling thread, no pointers involved.
+        // SAFETY: plain system calls on the calling thread; `errno` is thread-local, cleared
+        // first because -1 is a valid nice value.
         let rc = unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            if now == -1 && *libc::__errno_location() != 0 {
+                -1
+            } else {
+                libc::setpriority(libc::PRIO_PROCESS, tid, (now + levels).min(19))
+            }
         };
         if rc != 0 {
             tracing::debug!(
@@ -714,7 +768,7 @@ fn lower_priority(nice: i32) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = levels;
 }
 
 #[cfg(test)]
@@ -794,6 +848,16 @@ mod tests {
                 .unwrap()
                 .urgent
         );
+        // Small segments that cannot merge (each over half the target) are no backlog a
+        // merge could reduce: a routine merge of two fresh flushes stays routine.
+        let mut stuck: Vec<SegmentMeta> = (0..16)
+            .map(|i| meta(i + 1, 20 << 20, i as u8 * 10, i as u8 * 10 + 5))
+            .collect();
+        stuck.push(meta(100, 1 << 20, 200, 210));
+        stuck.push(meta(101, 1 << 20, 205, 215));
+        let c = compaction_candidate(&states(&stuck), &opts).unwrap();
+        assert_eq!(c.op, Op::Compact(vec![100, 101]));
+        assert!(!c.urgent, "{c:?}");
         // Time windows of 9 MiB (a bulk load's flushes): the oldest three make one segment
         // of at most the target size; the newer windows stay apart.
         let m: Vec<SegmentMeta> = (0..5)
