@@ -530,26 +530,22 @@ impl Shared {
             t.iter().filter_map(|w| w.upgrade()).collect()
         };
         let used = self.used();
-        let mut best: Option<(Arc<TabletInner>, Candidate)> = None;
+        let mut wanted: Vec<(Arc<TabletInner>, Candidate)> = vec![];
         for t in tablets {
             for c in t.maintenance_candidates(&self.opts, used) {
-                let wanted = match c.op {
+                let ours = match c.op {
                     Op::Flush => flushes,
                     Op::Compact(_) => role != Role::Flusher || c.urgent,
                 };
-                if !wanted {
-                    continue;
-                }
-                if best.as_ref().is_none_or(|(_, b)| c.score > b.score) {
-                    best = Some((t.clone(), c));
+                if ours {
+                    wanted.push((t.clone(), c));
                 }
             }
         }
-        let (t, c) = best?;
-        if !t.claim(&c.op) {
-            return None;
-        }
-        Some((t, c))
+        // Best first; one another worker claimed since is passed over for the next, so that
+        // a worker woken with the others does not go back to sleep while work is left.
+        wanted.sort_by(|(_, a), (_, b)| b.score.total_cmp(&a.score));
+        wanted.into_iter().find(|(t, c)| t.claim(&c.op))
     }
 
     fn run(&self, t: &TabletInner, c: &Candidate) {
