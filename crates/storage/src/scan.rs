@@ -299,15 +299,17 @@ impl TabletScan {
         // Rows are decoded in place, under this guard; the buffer never changes a version it
         // has published (memtable.rs), so they cannot change meanwhile.
         let guard = scc::Guard::new();
+        // Keys are read only for a bound to check: an unbounded walk touches just the rows.
+        let (has_lower, has_upper) = (range.lower.is_some(), range.upper.is_some());
         mem.for_each_visible(&guard, self.snapshot, lower, |k, r| {
-            if range.is_above(k) {
+            if has_upper && range.is_above(k.bytes()) {
                 return false;
             }
-            if !range.is_below(k) {
+            if !has_lower || !range.is_below(k.bytes()) {
                 prefetch(r);
                 rows.push(r);
                 if rows.len() == limit {
-                    next = BufferCursor::After(k.to_vec());
+                    next = BufferCursor::After(k.bytes().to_vec());
                     return false;
                 }
             }
