@@ -153,24 +153,30 @@ pub(crate) struct Candidate {
     pub op: Op,
     pub score: f64,
     pub why: &'static str,
-    /// A compaction of a tablet whose compactions have fallen behind (see [`BEHIND_OVERLAP`]): the
+    /// A compaction of a tablet whose compactions have fallen behind (see [`behind_overlap`]): the
     /// flush worker takes it too, at full priority.
     pub urgent: bool,
 }
 
-/// A tablet's compactions are behind once `BEHIND_OVERLAP` times `small_segments_to_merge`
-/// of its segments overlap one segment (an upper bound of what a lookup pays for: ranges that
-/// meet need not share keys), or `BEHIND_SMALL` times that many are small (disjoint small
-/// segments, such as a bulk load's time windows, cost reads little, so they may wait longer).
-/// Only the merge that reduces such a backlog is urgent (an overlap merge from such a group;
-/// a merge of at least `small_segments_to_merge` small segments), and it goes first. The compacting workers run at a lower priority; when
-/// writes keep every core busy they get little CPU, and without a bound the segments a read
-/// must open would pile up. Past this point the flush worker compacts as well, at full
-/// priority, and flushes may wait for it: writers then slow down at the memory budget, which
-/// is the backpressure that lets compaction catch up.
-pub(crate) const BEHIND_OVERLAP: usize = 2;
-/// See [`BEHIND_OVERLAP`].
-pub(crate) const BEHIND_SMALL: usize = 4;
+/// A tablet's compactions are behind once one and a half times `small_segments_to_merge` of
+/// its segments overlap one segment (an upper bound of what a lookup pays for: ranges that
+/// meet need not share keys), or four times that many are small (disjoint small segments,
+/// such as a bulk load's time windows, cost reads little, so they may wait longer). Only the
+/// merge that reduces such a backlog is urgent (an overlap merge from such a group; a merge of
+/// at least `small_segments_to_merge` small segments), and it goes before routine work. The
+/// compacting workers run at a lower priority; when writes keep every core busy they get
+/// little CPU, and without a bound the segments a read must open would pile up. Past this
+/// point the flush worker compacts as well, at full priority, and flushes may wait for it:
+/// writers then slow down at the memory budget, which is the backpressure that lets
+/// compaction catch up.
+fn behind_overlap(opts: &MaintenanceOptions) -> usize {
+    (opts.small_segments_to_merge * 3).div_ceil(2)
+}
+
+/// See [`behind_overlap`].
+fn behind_small(opts: &MaintenanceOptions) -> usize {
+    4 * opts.small_segments_to_merge
+}
 
 /// Scores: every flush outranks every compaction; memory pressure outranks the rest.
 mod score {
@@ -293,7 +299,7 @@ pub(crate) fn compaction_candidate(
             .iter()
             .filter(|t| overlap(s.meta, t.meta))
             .collect();
-        let urgent = group.len() >= BEHIND_OVERLAP * opts.small_segments_to_merge;
+        let urgent = group.len() >= behind_overlap(opts);
         if group.len() < 2 {
             continue;
         }
@@ -336,7 +342,7 @@ pub(crate) fn compaction_candidate(
         .iter()
         .filter(|s| s.meta.file_bytes < opts.target_segment_bytes)
         .collect();
-    let many_small = small.len() >= BEHIND_SMALL * opts.small_segments_to_merge;
+    let many_small = small.len() >= behind_small(opts);
     if small.len() >= opts.small_segments_to_merge {
         small.sort_by_key(|s| (s.meta.min_ts, s.meta.id));
         let cap = budget.min(opts.target_segment_bytes.max(1));
@@ -366,11 +372,12 @@ pub(crate) fn compaction_candidate(
     best
 }
 
-/// A merge of segments `ids`, scored above `base` by how many it folds into one.
+/// A merge of segments `ids`, scored above `base` by how many it folds into one (up to 39
+/// more: an overlap merge stays below every flush, and a small-segment merge below a rewrite).
 fn merge(mut ids: Vec<u64>, base: f64, why: &'static str) -> Candidate {
     ids.sort_unstable();
     Candidate {
-        score: base + ids.len() as f64,
+        score: base + ids.len().min(39) as f64,
         op: Op::Compact(ids),
         why,
         urgent: false,
@@ -544,7 +551,9 @@ impl Shared {
         }
         // Best first; one another worker claimed since is passed over for the next, so that
         // a worker woken with the others does not go back to sleep while work is left.
-        wanted.sort_by(|(_, a), (_, b)| b.score.total_cmp(&a.score));
+        // Flushes first, then urgent compactions (across tablets too), each by score.
+        let rank = |c: &Candidate| (matches!(c.op, Op::Flush), c.urgent);
+        wanted.sort_by(|(_, a), (_, b)| rank(b).cmp(&rank(a)).then(b.score.total_cmp(&a.score)));
         wanted.into_iter().find(|(t, c)| t.claim(&c.op))
     }
 
@@ -692,7 +701,7 @@ impl Drop for Maintenance {
 enum Role {
     /// The only worker: everything, at the process's priority.
     All,
-    /// Worker 0 of several: flushes, and urgent compactions ([`BEHIND_OVERLAP`]), at the
+    /// Worker 0 of several: flushes, and urgent compactions ([`behind_overlap`]), at the
     /// process's priority.
     Flusher,
     /// The others: compactions at `compaction_nice` levels below the process, and flushes
@@ -822,8 +831,8 @@ mod tests {
         let c = compaction_candidate(&states(&m), &opts).unwrap();
         assert_eq!(c.op, Op::Compact(vec![1, 2, 3, 4, 5]));
         assert!(!c.urgent, "five small segments are routine work");
-        // Sixteen small segments (four times the merge trigger), or eight segments overlapping
-        // one another (twice): compactions are behind.
+        // Sixteen small segments (four times the merge trigger), or six segments overlapping
+        // one another (one and a half times): compactions are behind.
         let many: Vec<SegmentMeta> = (0..16)
             .map(|i| meta(i + 1, 1 << 20, i as u8 * 10, i as u8 * 10 + 5))
             .collect();
@@ -833,14 +842,14 @@ mod tests {
                 .unwrap()
                 .urgent
         );
-        let overlapping: Vec<SegmentMeta> = (0..8).map(|i| meta(i + 1, 40 << 20, 0, 10)).collect();
+        let overlapping: Vec<SegmentMeta> = (0..6).map(|i| meta(i + 1, 40 << 20, 0, 10)).collect();
         assert!(
             compaction_candidate(&states(&overlapping), &opts)
                 .unwrap()
                 .urgent
         );
         assert!(
-            !compaction_candidate(&states(&overlapping[..7]), &opts)
+            !compaction_candidate(&states(&overlapping[..5]), &opts)
                 .unwrap()
                 .urgent
         );
@@ -854,6 +863,15 @@ mod tests {
         let c = compaction_candidate(&states(&stuck), &opts).unwrap();
         assert_eq!(c.op, Op::Compact(vec![100, 101]));
         assert!(!c.urgent, "{c:?}");
+        // However many segments a merge folds, it stays below every flush.
+        let heap: Vec<SegmentMeta> = (0..450).map(|i| meta(i + 1, 100 << 10, 0, 10)).collect();
+        let c = compaction_candidate(&states(&heap), &opts).unwrap();
+        assert!(
+            matches!(&c.op, Op::Compact(ids) if ids.len() > 100),
+            "{:?}",
+            c.why
+        );
+        assert!(c.score < score::FLUSH_AGE_OR_WAL, "{}", c.score);
         // Time windows of 9 MiB (a bulk load's flushes): the oldest three make one segment
         // of at most the target size; the newer windows stay apart.
         let m: Vec<SegmentMeta> = (0..5)
