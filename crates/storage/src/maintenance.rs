@@ -13,7 +13,9 @@
 //!   snapshot can read any more).
 //!
 //! Every compaction reads at most `compaction_input_bytes`, so none stalls the others for
-//! long, and when there is more than one worker at least one is always free for flushes.
+//! long. With more than one worker, the first flushes at the process's priority and takes
+//! only urgent compactions (a tablet fallen behind); the others compact at a lower priority
+//! and flush only while the first is busy.
 //!
 //! Write backpressure: every tablet charges its buffers (and frozen buffers awaiting their
 //! flush) to the process's budget. Above the soft limit flushes come first and writers are
@@ -35,14 +37,14 @@ use crate::tablet::Inner as TabletInner;
 /// Settings of the maintenance manager (one per process).
 #[derive(Clone, Debug)]
 pub struct MaintenanceOptions {
-    /// Background threads. With two or more, the first one never compacts: a flush always
-    /// finds a thread.
+    /// Background threads. With two or more, the first one flushes (and compacts only tablets
+    /// that have fallen behind), so a flush does not wait behind routine compactions.
     pub threads: usize,
     /// Nice levels the compacting threads run below the process (0 to 19, capped at nice 19;
-    /// 0 leaves them at the process's priority), when there are two or more threads. Compactions only lower future read
-    /// costs, so under load they yield the CPU to requests and flushes; they still run on
-    /// whatever CPU is idle. Linux lets a thread lower its priority but not raise it back, so
-    /// the role of a thread is fixed when it starts.
+    /// 0 leaves them at the process's priority), when there are two or more threads.
+    /// Compactions only lower future read costs, so under load they yield the CPU to requests
+    /// and flushes; they still run on whatever CPU is idle. Linux lets a thread lower its
+    /// priority but not raise it back, so the role of a thread is fixed when it starts.
     pub compaction_nice: i32,
     /// Bytes all write buffers of the process may hold (the hard limit).
     pub memory_budget_bytes: usize,
@@ -119,7 +121,7 @@ pub fn machine_memory_bytes() -> u64 {
 
 impl Default for MaintenanceOptions {
     /// Write buffers may take a fifth of the machine's memory (at least 256 MiB); two threads
-    /// (one always free for flushes), or a quarter of the cores on bigger machines.
+    /// (one for flushes), or a quarter of the cores on bigger machines.
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         MaintenanceOptions {
