@@ -6,9 +6,7 @@
 
 mod common;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Int32Type;
-use common::test_opts;
+use common::{sorted_i32, test_opts};
 use nyala_storage::{
     BatchBuilder, CmpOp, ColumnSchema, DataType, Predicate, ScanRequest, Schema, Tablet,
     TabletOptions, Value, WriteOp,
@@ -186,15 +184,7 @@ fn run(seed: u64, opts: TabletOptions) {
             batch_size: Some(1 + r.below(50) as usize),
             ..Default::default()
         };
-        let mut got: Vec<i32> = t
-            .scan(&req)
-            .unwrap()
-            .flat_map(|b| {
-                let b = b.unwrap();
-                b.column(0).as_primitive::<Int32Type>().values().to_vec()
-            })
-            .collect();
-        got.sort_unstable();
+        let got = sorted_i32(t.scan(&req).unwrap());
         let mut want: Vec<i32> = want_model
             .iter()
             .filter(|(k, _)| checks.iter().all(|c| c(k)))

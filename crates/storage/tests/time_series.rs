@@ -5,7 +5,7 @@ mod common;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int32Type;
-use common::test_opts;
+use common::{sorted_i32, test_opts};
 use nyala_storage::{
     BatchBuilder, CmpOp, ColumnSchema, DataType, Predicate, RowErrorKind, ScanRequest, Schema,
     Tablet, Value, WriteOp,
@@ -117,15 +117,7 @@ fn windows_of_time_series_are_pruned_and_still_checked() {
         predicates: vec![Predicate::cmp("ts", CmpOp::Ge, ts(35))],
         ..Default::default()
     };
-    let mut vs: Vec<i32> = t
-        .scan(&req)
-        .unwrap()
-        .flat_map(|b| {
-            let b = b.unwrap();
-            b.column(0).as_primitive::<Int32Type>().values().to_vec()
-        })
-        .collect();
-    vs.sort_unstable();
+    let vs = sorted_i32(t.scan(&req).unwrap());
     assert_eq!(vs.len(), 15 * 20 + 1);
     assert_eq!((vs[0], vs[vs.len() - 1]), (35, 50));
     let req = ScanRequest {
@@ -296,14 +288,7 @@ fn a_time_range_skips_the_old_blocks_of_every_series_and_returns_what_a_filter_w
             ..Default::default()
         };
         let mut scan = t.scan(&req).unwrap();
-        let mut got: Vec<i32> = scan
-            .by_ref()
-            .flat_map(|b| {
-                let b = b.unwrap();
-                b.column(0).as_primitive::<Int32Type>().values().to_vec()
-            })
-            .collect();
-        got.sort_unstable();
+        let got = sorted_i32(scan.by_ref());
         let mut want: Vec<i32> = rows
             .iter()
             .filter(|((id, lane, m), v)| check(*id, *lane, *m) && (i != 7 || **v < 0))

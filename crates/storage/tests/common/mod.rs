@@ -103,6 +103,22 @@ pub fn scan_all(t: &Tablet, snapshot: Option<Timestamp>) -> BTreeMap<i64, KvRow>
     out
 }
 
+/// The first column of a scan's batches, an `Int32` column, sorted.
+pub fn sorted_i32<E: std::fmt::Debug>(
+    batches: impl Iterator<Item = Result<arrow::array::RecordBatch, E>>,
+) -> Vec<i32> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int32Type;
+    let mut v: Vec<i32> = batches
+        .flat_map(|b| {
+            let b = b.unwrap();
+            b.column(0).as_primitive::<Int32Type>().values().to_vec()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// Rows a scan returns.
 pub fn count_rows(t: &Tablet, req: &ScanRequest) -> usize {
     t.scan(req).unwrap().map(|b| b.unwrap().num_rows()).sum()
