@@ -129,3 +129,29 @@ def test_copy_in_and_out(pg, table_name):
         out,
     )
     assert out.getvalue() == "k,name\n1,name 1\n5000,\n"
+
+
+def test_savepoints_over_the_simple_protocol(pg, table_name):
+    """SAVEPOINT, ROLLBACK TO and RELEASE as psycopg2 sends them (simple queries): a return to
+    a savepoint ends the block's failed state."""
+    conn = psycopg2.connect(pg["dsn"])
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, note TEXT)")
+        conn.commit()
+        cur.execute(f"INSERT INTO {table_name} VALUES (1, 'a')")
+        cur.execute("SAVEPOINT before_typo")
+        with pytest.raises(psycopg2.errors.SyntaxError):
+            cur.execute("SELEC 1")
+        with pytest.raises(psycopg2.errors.InFailedSqlTransaction):
+            cur.execute("SELECT 1")
+        cur.execute("ROLLBACK TO SAVEPOINT before_typo")
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        cur.execute(f"SELECT note FROM {table_name} WHERE k = 1")
+        assert cur.fetchone() == ("a",)
+        cur.execute("RELEASE SAVEPOINT before_typo")
+        with pytest.raises(psycopg2.errors.InvalidSavepointSpecification):
+            cur.execute("ROLLBACK TO SAVEPOINT before_typo")
+        conn.rollback()
+    finally:
+        conn.close()

@@ -53,3 +53,32 @@ def test_copy_rows(pg, table_name):
             with cur.copy(f"COPY (SELECT k, note FROM {table_name} WHERE k < 3 ORDER BY k) TO STDOUT") as copy:
                 got = [row for row in copy.rows()]
             assert got == [("0", "tab\there 0"), ("1", None), ("2", None)]
+
+
+def test_savepoints_recover_a_failed_block(pg, table_name):
+    """psycopg's nested `transaction()` is a savepoint: a failure inside it rolls back to the
+    savepoint and the outer block carries on (SQLAlchemy's first connection does this when it
+    looks up the hstore type)."""
+    with psycopg.connect(pg["dsn"]) as conn:
+        conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, note TEXT)")
+        conn.commit()
+        conn.execute(f"INSERT INTO {table_name} VALUES (%s, %s)", (1, "a"))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            with conn.transaction():
+                conn.execute("SELECT * FROM missing WHERE a = %s", (1,))
+        # Back in the block, not failed: later statements run.
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert conn.execute(f"SELECT note FROM {table_name} WHERE k = %s", (1,)).fetchone() == ("a",)
+        with conn.transaction():
+            conn.execute(f"INSERT INTO {table_name} VALUES (%s, %s)", (2, "b"))
+        assert psycopg.types.TypeInfo.fetch(conn, "hstore") is None
+        conn.commit()
+        assert conn.execute(f"SELECT count(*) FROM {table_name}").fetchone() == (2,)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InvalidSavepointSpecification):
+            conn.execute("RELEASE SAVEPOINT nowhere")
+        conn.rollback()
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.NoActiveSqlTransaction):
+            conn.execute("SAVEPOINT outside")

@@ -35,6 +35,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     visit_expressions_mut, Expr as SqlExpr, GroupByExpr, SelectItem, SetExpr, Statement,
+    Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -151,6 +152,7 @@ pub(crate) fn install(
     lib::generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
     ctx.register_udf(ScalarUDF::new_from_impl(Version::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new()));
     // No sequences, no views, no index expressions, no user-defined types.
     for name in [
         "pg_get_serial_sequence",
@@ -161,6 +163,10 @@ pub(crate) fn install(
         ctx.register_udf(ScalarUDF::new_from_impl(NullText::new(name)));
     }
     ctx.register_udf(ScalarUDF::new_from_impl(Visible::new("pg_type_is_visible")));
+    // SQLAlchemy 2.1's column reflection asks whether a column's collation is visible.
+    ctx.register_udf(ScalarUDF::new_from_impl(Visible::new(
+        "pg_collation_is_visible",
+    )));
     Ok(())
 }
 
@@ -195,8 +201,11 @@ pub(crate) fn parse_catalog_query(sql: &str) -> Option<Vec<Statement>> {
             ControlFlow::<()>::Continue(())
         });
         let _ = visit_expressions_mut(s, |e| {
+            sequence_lookup(e);
             aggregate_scalar_subquery(e);
             generate_subscripts(e);
+            case_of_subquery(e);
+            like_escape(e);
             ControlFlow::<()>::Continue(())
         });
     }
@@ -246,6 +255,172 @@ const AGGREGATES: [&str; 12] = [
     "json_agg",
 ];
 
+/// `CASE WHEN c THEN (SELECT ...) [ELSE NULL] END`, as SQLAlchemy 2.1 reflects a column's
+/// default and collation, becomes the subquery alone: DataFusion cannot run a subquery under a
+/// `CASE`. In those lookups the subquery finds no row when the condition is false (no
+/// `pg_attrdef` row without a default; Nyala's columns have no collation of their own), so
+/// the answer is the same. Runs after the subquery's own rewrite (the visit is post-order).
+fn case_of_subquery(e: &mut SqlExpr) {
+    let SqlExpr::Case {
+        operand: None,
+        conditions,
+        else_result,
+        ..
+    } = e
+    else {
+        return;
+    };
+    let else_null = else_result
+        .as_deref()
+        .is_none_or(|x| matches!(x, SqlExpr::Value(v) if v.value == SqlValue::Null));
+    if conditions.len() != 1 || !else_null || !matches!(conditions[0].result, SqlExpr::Subquery(_))
+    {
+        return;
+    }
+    *e = conditions.remove(0).result;
+}
+
+/// `x LIKE p ESCAPE 'c'` with an escape character other than the backslash, the only one
+/// DataFusion takes (SQLAlchemy 2.1 lists schemas with `nspname NOT LIKE 'pg/_%' ESCAPE '/'`),
+/// becomes the same match in backslash escapes: `p`'s backslashes doubled (they are literal
+/// under `ESCAPE 'c'`), `cc` a literal `c`, and any other `c` a backslash. The pattern may be a
+/// parameter, so the translation is an expression.
+fn like_escape(e: &mut SqlExpr) {
+    let (SqlExpr::Like {
+        pattern,
+        escape_char,
+        ..
+    }
+    | SqlExpr::ILike {
+        pattern,
+        escape_char,
+        ..
+    }) = e
+    else {
+        return;
+    };
+    let Some(SqlValue::SingleQuotedString(c)) = escape_char.as_ref().map(|v| &v.value) else {
+        return;
+    };
+    let mut chars = c.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return;
+    };
+    if c == '\\' || c == '\'' {
+        return;
+    }
+    // A private-use character stands for `cc` while single `c`s become backslashes.
+    let held = '\u{E000}';
+    let sql = format!(
+        "replace(replace(replace(replace({pattern}, '\\', '\\\\'), '{c}{c}', '{held}'), '{c}', '\\'), '{held}', '\\{c}')"
+    );
+    if let Ok(translated) = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+    {
+        **pattern = translated;
+        *escape_char = None;
+    }
+}
+
+/// A scalar subquery over `pg_sequence` alone (SQLAlchemy 2.1 reflects identity columns
+/// with one whose projection names the outer query's columns, which DataFusion cannot plan)
+/// is NULL: Nyala has no sequences, so it finds no row.
+fn sequence_lookup(e: &mut SqlExpr) {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    let SqlExpr::Subquery(query) = e else { return };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return;
+    };
+    let only_sequences = matches!(select.from.as_slice(), [t] if t.joins.is_empty()
+        && matches!(&t.relation, TableFactor::Table { name, .. }
+            if name.0.last().is_some_and(|n| n.to_string().eq_ignore_ascii_case("pg_sequence"))));
+    if only_sequences {
+        *e = SqlExpr::Value(SqlValue::Null.into());
+    }
+}
+
+/// Drops from a catalog subquery's `WHERE` the conjuncts that name only the outer query's
+/// columns (SQLAlchemy 2.1 reflects a default with `WHERE pg_attribute.atthasdef AND
+/// pg_attrdef.adrelid = pg_attribute.attrelid AND ...`): DataFusion cannot decorrelate them.
+/// In these lookups they only repeat what the correlated conjuncts imply (no `pg_attrdef` row
+/// without `atthasdef`), so the rows found are the same.
+fn drop_outer_only_conjuncts(select: &mut datafusion::sql::sqlparser::ast::Select) {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, TableFactor};
+    let Some(selection) = select.selection.take() else {
+        return;
+    };
+    // The subquery's own relations, by alias or last name part.
+    let mut own: Vec<String> = Vec::new();
+    for t in &select.from {
+        for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
+            if let TableFactor::Table { name, alias, .. } = f {
+                if let Some(a) = alias {
+                    own.push(a.name.value.to_ascii_lowercase());
+                }
+                if let Some(last) = name.0.last() {
+                    own.push(last.to_string().to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    fn conjuncts(e: SqlExpr, out: &mut Vec<SqlExpr>) {
+        match e {
+            SqlExpr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                conjuncts(*left, out);
+                conjuncts(*right, out);
+            }
+            SqlExpr::Nested(inner)
+                if matches!(
+                    *inner,
+                    SqlExpr::BinaryOp {
+                        op: BinaryOperator::And,
+                        ..
+                    }
+                ) =>
+            {
+                conjuncts(*inner, out)
+            }
+            other => out.push(other),
+        }
+    }
+    let mut parts = Vec::new();
+    conjuncts(selection, &mut parts);
+    let outer_only = |e: &SqlExpr| -> bool {
+        let mut columns = 0;
+        let mut outer = true;
+        let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
+            match x {
+                SqlExpr::CompoundIdentifier(idents) if idents.len() >= 2 => {
+                    columns += 1;
+                    let table = idents[idents.len() - 2].value.to_ascii_lowercase();
+                    outer &= !own.contains(&table);
+                }
+                SqlExpr::Identifier(_) | SqlExpr::Subquery(_) | SqlExpr::Exists { .. } => {
+                    outer = false
+                }
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        columns > 0 && outer
+    };
+    let kept: Vec<SqlExpr> = if parts.len() > 1 && !own.is_empty() {
+        parts.into_iter().filter(|c| !outer_only(c)).collect()
+    } else {
+        parts
+    };
+    select.selection = kept.into_iter().reduce(|a, b| SqlExpr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    });
+}
+
 /// `(SELECT e FROM ... WHERE <correlated>)`, which catalog queries use to look up one row
 /// (a column's default, its collation), becomes `(SELECT first_value(e) ...)`: DataFusion
 /// plans correlated scalar subqueries only when they aggregate. The answer is the same
@@ -267,6 +442,7 @@ fn aggregate_scalar_subquery(e: &mut SqlExpr) {
     {
         return;
     }
+    drop_outer_only_conjuncts(select);
     let (expr, alias) = match select.projection.remove(0) {
         SelectItem::UnnamedExpr(expr) => (expr, None),
         SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
@@ -918,6 +1094,74 @@ impl ScalarUDFImpl for NullText {
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// `current_setting(name [, missing_ok])`: the server-wide value of a run-time parameter, as
+/// catalog queries ask for them (SQLAlchemy 2.1 compares a table's access method with
+/// `default_table_access_method`). What a session changed with `SET` is the PostgreSQL front
+/// end's (`SHOW`); a parameter not listed here is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    fn new() -> Self {
+        CurrentSetting {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }
+    }
+
+    fn value(name: &str) -> Option<String> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "default_table_access_method" => "heap".into(),
+            "server_version" => POSTGRES_VERSION.into(),
+            "server_version_num" => {
+                let (major, minor) = POSTGRES_VERSION
+                    .split_once('.')
+                    .unwrap_or((POSTGRES_VERSION, "0"));
+                format!("{major}{:04}", minor.parse::<u32>().unwrap_or(0))
+            }
+            "server_encoding" | "client_encoding" => "UTF8".into(),
+            "standard_conforming_strings" | "integer_datetimes" => "on".into(),
+            "datestyle" => "ISO, MDY".into(),
+            "timezone" => "UTC".into(),
+            "search_path" => "\"$user\", public".into(),
+            "max_identifier_length" => "63".into(),
+            "transaction_isolation" | "default_transaction_isolation" => "read committed".into(),
+            _ => return None,
+        })
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[ArrowType]) -> Result<ArrowType> {
+        Ok(ArrowType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(name) = args.args.first() else {
+            return Err(DataFusionError::Plan(
+                "current_setting takes a parameter name".into(),
+            ));
+        };
+        let names = name.to_array(args.number_rows)?;
+        let names = arrow::compute::cast(&names, &ArrowType::Utf8)?;
+        let out: arrow::array::StringArray = names
+            .as_string::<i32>()
+            .iter()
+            .map(|n| n.and_then(CurrentSetting::value))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 

@@ -1089,3 +1089,69 @@ async fn parameters_take_the_fast_paths_exactly_as_bound_literals_would() {
         assert_eq!(f, p, "{key:?}");
     }
 }
+
+/// Catalog queries as SQLAlchemy 2.1 writes them: a `LIKE` with its own escape character, a
+/// column default looked up under a `CASE` with a condition on the outer row, an identity
+/// lookup in `pg_sequence`, and `current_setting`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_queries_of_sqlalchemy_2_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    run(
+        &e,
+        "CREATE TABLE cat (id INT PRIMARY KEY, name TEXT NOT NULL DEFAULT 'n', v REAL)",
+    )
+    .await;
+    // `/` escapes `_` and itself; everything else in the pattern is as written.
+    let like = run(
+        &e,
+        "SELECT nspname, nspname LIKE 'pg/_%' ESCAPE '/' AS a, 'x/_y' LIKE 'x///_y' ESCAPE '/' AS b,
+                'pg\\q' LIKE 'pg\\%' ESCAPE '/' AS c, 'pgxq' LIKE 'pg_q' ESCAPE '/' AS d
+         FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'public') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        text(&like),
+        "+------------+-------+------+------+------+\n\
+         | nspname    | a     | b    | c    | d    |\n\
+         +------------+-------+------+------+------+\n\
+         | pg_catalog | true  | true | true | true |\n\
+         | public     | false | true | true | true |\n\
+         +------------+-------+------+------+------+"
+    );
+    let columns = run(
+        &e,
+        "SELECT pg_catalog.pg_attribute.attname AS name,
+            CASE WHEN pg_catalog.pg_attribute.atthasdef THEN (SELECT pg_catalog.pg_get_expr(
+                pg_catalog.pg_attrdef.adbin, pg_catalog.pg_attrdef.adrelid) AS pg_get_expr_1
+              FROM pg_catalog.pg_attrdef WHERE pg_catalog.pg_attribute.atthasdef
+                AND pg_catalog.pg_attrdef.adrelid = pg_catalog.pg_attribute.attrelid
+                AND pg_catalog.pg_attrdef.adnum = pg_catalog.pg_attribute.attnum)
+            ELSE NULL END AS \"default\",
+            CASE WHEN (pg_catalog.pg_attribute.attidentity != '') THEN (SELECT json_build_object(
+                'always', pg_catalog.pg_attribute.attidentity = 'a', 'start',
+                pg_catalog.pg_sequence.seqstart) AS j FROM pg_catalog.pg_sequence
+              WHERE pg_catalog.pg_attribute.attidentity != '' AND pg_catalog.pg_sequence.seqrelid
+                = CAST(CAST(pg_catalog.pg_get_serial_sequence(CAST(CAST(
+                  pg_catalog.pg_attribute.attrelid AS REGCLASS) AS TEXT),
+                  pg_catalog.pg_attribute.attname) AS REGCLASS) AS OID))
+            ELSE NULL END AS identity_options,
+            current_setting('default_table_access_method') AS am
+         FROM pg_catalog.pg_class JOIN pg_catalog.pg_attribute
+           ON pg_catalog.pg_class.oid = pg_catalog.pg_attribute.attrelid
+          AND pg_catalog.pg_attribute.attnum > 0
+         WHERE pg_catalog.pg_class.relname = 'cat' ORDER BY pg_catalog.pg_attribute.attnum",
+    )
+    .await;
+    // Nyala's catalog lists no column defaults (`atthasdef` is false) and no sequences.
+    assert_eq!(
+        text(&columns),
+        "+------+---------+------------------+------+\n\
+         | name | default | identity_options | am   |\n\
+         +------+---------+------------------+------+\n\
+         | id   |         |                  | heap |\n\
+         | name |         |                  | heap |\n\
+         | v    |         |                  | heap |\n\
+         +------+---------+------------------+------+"
+    );
+}

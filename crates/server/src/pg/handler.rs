@@ -210,6 +210,22 @@ fn sql_error(e: SqlError) -> PgWireError {
 }
 
 /// The error PostgreSQL answers every statement with in a failed transaction block.
+/// A savepoint statement outside a transaction block (SQLSTATE 25P01, as PostgreSQL).
+fn no_block(what: &str) -> PgWireError {
+    user_error(
+        "25P01",
+        format!("{what} can only be used in transaction blocks"),
+    )
+}
+
+/// Where savepoint `name` is in the block's list (the latest of that name, as PostgreSQL).
+fn find_savepoint(points: &[(String, u64)], name: &str) -> PgWireResult<usize> {
+    points
+        .iter()
+        .rposition(|(n, _)| n == name)
+        .ok_or_else(|| user_error("3B001", format!("savepoint \"{name}\" does not exist")))
+}
+
 fn aborted() -> PgWireError {
     user_error(
         "25P02",
@@ -273,7 +289,11 @@ impl QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let ends_block = matches!(kind, Kind::Special(Special::Commit | Special::Rollback));
+        // What an aborted block still runs: its end, or a return to one of its savepoints.
+        let ends_block = matches!(
+            kind,
+            Kind::Special(Special::Commit | Special::Rollback | Special::RollbackTo(_))
+        );
         if status == TransactionStatus::Error && !ends_block {
             return Err(aborted());
         }
@@ -315,9 +335,11 @@ impl QueryHandler {
                     .await?;
                 }
                 *session.writes_in_block.lock() = 0;
+                session.savepoints.lock().clear();
                 Response::TransactionStart(Tag::new("BEGIN"))
             }
             Special::Commit => {
+                session.savepoints.lock().clear();
                 if status == TransactionStatus::Idle {
                     notice(
                         client,
@@ -334,6 +356,7 @@ impl QueryHandler {
                 }
             }
             Special::Rollback => {
+                session.savepoints.lock().clear();
                 let writes = std::mem::take(&mut *session.writes_in_block.lock());
                 if status == TransactionStatus::Idle {
                     notice(
@@ -351,6 +374,51 @@ impl QueryHandler {
                     notice(client, "WARNING", "01000", &message).await?;
                 }
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
+            Special::Savepoint(name) => {
+                if status == TransactionStatus::Idle {
+                    return Err(no_block("SAVEPOINT"));
+                }
+                let writes = *session.writes_in_block.lock();
+                session.savepoints.lock().push((name.clone(), writes));
+                Response::Execution(Tag::new("SAVEPOINT"))
+            }
+            Special::Release(name) => {
+                if status == TransactionStatus::Idle {
+                    return Err(no_block("RELEASE SAVEPOINT"));
+                }
+                let mut points = session.savepoints.lock();
+                let at = find_savepoint(&points, name)?;
+                points.truncate(at);
+                Response::Execution(Tag::new("RELEASE"))
+            }
+            Special::RollbackTo(name) => {
+                if status == TransactionStatus::Idle {
+                    return Err(no_block("ROLLBACK TO SAVEPOINT"));
+                }
+                let since = {
+                    let mut points = session.savepoints.lock();
+                    let at = find_savepoint(&points, name)?;
+                    // The savepoint stays (as in PostgreSQL); later ones go.
+                    points.truncate(at + 1);
+                    let since = *session.writes_in_block.lock() - points[at].1;
+                    points[at].1 = *session.writes_in_block.lock();
+                    since
+                };
+                if since > 0 {
+                    let message = format!(
+                        "ROLLBACK TO SAVEPOINT does not undo the {since} statement(s) that wrote \
+                         since SAVEPOINT {name}: Nyala applies each statement when it runs (see \
+                         docs/postgres.md)"
+                    );
+                    notice(client, "WARNING", "01000", &message).await?;
+                }
+                if status == TransactionStatus::Error {
+                    session
+                        .recovered
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                Response::Execution(Tag::new("ROLLBACK"))
             }
             Special::Set { name, value } => {
                 session.set(name, value.clone());
@@ -631,6 +699,27 @@ fn rows_response(batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<Res
 
 #[async_trait]
 impl SimpleQueryHandler for QueryHandler {
+    /// As pgwire's, on a connection that reports a block recovered by `ROLLBACK TO
+    /// SAVEPOINT` as in progress (see `unflushed`).
+    async fn on_query<C>(
+        &self,
+        client: &mut C,
+        query: pgwire::messages::simplequery::Query,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.db, client);
+        self._on_query(
+            &mut Unflushed::recovering(client, &session.recovered),
+            query,
+        )
+        .await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -669,12 +758,19 @@ impl SimpleQueryHandler for QueryHandler {
                     status = match &r {
                         Response::TransactionStart(_) => status.to_in_transaction_state(),
                         Response::TransactionEnd(_) => status.to_idle_state(),
+                        _ if session.recovered.load(std::sync::atomic::Ordering::Acquire) => {
+                            TransactionStatus::Transaction
+                        }
                         _ => status,
                     };
                     out.push(r);
                 }
-                // As PostgreSQL: the first error ends the query string.
+                // As PostgreSQL: the first error ends the query string (and fails a block
+                // that a `ROLLBACK TO SAVEPOINT` earlier in it had recovered).
                 Err(e) => {
+                    session
+                        .recovered
+                        .store(false, std::sync::atomic::Ordering::Release);
                     out.push(Response::Error(Box::new(e.into())));
                     break;
                 }
@@ -777,7 +873,8 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self._on_describe(&mut Unflushed(client), message).await
+        self._on_describe(&mut Unflushed::new(client), message)
+            .await
     }
 
     async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
@@ -787,7 +884,15 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self._on_execute(&mut Unflushed(client), message).await?;
+        self._on_execute(&mut Unflushed::new(client), message)
+            .await?;
+        // pgwire left a block that `ROLLBACK TO SAVEPOINT` recovered in the failed state.
+        if session(&self.db, client)
+            .recovered
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            client.set_transaction_status(TransactionStatus::Transaction);
+        }
         if matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
             // The client waits for CopyInResponse before it sends data (its Sync, if any,
             // is ignored during COPY).

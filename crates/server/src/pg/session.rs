@@ -22,6 +22,12 @@ pub(crate) struct Session {
     vars: Mutex<BTreeMap<String, String>>,
     /// Statements that wrote since `BEGIN` (a `ROLLBACK` warns that it cannot undo them).
     pub writes_in_block: Mutex<u64>,
+    /// The block's savepoints, oldest first: each name with `writes_in_block` when it was set.
+    pub savepoints: Mutex<Vec<(String, u64)>>,
+    /// Set by a `ROLLBACK TO SAVEPOINT` that ended an aborted block's error state: pgwire
+    /// only moves a block into the error state, so the handler moves it back (see
+    /// `unflushed::Unflushed`).
+    pub recovered: std::sync::atomic::AtomicBool,
     /// The COPY FROM in progress.
     pub copy: tokio::sync::Mutex<Option<super::copy::CopyIn>>,
     /// This session's process id, and its place in the server's sessions.
@@ -94,6 +100,8 @@ impl Session {
             engine,
             vars: Mutex::new(vars),
             writes_in_block: Mutex::new(0),
+            savepoints: Mutex::new(Vec::new()),
+            recovered: Default::default(),
             copy: tokio::sync::Mutex::new(None),
         }
     }
@@ -145,6 +153,12 @@ pub(crate) enum Special {
     Commit,
     /// `ROLLBACK`, `ABORT`.
     Rollback,
+    /// `SAVEPOINT name`.
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo(String),
     /// `SET [SESSION | LOCAL] name { TO | = } value | DEFAULT`, `SET TIME ZONE value`.
     Set { name: String, value: Option<String> },
     /// `SET TRANSACTION ...`, `SET SESSION CHARACTERISTICS ...`: accepted (Nyala runs every
@@ -180,9 +194,25 @@ pub(crate) fn special(sql: &str) -> Option<Special> {
         "BEGIN" => Some(Special::Begin),
         "START" if lower(1).as_deref() == Some("transaction") => Some(Special::Begin),
         "COMMIT" | "END" => Some(Special::Commit),
-        "ROLLBACK" | "ABORT" if !words.iter().any(|w| w.eq_ignore_ascii_case("to")) => {
-            Some(Special::Rollback)
+        "ROLLBACK" | "ABORT" => {
+            let mut rest = words[1..].iter().map(|w| w.to_ascii_lowercase());
+            let mut next = rest.next();
+            if matches!(next.as_deref(), Some("work" | "transaction")) {
+                next = rest.next();
+            }
+            match next.as_deref() {
+                None => Some(Special::Rollback),
+                Some("to") if first == "ROLLBACK" => {
+                    let name = savepoint_name(&words[1..])?;
+                    Some(Special::RollbackTo(name))
+                }
+                // `ROLLBACK AND NO CHAIN` and the like; anything else is the engine's error.
+                Some("and") => Some(Special::Rollback),
+                _ => None,
+            }
         }
+        "SAVEPOINT" => Some(Special::Savepoint(savepoint_name(&words[1..])?)),
+        "RELEASE" => Some(Special::Release(savepoint_name(&words[1..])?)),
         "SET" => parse_set(sql.trim().trim_end_matches(';')),
         "RESET" => match lower(1)?.as_str() {
             "all" => Some(Special::ResetAll),
@@ -215,6 +245,28 @@ pub(crate) fn special(sql: &str) -> Option<Special> {
         "UNLISTEN" => Some(Special::Ignored("UNLISTEN")),
         "DEALLOCATE" => Some(Special::Ignored("DEALLOCATE")),
         _ => None,
+    }
+}
+
+/// The savepoint named by the last of `words` (after an optional `SAVEPOINT` and, for
+/// `ROLLBACK TO`, `WORK`/`TRANSACTION` already taken): an identifier, folded to lower case
+/// unless double-quoted (psycopg names its savepoints `"_pg3_1"`).
+fn savepoint_name(words: &[&str]) -> Option<String> {
+    let words = match words.iter().position(|w| w.eq_ignore_ascii_case("to")) {
+        Some(i) => &words[i + 1..],
+        None => words,
+    };
+    let words = match words.first() {
+        Some(w) if w.eq_ignore_ascii_case("savepoint") && words.len() > 1 => &words[1..],
+        _ => words,
+    };
+    let [name] = words else {
+        return None;
+    };
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) if !quoted.is_empty() => Some(quoted.replace("\"\"", "\"")),
+        Some(_) => None,
+        None => Some(name.to_ascii_lowercase()),
     }
 }
 
@@ -295,7 +347,26 @@ mod tests {
         );
         assert_eq!(special("END;"), Some(Special::Commit));
         assert_eq!(special("ROLLBACK"), Some(Special::Rollback));
-        assert_eq!(special("ROLLBACK TO SAVEPOINT a"), None);
+        assert_eq!(
+            special("ROLLBACK TO SAVEPOINT a"),
+            Some(Special::RollbackTo("a".into()))
+        );
+        assert_eq!(
+            special("rollback transaction to B;"),
+            Some(Special::RollbackTo("b".into()))
+        );
+        assert_eq!(special("ROLLBACK WORK"), Some(Special::Rollback));
+        assert_eq!(
+            special("SAVEPOINT \"_pg3_1\""),
+            Some(Special::Savepoint("_pg3_1".into()))
+        );
+        assert_eq!(
+            special("RELEASE SAVEPOINT \"_pg3_1\""),
+            Some(Special::Release("_pg3_1".into()))
+        );
+        assert_eq!(special("release Sp"), Some(Special::Release("sp".into())));
+        assert_eq!(special("SAVEPOINT"), None);
+        assert_eq!(special("SAVEPOINT a b"), None);
         assert_eq!(
             special("SET search_path TO 'traffic', public"),
             Some(Special::Set {
