@@ -1,9 +1,10 @@
 //! PostgreSQL (and Impala) compatibility rewrites of parsed statements, applied before
 //! DataFusion plans them:
 //!
-//! - `to_timestamp(text, fmt)` and `to_date(text, fmt)` take PostgreSQL format patterns
-//!   (`YYYY-MM-DD HH24:MI:SS.US`); DataFusion's take chrono's (`%Y-%m-%d %H:%M:%S%.6f`), so
-//!   constant patterns are translated.
+//! - `to_timestamp(text, fmt)`, `to_date(text, fmt)` and `to_char(ts, fmt)` take PostgreSQL
+//!   format patterns (`YYYY-MM-DD HH24:MI:SS.US`); DataFusion's take chrono's
+//!   (`%Y-%m-%d %H:%M:%S%.6f`), so constant patterns are translated (without this, `to_char`
+//!   returned the pattern itself for every row).
 //! - `unix_timestamp()` and `unix_timestamp(ts)` (Impala) become
 //!   `CAST(extract(epoch FROM ...) AS BIGINT)`.
 //! - `BINARY`, `VARBINARY` and `BLOB` (in column definitions and casts) become `BYTEA`.
@@ -174,7 +175,7 @@ fn rewrite_expr(e: &mut Expr) {
         return;
     };
     match (name.as_str(), list.args.len()) {
-        ("to_timestamp" | "to_date", 2) => {
+        ("to_timestamp" | "to_date" | "to_char", 2) => {
             if let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) = &mut list.args[1] {
                 if let Value::SingleQuotedString(s) = &mut v.value {
                     *s = pg_format_to_chrono(s);
