@@ -216,8 +216,10 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     let total_minutes = args.days as i64 * 1440;
     let rows = total_minutes as u64 * args.points as u64 * LANES as u64;
     println!(
-        "Loading {rows} readings: {} points x {} lanes x {} days, one per minute.",
-        args.points, LANES, args.days
+        "Loading {rows} readings: {} x {} lanes x {}, one per minute.",
+        count(args.points, "point"),
+        LANES,
+        count(args.days, "day")
     );
     let bar = ProgressBar::new(rows).with_style(
         ProgressStyle::with_template(
@@ -286,8 +288,8 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         })
         .unwrap_or_default();
     println!(
-        "\nAverage car speed per hour of day at point {point} ({title}, limit {limit} km/h), {} days:\n",
-        args.days
+        "\nAverage car speed per hour of day at point {point} ({title}, limit {limit} km/h), {}:\n",
+        count(args.days, "day")
     );
     let mut hours = Vec::new();
     for b in &r.batches {
@@ -323,4 +325,13 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         elapsed.as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// `n` and the noun, plural unless `n` is 1 ("1 day", "7 days").
+fn count(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

@@ -189,6 +189,7 @@ async fn demo_loads_traffic_and_charts_one_point_and_the_shell_describes_it() {
     );
     assert!(stdout.contains("Loaded 8640 rows"), "{stdout}");
     assert!(stdout.contains("at point 2 ("), "{stdout}");
+    assert!(stdout.contains("3 points x 2 lanes x 1 day,"), "{stdout}");
     let chart: Vec<&str> = stdout.lines().filter(|l| l.contains(" km/h █")).collect();
     assert_eq!(chart.len(), 24, "{stdout}");
     assert!(chart[8].starts_with("  08:00"), "{stdout}");

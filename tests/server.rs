@@ -262,3 +262,39 @@ async fn background_maintenance_is_configured_by_flags_and_published_as_metrics(
         .to_string();
     assert!(rows.contains("120000"), "{rows}");
 }
+
+/// The human log format has colours only on a terminal: written to a pipe or a file it is
+/// plain text (no escape sequences to clutter `grep` or a log viewer).
+#[test]
+fn human_logs_to_a_pipe_are_plain_text() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--pg-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(log.contains("INFO") && log.contains("listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
