@@ -167,26 +167,7 @@ pub(crate) struct SqlArgs {
     pub(crate) timing: bool,
 }
 
-/// mimalloc's index of `mi_option_purge_delay` (mimalloc 2.x's `mi_option_e`; the Rust
-/// bindings name only some options).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long freed memory stays with the process before mimalloc returns it to the OS: 1 s
-/// instead of mimalloc 2's 10 ms (mimalloc 3's default is 1 s too). A write batch allocates
-/// and frees tens of MB, so with 10 ms every batch faulted in fresh pages that the kernel
-/// zeroed first (a fifth of the server's CPU during a bulk load). Measured with the gRPC
-/// benchmark, three alternating pairs: bulk ingest +10-24%, client upserts +17-25% in two of
-/// the three, peak RSS 1.09 GB against 0.98 GB, the same once the load ends.
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides when it is set.
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one integer option; mimalloc reads options atomically.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = match config::parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -224,35 +205,5 @@ pub(crate) fn url(addr: &str) -> String {
         addr.to_string()
     } else {
         format!("http://{addr}")
-    }
-}
-
-#[cfg(test)]
-mod allocator_tests {
-    /// `MI_OPTION_PURGE_DELAY` is mimalloc's purge delay: a process started with
-    /// `MIMALLOC_PURGE_DELAY=777` reads 777 there (a wrong index would tune another option).
-    #[test]
-    fn the_purge_delay_index_is_mimallocs() {
-        if std::env::var_os("NYALA_ALLOCATOR_CHILD").is_some() {
-            // SAFETY: reads one integer option.
-            let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-            assert_eq!(v, 777);
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "allocator_tests::the_purge_delay_index_is_mimallocs",
-                "--exact",
-            ])
-            .env("NYALA_ALLOCATOR_CHILD", "1")
-            .env("MIMALLOC_PURGE_DELAY", "777")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 }
