@@ -153,5 +153,18 @@ def test_savepoints_over_the_simple_protocol(pg, table_name):
         with pytest.raises(psycopg2.errors.InvalidSavepointSpecification):
             cur.execute("ROLLBACK TO SAVEPOINT before_typo")
         conn.rollback()
+        # A recovery and the block's end in one query string: the connection is idle after
+        # it, and stays so (a savepoint outside a block is refused).
+        cur.execute("SAVEPOINT again")
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            cur.execute("SELECT * FROM missing")
+        cur.execute("ROLLBACK TO SAVEPOINT again; COMMIT")
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        conn.rollback()  # psycopg2's own idea of the block
+        conn.autocommit = True
+        with pytest.raises(psycopg2.errors.NoActiveSqlTransaction):
+            cur.execute("SELECT 1; SAVEPOINT outside")
+        cur.execute("SELECT 1")
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
     finally:
         conn.close()

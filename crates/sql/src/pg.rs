@@ -270,7 +270,19 @@ pub(crate) fn pg_format_to_chrono(pg: &str) -> String {
     let mut out = String::with_capacity(pg.len() * 2);
     let chars: Vec<char> = pg.chars().collect();
     let mut i = 0;
+    // `FM` (fill mode) before a pattern drops its padding: chrono's `%-d` for numbers.
+    let mut fill_mode = false;
     'outer: while i < chars.len() {
+        if i + 2 <= chars.len()
+            && chars[i..i + 2]
+                .iter()
+                .collect::<String>()
+                .eq_ignore_ascii_case("fm")
+        {
+            fill_mode = true;
+            i += 2;
+            continue;
+        }
         if chars[i] == '"' {
             i += 1;
             while i < chars.len() && chars[i] != '"' {
@@ -288,7 +300,17 @@ pub(crate) fn pg_format_to_chrono(pg: &str) -> String {
                     .zip(p.chars())
                     .all(|(a, b)| a.to_ascii_uppercase() == b)
             {
-                out.push_str(c);
+                match c.strip_prefix('%') {
+                    Some(spec)
+                        if fill_mode
+                            && matches!(spec, "d" | "m" | "H" | "I" | "M" | "S" | "j" | "y") =>
+                    {
+                        out.push_str("%-");
+                        out.push_str(spec);
+                    }
+                    _ => out.push_str(c),
+                }
+                fill_mode = false;
                 i += n;
                 continue 'outer;
             }
@@ -329,5 +351,6 @@ mod tests {
             "%d %b %Y %I:%M %p"
         );
         assert_eq!(pg_format_to_chrono("YYYY\"T\"HH24 100%"), "%YT%H 100%%");
+        assert_eq!(pg_format_to_chrono("FMDD FMMonth FMHH12"), "%-d %B %-I");
     }
 }

@@ -273,8 +273,9 @@ fn case_of_subquery(e: &mut SqlExpr) {
     let else_null = else_result
         .as_deref()
         .is_none_or(|x| matches!(x, SqlExpr::Value(v) if v.value == SqlValue::Null));
-    if conditions.len() != 1 || !else_null || !matches!(conditions[0].result, SqlExpr::Subquery(_))
-    {
+    let catalog_lookup = matches!(&conditions.first().map(|c| &c.result),
+        Some(SqlExpr::Subquery(q)) if matches!(q.body.as_ref(), SetExpr::Select(sel) if reads_only_catalog(sel)));
+    if conditions.len() != 1 || !else_null || !catalog_lookup {
         return;
     }
     *e = conditions.remove(0).result;
@@ -282,8 +283,8 @@ fn case_of_subquery(e: &mut SqlExpr) {
 
 /// `x LIKE p ESCAPE 'c'` with an escape character other than the backslash, the only one
 /// DataFusion takes (SQLAlchemy 2.1 lists schemas with `nspname NOT LIKE 'pg/_%' ESCAPE '/'`),
-/// becomes the same match in backslash escapes: `p`'s backslashes doubled (they are literal
-/// under `ESCAPE 'c'`), `cc` a literal `c`, and any other `c` a backslash. The pattern may be a
+/// becomes the same match in backslash escapes (`c` followed by a character becomes `\` and
+/// that character; a backslash elsewhere is literal, so it is doubled). The pattern may be a
 /// parameter, so the translation is an expression.
 fn like_escape(e: &mut SqlExpr) {
     let (SqlExpr::Like {
@@ -309,10 +310,17 @@ fn like_escape(e: &mut SqlExpr) {
     if c == '\\' || c == '\'' {
         return;
     }
-    // A private-use character stands for `cc` while single `c`s become backslashes.
-    let held = '\u{E000}';
+    // An escaped character (`c` and the one after it) is first marked with a private-use
+    // character; then the pattern's backslashes are doubled (they are literal under `ESCAPE
+    // 'c'`), a marked backslash becomes `\\` (a literal backslash) and any other mark `\`.
+    let mark = '\u{E000}';
+    let c_re = match c {
+        ']' | '^' | '-' => format!("[\\{c}]"),
+        _ => format!("[{c}]"),
+    };
     let sql = format!(
-        "replace(replace(replace(replace({pattern}, '\\', '\\\\'), '{c}{c}', '{held}'), '{c}', '\\'), '{held}', '\\{c}')"
+        "replace(replace(replace(regexp_replace({pattern}, '(?s){c_re}(.)', '{mark}\\1', 'g'), \
+         '\\', '\\\\'), '{mark}\\\\', '\\\\'), '{mark}', '\\')"
     );
     if let Ok(translated) = Parser::new(&PostgreSqlDialect {})
         .try_with_sql(&sql)
@@ -321,6 +329,23 @@ fn like_escape(e: &mut SqlExpr) {
         **pattern = translated;
         *escape_char = None;
     }
+}
+
+/// Whether every relation `select` reads is a catalog table (`pg_...`): the rewrites that
+/// trade exactness for plannability touch only such lookups, never a user's tables.
+fn reads_only_catalog(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    !select.from.is_empty()
+        && select.from.iter().all(|t| {
+            std::iter::once(&t.relation)
+                .chain(t.joins.iter().map(|j| &j.relation))
+                .all(|f| {
+                    matches!(f, TableFactor::Table { name, .. }
+                    if name.0.last().is_some_and(|n| {
+                        n.to_string().trim_matches('"').to_ascii_lowercase().starts_with("pg_")
+                    }))
+                })
+        })
 }
 
 /// A scalar subquery over `pg_sequence` alone (SQLAlchemy 2.1 reflects identity columns
@@ -335,7 +360,13 @@ fn sequence_lookup(e: &mut SqlExpr) {
     let only_sequences = matches!(select.from.as_slice(), [t] if t.joins.is_empty()
         && matches!(&t.relation, TableFactor::Table { name, .. }
             if name.0.last().is_some_and(|n| n.to_string().eq_ignore_ascii_case("pg_sequence"))));
-    if only_sequences {
+    // `count(*)` over it is 0, not NULL.
+    let aggregates = select.projection.iter().any(|p| {
+        matches!(p, SelectItem::UnnamedExpr(SqlExpr::Function(f))
+            | SelectItem::ExprWithAlias { expr: SqlExpr::Function(f), .. }
+            if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()))
+    });
+    if only_sequences && !aggregates {
         *e = SqlExpr::Value(SqlValue::Null.into());
     }
 }
@@ -347,6 +378,9 @@ fn sequence_lookup(e: &mut SqlExpr) {
 /// without `atthasdef`), so the rows found are the same.
 fn drop_outer_only_conjuncts(select: &mut datafusion::sql::sqlparser::ast::Select) {
     use datafusion::sql::sqlparser::ast::{BinaryOperator, TableFactor};
+    if !reads_only_catalog(select) {
+        return;
+    }
     let Some(selection) = select.selection.take() else {
         return;
     };
@@ -390,24 +424,11 @@ fn drop_outer_only_conjuncts(select: &mut datafusion::sql::sqlparser::ast::Selec
     }
     let mut parts = Vec::new();
     conjuncts(selection, &mut parts);
+    // Only a bare boolean column of an outer table (`pg_attribute.atthasdef`): a comparison
+    // with the outer row, DataFusion plans.
     let outer_only = |e: &SqlExpr| -> bool {
-        let mut columns = 0;
-        let mut outer = true;
-        let _ = datafusion::sql::sqlparser::ast::visit_expressions(e, |x| {
-            match x {
-                SqlExpr::CompoundIdentifier(idents) if idents.len() >= 2 => {
-                    columns += 1;
-                    let table = idents[idents.len() - 2].value.to_ascii_lowercase();
-                    outer &= !own.contains(&table);
-                }
-                SqlExpr::Identifier(_) | SqlExpr::Subquery(_) | SqlExpr::Exists { .. } => {
-                    outer = false
-                }
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        columns > 0 && outer
+        matches!(e, SqlExpr::CompoundIdentifier(idents) if idents.len() >= 2
+            && !own.contains(&idents[idents.len() - 2].value.to_ascii_lowercase()))
     };
     let kept: Vec<SqlExpr> = if parts.len() > 1 && !own.is_empty() {
         parts.into_iter().filter(|c| !outer_only(c)).collect()
@@ -442,7 +463,6 @@ fn aggregate_scalar_subquery(e: &mut SqlExpr) {
     {
         return;
     }
-    drop_outer_only_conjuncts(select);
     let (expr, alias) = match select.projection.remove(0) {
         SelectItem::UnnamedExpr(expr) => (expr, None),
         SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
@@ -451,6 +471,7 @@ fn aggregate_scalar_subquery(e: &mut SqlExpr) {
             return;
         }
     };
+    drop_outer_only_conjuncts(select);
     let aggregated = matches!(&expr, SqlExpr::Function(f)
         if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()));
     let expr = if aggregated {

@@ -1106,18 +1106,20 @@ async fn catalog_queries_of_sqlalchemy_2_1() {
     let like = run(
         &e,
         "SELECT nspname, nspname LIKE 'pg/_%' ESCAPE '/' AS a, 'x/_y' LIKE 'x///_y' ESCAPE '/' AS b,
-                'pg\\q' LIKE 'pg\\%' ESCAPE '/' AS c, 'pgxq' LIKE 'pg_q' ESCAPE '/' AS d
+                'pg\\q' LIKE 'pg\\%' ESCAPE '/' AS c, 'pgxq' LIKE 'pg_q' ESCAPE '/' AS d,
+                'a\\' LIKE 'a/\\' ESCAPE '/' AND 'a\\\\' NOT LIKE 'a/\\' ESCAPE '/'
+                  AND 'a%' LIKE 'a!%' ESCAPE '!' AND 'ab' NOT LIKE 'a!%' ESCAPE '!' AS e
          FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'public') ORDER BY 1",
     )
     .await;
     assert_eq!(
         text(&like),
-        "+------------+-------+------+------+------+\n\
-         | nspname    | a     | b    | c    | d    |\n\
-         +------------+-------+------+------+------+\n\
-         | pg_catalog | true  | true | true | true |\n\
-         | public     | false | true | true | true |\n\
-         +------------+-------+------+------+------+"
+        "+------------+-------+------+------+------+------+\n\
+         | nspname    | a     | b    | c    | d    | e    |\n\
+         +------------+-------+------+------+------+------+\n\
+         | pg_catalog | true  | true | true | true | true |\n\
+         | public     | false | true | true | true | true |\n\
+         +------------+-------+------+------+------+------+"
     );
     let columns = run(
         &e,

@@ -6,6 +6,7 @@
 //! becomes PostgreSQL's row description, data rows and command tag.
 
 use std::fmt::Debug;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -414,9 +415,7 @@ impl QueryHandler {
                     notice(client, "WARNING", "01000", &message).await?;
                 }
                 if status == TransactionStatus::Error {
-                    session
-                        .recovered
-                        .store(true, std::sync::atomic::Ordering::Release);
+                    session.recovered.store(true, Ordering::Release);
                 }
                 Response::Execution(Tag::new("ROLLBACK"))
             }
@@ -713,11 +712,16 @@ impl SimpleQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = session(&self.db, client);
-        self._on_query(
-            &mut Unflushed::recovering(client, &session.recovered),
-            query,
-        )
-        .await
+        let answered = self
+            ._on_query(
+                &mut Unflushed::recovering(client, &session.recovered),
+                query,
+            )
+            .await;
+        // The flag belongs to this query's answer; whatever it sent (or if it failed or was
+        // cancelled), it must not reach the next query.
+        session.recovered.store(false, Ordering::Release);
+        answered
     }
 
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -739,6 +743,7 @@ impl SimpleQueryHandler for QueryHandler {
                     .map(|p| Kind::Sql(Box::new(p)))
                     .map_err(sql_error),
             };
+            let rollback_to = matches!(kind, Ok(Kind::Special(Special::RollbackTo(_))));
             let result = match kind {
                 Ok(kind) => {
                     self.run(
@@ -757,8 +762,13 @@ impl SimpleQueryHandler for QueryHandler {
                 Ok(r) => {
                     status = match &r {
                         Response::TransactionStart(_) => status.to_in_transaction_state(),
-                        Response::TransactionEnd(_) => status.to_idle_state(),
-                        _ if session.recovered.load(std::sync::atomic::Ordering::Acquire) => {
+                        // A block that ends is no longer one a `ROLLBACK TO` recovered:
+                        // pgwire's own status (idle) is right again.
+                        Response::TransactionEnd(_) => {
+                            session.recovered.store(false, Ordering::Release);
+                            status.to_idle_state()
+                        }
+                        _ if rollback_to && session.recovered.load(Ordering::Acquire) => {
                             TransactionStatus::Transaction
                         }
                         _ => status,
@@ -768,9 +778,7 @@ impl SimpleQueryHandler for QueryHandler {
                 // As PostgreSQL: the first error ends the query string (and fails a block
                 // that a `ROLLBACK TO SAVEPOINT` earlier in it had recovered).
                 Err(e) => {
-                    session
-                        .recovered
-                        .store(false, std::sync::atomic::Ordering::Release);
+                    session.recovered.store(false, Ordering::Release);
                     out.push(Response::Error(Box::new(e.into())));
                     break;
                 }
@@ -889,7 +897,7 @@ impl ExtendedQueryHandler for QueryHandler {
         // pgwire left a block that `ROLLBACK TO SAVEPOINT` recovered in the failed state.
         if session(&self.db, client)
             .recovered
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            .swap(false, Ordering::AcqRel)
         {
             client.set_transaction_status(TransactionStatus::Transaction);
         }
