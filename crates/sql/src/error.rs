@@ -16,7 +16,7 @@ pub enum SqlError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// Parsing, planning or execution failed in DataFusion.
-    #[error("{0}")]
+    #[error("{}", datafusion_message(.0))]
     DataFusion(DataFusionError),
     /// A row of the statement was refused (e.g. a duplicate key on INSERT); the statement
     /// stops there.
@@ -148,6 +148,31 @@ impl From<datafusion::sql::sqlparser::parser::ParserError> for SqlError {
 impl From<nyala_common::SchemaError> for SqlError {
     fn from(e: nyala_common::SchemaError) -> Self {
         SqlError::Storage(e.into())
+    }
+}
+
+/// What a DataFusion error says, without DataFusion's framing (`SQL error: ParserError("...")`,
+/// `Error during planning: `, `Arrow error: Divide by zero error`): clients show the message
+/// next to its SQLSTATE, which already tells the kind of failure. Context DataFusion added
+/// stays in front.
+fn datafusion_message(e: &DataFusionError) -> String {
+    use datafusion::sql::sqlparser::parser::ParserError as P;
+    if let DataFusionError::Context(ctx, inner) = e {
+        return format!("{ctx}: {}", datafusion_message(inner));
+    }
+    match e.find_root() {
+        DataFusionError::SQL(p, _) => match p.as_ref() {
+            P::ParserError(m) | P::TokenizerError(m) => format!("syntax error: {m}"),
+            P::RecursionLimitExceeded => "syntax error: the statement nests too deeply".into(),
+        },
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.trim().to_string(),
+        DataFusionError::NotImplemented(m) => format!("not supported: {m}"),
+        DataFusionError::ArrowError(a, _)
+            if matches!(a.as_ref(), arrow_schema::ArrowError::DivideByZero) =>
+        {
+            "division by zero".into()
+        }
+        root => root.strip_backtrace(),
     }
 }
 

@@ -425,6 +425,22 @@ async fn errors_carry_postgresql_sqlstates() {
     assert_eq!(state("CREATE TABLE kv (id INT PRIMARY KEY)").await, "42P07");
     assert_eq!(state("INSERT INTO kv VALUES (2, NULL)").await, "23502");
     assert_eq!(state("UPDATE kv SET id = 3").await, "0A000");
+    // Messages say the problem without DataFusion's framing (`SQL error: ParserError(...)`,
+    // `Error during planning: `, `Arrow error: `); the SQLSTATE tells the kind.
+    let message = |sql: &'static str| {
+        let e = &e;
+        async move { e.execute(sql).await.unwrap_err().to_string() }
+    };
+    assert_eq!(
+        message("SELEC 1").await,
+        "syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1"
+    );
+    assert_eq!(
+        message("SELECT * FROM missing").await,
+        "table 'nyala.public.missing' not found"
+    );
+    assert_eq!(message("SELECT id / 0 FROM kv").await, "division by zero");
+    assert_eq!(state("SELECT id / 0 FROM kv").await, "22012");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
