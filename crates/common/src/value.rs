@@ -216,8 +216,20 @@ impl fmt::Display for Value {
             Value::Float64(v) => write!(f, "{v}"),
             Value::Utf8(v) => write!(f, "'{v}'"),
             Value::Binary(v) => write!(f, "{v:02x?}"),
-            Value::Timestamp(v) => write!(f, "timestamp {v}us"),
-            Value::Date(v) => write!(f, "date {v}d"),
+            // As PostgreSQL prints them (error messages name keys this way).
+            Value::Timestamp(v) => {
+                match arrow::temporal_conversions::timestamp_us_to_datetime(*v) {
+                    Some(t) if t.and_utc().timestamp_subsec_micros() == 0 => {
+                        write!(f, "'{}'", t.format("%Y-%m-%d %H:%M:%S"))
+                    }
+                    Some(t) => write!(f, "'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+                    None => write!(f, "timestamp {v}us"),
+                }
+            }
+            Value::Date(v) => match arrow::temporal_conversions::date32_to_datetime(*v) {
+                Some(d) => write!(f, "'{}'", d.format("%Y-%m-%d")),
+                None => write!(f, "date {v}d"),
+            },
             Value::Decimal(v) => write!(f, "decimal {v}"),
         }
     }
@@ -226,6 +238,19 @@ impl fmt::Display for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_postgresql_does() {
+        assert_eq!(
+            Value::Timestamp(1_714_557_600_000_000).to_string(),
+            "'2024-05-01 10:00:00'"
+        );
+        assert_eq!(
+            Value::Timestamp(1_714_557_600_250_000).to_string(),
+            "'2024-05-01 10:00:00.250000'"
+        );
+        assert_eq!(Value::Date(19844).to_string(), "'2024-05-01'");
+    }
 
     #[test]
     fn round_trip_every_type() {
