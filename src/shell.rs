@@ -276,7 +276,10 @@ async fn run_one(client: &Client, statement: &str, timing: bool) -> bool {
             if result.schema.fields().is_empty() {
                 println!("OK");
             } else {
-                match arrow::util::pretty::pretty_format_batches(&result.batches) {
+                match arrow::util::pretty::pretty_format_batches_with_options(
+                    &result.batches,
+                    &display_options(),
+                ) {
                     Ok(table) if result.num_rows() > 0 => println!("{table}"),
                     _ => {
                         let names: Vec<&str> = result
@@ -299,6 +302,15 @@ async fn run_one(client: &Client, statement: &str, timing: bool) -> bool {
             false
         }
     }
+}
+
+/// How result values print: times as PostgreSQL (and psql) show them, `2024-05-01 10:00:00`
+/// with a fraction only when there is one, instead of Arrow's ISO `2024-05-01T10:00:00`.
+fn display_options() -> arrow::util::display::FormatOptions<'static> {
+    arrow::util::display::FormatOptions::default()
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"))
+        .with_datetime_format(Some("%Y-%m-%d %H:%M:%S%.f"))
 }
 
 #[cfg(test)]

@@ -157,6 +157,10 @@ fn sql_cli_runs_statements_and_reports_errors() {
     assert!(ok, "{err}");
     assert!(out.contains("| 2     |"), "{out}");
     assert!(out.contains("| a;b |") && out.contains("| c   |"), "{out}");
+    // Times print as psql shows them, not in Arrow's ISO form.
+    let (ok, out, err) = nyala(&["-c", "SELECT TIMESTAMP '2024-05-01 10:00:00' AS t"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("| 2024-05-01 10:00:00 |"), "{out}");
     let (ok, _, err) = nyala(&["-c", "SELECT * FROM missing"], "");
     assert!(!ok);
     assert!(err.contains("ERROR:") && err.contains("42P01"), "{err}");
