@@ -315,7 +315,7 @@ fn like_escape(e: &mut SqlExpr) {
     // 'c'`), a marked backslash becomes `\\` (a literal backslash) and any other mark `\`.
     let mark = '\u{E000}';
     let c_re = match c {
-        ']' | '^' | '-' => format!("[\\{c}]"),
+        ']' | '[' | '^' | '-' | '&' | '~' => format!("[\\{c}]"),
         _ => format!("[{c}]"),
     };
     let sql = format!(

@@ -1124,7 +1124,8 @@ async fn catalog_queries_of_sqlalchemy_2_1() {
         "SELECT nspname, nspname LIKE 'pg/_%' ESCAPE '/' AS a, 'x/_y' LIKE 'x///_y' ESCAPE '/' AS b,
                 'pg\\q' LIKE 'pg\\%' ESCAPE '/' AS c, 'pgxq' LIKE 'pg_q' ESCAPE '/' AS d,
                 'a\\' LIKE 'a/\\' ESCAPE '/' AND 'a\\\\' NOT LIKE 'a/\\' ESCAPE '/'
-                  AND 'a%' LIKE 'a!%' ESCAPE '!' AND 'ab' NOT LIKE 'a!%' ESCAPE '!' AS e
+                  AND 'a%' LIKE 'a!%' ESCAPE '!' AND 'ab' NOT LIKE 'a!%' ESCAPE '!'
+                  AND 'a_' LIKE 'a[_' ESCAPE '[' AND 'ab' NOT LIKE 'a[_' ESCAPE '[' AS e
          FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'public') ORDER BY 1",
     )
     .await;
