@@ -23,26 +23,36 @@ impl Server {
         Self::start_with(dir, &[])
     }
 
+    /// `nyala serve` on `dir`, every listener on an ephemeral loopback port, its log on a
+    /// pipe (human format unless `flags` say otherwise).
+    pub fn command(dir: &Path, flags: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nyala"));
+        c.args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+        ])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        c
+    }
+
     /// Starts `nyala serve` on `dir` with extra flags.
     #[allow(clippy::zombie_processes)]
     pub fn start_with(dir: &Path, flags: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nyala"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--pg-addr",
-                "127.0.0.1:0",
-            ])
-            .args(flags)
-            .args(["--log-format", "json", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let flags: Vec<&str> = flags
+            .iter()
+            .copied()
+            .chain(["--log-format", "json"])
+            .collect();
+        let mut child = Self::command(dir, &flags).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         loop {
             let line = lines

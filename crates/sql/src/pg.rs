@@ -77,7 +77,8 @@ fn literal_text(e: &Expr) -> Option<String> {
 }
 
 /// `LIKE pattern ESCAPE 'c'` with another escape character than backslash (which is all
-/// DataFusion takes): the pattern rewritten to escape with backslashes.
+/// DataFusion takes): the pattern rewritten to escape with backslashes (a constant pattern
+/// here; [`escaped_pattern_expr`] for any other).
 fn backslash_escaped(pattern: &str, escape: char) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
     let mut chars = pattern.chars();
@@ -100,6 +101,26 @@ fn backslash_escaped(pattern: &str, escape: char) -> String {
     out
 }
 
+/// [`backslash_escaped`] as an expression, for a pattern known only when the statement runs
+/// (a parameter: psycopg 3 binds SQLAlchemy 2.1's `nspname NOT LIKE $1 || '%' ESCAPE '/'`).
+/// An escaped character (`c` and the one after it) is first marked with a private-use
+/// character; then the pattern's backslashes are doubled (they are literal under `ESCAPE
+/// 'c'`), a marked backslash becomes `\\` (a literal backslash) and any other mark `\`.
+fn escaped_pattern_expr(pattern: &Expr, c: char) -> Option<Expr> {
+    if c == '\'' {
+        return None;
+    }
+    let mark = '\u{E000}';
+    let class = match c {
+        ']' | '[' | '^' | '-' | '&' | '~' => format!("[\\{c}]"),
+        _ => format!("[{c}]"),
+    };
+    parse_expr(&format!(
+        "replace(replace(replace(regexp_replace({pattern}, '(?s){class}(.)', '{mark}\\1', 'g'), \
+         '\\', '\\\\'), '{mark}\\\\', '\\\\'), '{mark}', '\\')"
+    ))
+}
+
 fn rewrite_expr(e: &mut Expr) {
     if let Expr::Like {
         pattern,
@@ -116,11 +137,18 @@ fn rewrite_expr(e: &mut Expr) {
             Value::SingleQuotedString(s) if s.chars().count() == 1 => s.chars().next(),
             _ => None,
         };
-        if let (Some(c), Some(text)) = (c, literal_text(pattern)) {
-            if c != '\\' {
-                **pattern = Expr::value(Value::SingleQuotedString(backslash_escaped(&text, c)));
-                escape.value = Value::SingleQuotedString("\\".into());
-            }
+        let Some(c) = c.filter(|&c| c != '\\') else {
+            return;
+        };
+        let translated = match literal_text(pattern) {
+            Some(text) => Some(Expr::value(Value::SingleQuotedString(backslash_escaped(
+                &text, c,
+            )))),
+            None => escaped_pattern_expr(pattern, c),
+        };
+        if let Some(t) = translated {
+            **pattern = t;
+            escape.value = Value::SingleQuotedString("\\".into());
         }
         return;
     }
@@ -332,6 +360,17 @@ fn push_literal(out: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_escapes_of_a_parameter_become_an_expression() {
+        let p = parse_expr("$1 || '%'").unwrap();
+        let e = escaped_pattern_expr(&p, '/').unwrap().to_string();
+        assert!(
+            e.starts_with("replace(replace(replace(regexp_replace($1 || '%', '(?s)[/](.)'"),
+            "{e}"
+        );
+        assert!(escaped_pattern_expr(&p, '\'').is_none());
+    }
 
     #[test]
     fn like_escapes_become_backslashes() {

@@ -205,7 +205,6 @@ pub(crate) fn parse_catalog_query(sql: &str) -> Option<Vec<Statement>> {
             aggregate_scalar_subquery(e);
             generate_subscripts(e);
             case_of_subquery(e);
-            like_escape(e);
             ControlFlow::<()>::Continue(())
         });
     }
@@ -279,56 +278,6 @@ fn case_of_subquery(e: &mut SqlExpr) {
         return;
     }
     *e = conditions.remove(0).result;
-}
-
-/// `x LIKE p ESCAPE 'c'` with an escape character other than the backslash, the only one
-/// DataFusion takes (SQLAlchemy 2.1 lists schemas with `nspname NOT LIKE 'pg/_%' ESCAPE '/'`),
-/// becomes the same match in backslash escapes (`c` followed by a character becomes `\` and
-/// that character; a backslash elsewhere is literal, so it is doubled). The pattern may be a
-/// parameter, so the translation is an expression.
-fn like_escape(e: &mut SqlExpr) {
-    let (SqlExpr::Like {
-        pattern,
-        escape_char,
-        ..
-    }
-    | SqlExpr::ILike {
-        pattern,
-        escape_char,
-        ..
-    }) = e
-    else {
-        return;
-    };
-    let Some(SqlValue::SingleQuotedString(c)) = escape_char.as_ref().map(|v| &v.value) else {
-        return;
-    };
-    let mut chars = c.chars();
-    let (Some(c), None) = (chars.next(), chars.next()) else {
-        return;
-    };
-    if c == '\\' || c == '\'' {
-        return;
-    }
-    // An escaped character (`c` and the one after it) is first marked with a private-use
-    // character; then the pattern's backslashes are doubled (they are literal under `ESCAPE
-    // 'c'`), a marked backslash becomes `\\` (a literal backslash) and any other mark `\`.
-    let mark = '\u{E000}';
-    let c_re = match c {
-        ']' | '[' | '^' | '-' | '&' | '~' => format!("[\\{c}]"),
-        _ => format!("[{c}]"),
-    };
-    let sql = format!(
-        "replace(replace(replace(regexp_replace({pattern}, '(?s){c_re}(.)', '{mark}\\1', 'g'), \
-         '\\', '\\\\'), '{mark}\\\\', '\\\\'), '{mark}', '\\')"
-    );
-    if let Ok(translated) = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_expr())
-    {
-        **pattern = translated;
-        *escape_char = None;
-    }
 }
 
 /// Whether every relation `select` reads is a catalog table (`pg_...`): the rewrites that

@@ -402,8 +402,10 @@ impl QueryHandler {
                     let at = find_savepoint(&points, name)?;
                     // The savepoint stays (as in PostgreSQL); later ones go.
                     points.truncate(at + 1);
-                    let since = *session.writes_in_block.lock() - points[at].1;
-                    points[at].1 = *session.writes_in_block.lock();
+                    let now = *session.writes_in_block.lock();
+                    let since = now - points[at].1;
+                    // A later return to it warns only of what wrote after this one.
+                    points[at].1 = now;
                     since
                 };
                 if since > 0 {
@@ -894,10 +896,13 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         self._on_execute(&mut Unflushed::new(client), message)
             .await?;
-        // pgwire left a block that `ROLLBACK TO SAVEPOINT` recovered in the failed state.
-        if session(&self.db, client)
-            .recovered
-            .swap(false, Ordering::AcqRel)
+        // pgwire left a block that `ROLLBACK TO SAVEPOINT` recovered in the failed state. (Only
+        // a failed block can have been recovered: every other Execute, point lookups among
+        // them, skips the session lookup.)
+        if client.transaction_status() == TransactionStatus::Error
+            && session(&self.db, client)
+                .recovered
+                .swap(false, Ordering::AcqRel)
         {
             client.set_transaction_status(TransactionStatus::Transaction);
         }
