@@ -25,6 +25,7 @@
 
 mod bytelist;
 pub mod clock;
+mod colcache;
 mod compact;
 pub mod db;
 mod dv;
@@ -45,6 +46,7 @@ mod wal;
 pub mod write;
 
 pub use clock::Timestamp;
+pub use colcache::ColumnCacheStats;
 pub use db::names::TableName;
 pub use db::partition::{PartitionSpec, RangeBounds};
 pub use db::{Database, DatabaseOptions, IfExists, SchemaChange, Table, TableInfo, TableScan};

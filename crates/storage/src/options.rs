@@ -66,6 +66,10 @@ pub struct TabletOptions {
     pub meta_cache_bytes: u64,
     /// Memory for decoded key blocks of segments (presence checks and lookups), in bytes.
     pub key_cache_bytes: u64,
+    /// Memory for decoded segment columns that scans come back to, in bytes (0: none). The
+    /// tablets of a [`crate::Database`] share one cache of this size; a standalone tablet has
+    /// its own.
+    pub column_cache_bytes: u64,
 }
 
 impl TabletOptions {
@@ -114,6 +118,8 @@ impl Default for TabletOptions {
             compression: SegmentCompression::Lz4,
             meta_cache_bytes: 64 * 1024 * 1024,
             key_cache_bytes: 128 * 1024 * 1024,
+            // The columns the traffic queries read, decoded, for 10M rows: ~420 MiB.
+            column_cache_bytes: 1024 * 1024 * 1024,
         }
     }
 }

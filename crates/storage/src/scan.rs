@@ -12,10 +12,11 @@ use arrow_schema::SchemaRef;
 use nyala_common::RowCodec;
 
 use crate::clock::Timestamp;
+use crate::colcache::ColumnCache;
 use crate::error::Result;
 use crate::memtable::MemTable;
 use crate::predicate::{bind, BoundPredicate, KeyRange, Predicate};
-use crate::segment::{filter_by_snapshot, Segment, SegmentBatches};
+use crate::segment::{filter_by_snapshot, CacheUse, Segment, SegmentBatches};
 use crate::tablet::Version;
 
 /// Default rows per returned batch.
@@ -71,6 +72,7 @@ pub struct TabletScan {
     ready: VecDeque<RecordBatch>,
     segments_read: usize,
     rows_skipped: u64,
+    cache: Option<CacheUse>,
 }
 
 /// A segment being read: its batches, its timestamp column, and its layout.
@@ -141,6 +143,7 @@ impl TabletScan {
         version: Arc<Version>,
         snapshot: Timestamp,
         req: &ScanRequest,
+        cache: Option<Arc<ColumnCache>>,
         lookup: impl FnOnce(&Version, &[u8], Timestamp) -> Result<Option<RecordBatch>>,
     ) -> Result<TabletScan> {
         // The version's codec: the schema its buffer was written with.
@@ -178,6 +181,10 @@ impl TabletScan {
             ready: VecDeque::new(),
             segments_read: 0,
             rows_skipped: 0,
+            cache: cache.map(|cache| CacheUse {
+                cache,
+                fill: req.limit.is_none(),
+            }),
         };
         if scan.range.point {
             // Every key column is pinned: a point lookup, no scan.
@@ -404,6 +411,7 @@ impl TabletScan {
                         &self.range,
                         self.snapshot,
                         self.batch_size,
+                        self.cache.as_ref(),
                     ) {
                         Ok(read) => {
                             self.rows_skipped += read.rows_skipped;

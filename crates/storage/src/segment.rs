@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     make_comparator, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, DynComparator,
-    Int64Array, RecordBatch,
+    Int64Array, RecordBatch, RecordBatchOptions,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::SortOptions;
@@ -43,6 +43,7 @@ use nyala_common::{DataType, RowCodec, Schema};
 
 use crate::bytelist::ByteList;
 use crate::clock::Timestamp;
+use crate::colcache::{ColumnCache, SegmentToken};
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
 use crate::keyindex::{KeyIndex, KeyIndexBuilder, SampleColumns};
@@ -472,6 +473,8 @@ struct DiskSegment {
     /// The key index's samples split into key columns, made by the first scan with a
     /// predicate on a key column (see `KeyIndex::blocks_matching`).
     sample_columns: std::sync::OnceLock<Box<SampleColumns>>,
+    /// This opening of the file in the column cache.
+    token: SegmentToken,
 }
 
 #[derive(Debug)]
@@ -712,6 +715,7 @@ impl Segment {
                 dictionaries,
                 rg_starts,
                 sample_columns: Default::default(),
+                token: SegmentToken::new(),
             }),
         })
     }
@@ -968,6 +972,9 @@ impl Segment {
     /// column indices, ascending), skipping row groups that `preds` rule out. Rows deleted at
     /// the snapshot are skipped by position; rows newer than the snapshot are filtered by the
     /// caller when `meta.max_ts > snapshot` (it must then project the timestamp column).
+    /// With a `cache`, row groups are served from decoded columns where they are cached, and
+    /// decoded whole into it where the scan reads enough of them (see [`CachedRead`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn scan(
         &self,
         codec: &RowCodec,
@@ -976,6 +983,7 @@ impl Segment {
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
+        cache: Option<&CacheUse>,
     ) -> Result<SegmentRead> {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
             return Ok(SegmentRead::empty(0));
@@ -993,7 +1001,15 @@ impl Segment {
                     .map(|f| (f, p))
             })
             .collect();
-        let inner = self.scan_file(codec, &plan.file, &file_preds, range, snapshot, batch_size)?;
+        let inner = self.scan_file(
+            codec,
+            &plan.file,
+            &file_preds,
+            range,
+            snapshot,
+            batch_size,
+            cache,
+        )?;
         Ok(SegmentRead {
             batches: Box::new(inner.batches.map(move |r| {
                 let (b, live) = r?;
@@ -1027,6 +1043,7 @@ impl Segment {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn scan_file(
         &self,
         codec: &RowCodec,
@@ -1035,6 +1052,7 @@ impl Segment {
         range: &KeyRange,
         snapshot: Timestamp,
         batch_size: usize,
+        cache: Option<&CacheUse>,
     ) -> Result<SegmentRead> {
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
@@ -1105,6 +1123,21 @@ impl Segment {
                     .filter(|(_, p)| p.key_column().is_some())
                     .map(|&(f, p)| (f, p.clone()))
                     .collect();
+                if let Some(cache) = cache {
+                    let work: Vec<(usize, Vec<Range<u64>>)> =
+                        rgs.iter().map(|&i| (i, selected(i))).collect();
+                    if let Some(read) = CachedRead::plan(
+                        d,
+                        cache,
+                        projection,
+                        &exact,
+                        work,
+                        deleted.clone(),
+                        batch_size,
+                    ) {
+                        return Ok(SegmentRead::of(read, rows_skipped));
+                    }
+                }
                 // Deleted rows left in the selection, for the caller's filter to drop.
                 let unskipped = deleted.clone().filter(|_| scattered);
                 let read = ReadSpec {
@@ -1326,6 +1359,268 @@ impl SegmentRead {
 
     fn empty(rows_skipped: u64) -> Self {
         Self::of(std::iter::empty(), rows_skipped)
+    }
+}
+
+/// How a scan uses the column cache.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheUse {
+    pub cache: Arc<ColumnCache>,
+    /// Whether row groups not cached yet may be decoded whole into the cache. Off for scans
+    /// with a row limit, which may stop after their first batch.
+    pub fill: bool,
+}
+
+/// A row group is decoded whole into the column cache only if the scan reads at least this
+/// fraction (1 in n) of its rows: a narrow scan (one series of many) reads its few pages
+/// from the file instead, as it would without a cache.
+const CACHE_FILL_MIN_FRACTION: u64 = 4;
+
+/// A segment scan served from the column cache: each row group's columns come from the cache
+/// or are decoded whole and put there, and batches are zero-copy slices of them, with the
+/// scan's key-column predicates and deleted rows as the mask for the caller's filter.
+struct CachedRead {
+    token: SegmentToken,
+    bytes: Bytes,
+    meta: ArrowReaderMetadata,
+    rg_starts: Vec<u64>,
+    cache: Arc<ColumnCache>,
+    /// Segment columns needed (ascending): the projection and the predicates' columns.
+    columns: Vec<usize>,
+    /// Position in `columns` of each projected column.
+    out_pos: Vec<usize>,
+    /// Key-column predicates, with the position of their column in `columns`.
+    exact: Vec<(usize, BoundPredicate)>,
+    schema: SchemaRef,
+    deleted: Option<Arc<RoaringBitmap>>,
+    batch_size: usize,
+    /// Row groups still to read, each with the rows to read of it (ascending, disjoint).
+    work: std::collections::VecDeque<(usize, Vec<Range<u64>>)>,
+    current: Option<CachedRowGroup>,
+}
+
+/// The row group a [`CachedRead`] is in.
+struct CachedRowGroup {
+    first_row: u64,
+    arrays: Vec<ArrayRef>,
+    ranges: Vec<Range<u64>>,
+    /// The range the next batch starts in, and its first row (inside that range).
+    at: usize,
+    next_row: u64,
+}
+
+impl CachedRead {
+    /// The cached read of `work` (row groups with their selected rows), if every row group is
+    /// either cached or read widely enough to be worth caching.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        d: &DiskSegment,
+        cache: &CacheUse,
+        projection: &[usize],
+        exact: &[(usize, BoundPredicate)],
+        work: Vec<(usize, Vec<Range<u64>>)>,
+        deleted: Option<Arc<RoaringBitmap>>,
+        batch_size: usize,
+    ) -> Option<CachedRead> {
+        let mut columns: Vec<usize> = projection
+            .iter()
+            .copied()
+            .chain(exact.iter().map(|(f, _)| *f))
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let usable = work.iter().all(|(i, ranges)| {
+            let rows: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+            let group = d.rg_starts[i + 1] - d.rg_starts[*i];
+            (cache.fill && rows * CACHE_FILL_MIN_FRACTION >= group)
+                || columns
+                    .iter()
+                    .all(|&c| cache.cache.contains(d.token, *i, c))
+        });
+        if !usable {
+            return None;
+        }
+        let schema = d.reader_meta.schema().project(projection).ok()?;
+        Some(CachedRead {
+            token: d.token,
+            bytes: d.bytes.clone(),
+            meta: d.reader_meta.clone(),
+            rg_starts: d.rg_starts.clone(),
+            cache: cache.cache.clone(),
+            out_pos: projection
+                .iter()
+                .map(|c| position_in(&columns, *c))
+                .collect(),
+            exact: exact
+                .iter()
+                .map(|(f, p)| (position_in(&columns, *f), p.clone()))
+                .collect(),
+            columns,
+            schema: Arc::new(schema),
+            deleted,
+            batch_size,
+            work: work.into(),
+            current: None,
+        })
+    }
+
+    /// The needed columns of row group `rg`, whole: from the cache, or decoded and cached.
+    fn load(&self, rg: usize) -> Result<Vec<ArrayRef>> {
+        let mut arrays: Vec<Option<ArrayRef>> = self
+            .columns
+            .iter()
+            .map(|&c| self.cache.get(self.token, rg, c))
+            .collect();
+        let missing: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| arrays[i].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let rows = (self.rg_starts[rg + 1] - self.rg_starts[rg]) as usize;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                self.bytes.clone(),
+                self.meta.clone(),
+            )
+            .with_projection(ProjectionMask::roots(
+                self.meta.parquet_schema(),
+                missing.iter().map(|&i| self.columns[i]),
+            ))
+            .with_row_groups(vec![rg])
+            .with_batch_size(rows.max(1))
+            .build()?;
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+            let batch = match batches.as_slice() {
+                [b] => b.clone(),
+                [first, ..] => concat_batches(&first.schema(), &batches)?,
+                [] => RecordBatch::new_empty(Arc::new(ArrowSchema::empty())),
+            };
+            if batch.num_rows() != rows || batch.num_columns() != missing.len() {
+                return Err(StorageError::Corrupt(format!(
+                    "row group {rg} of a segment decoded to {} rows, not {rows}",
+                    batch.num_rows()
+                )));
+            }
+            for (j, &i) in missing.iter().enumerate() {
+                let a = batch.column(j).clone();
+                self.cache
+                    .insert(self.token, rg, self.columns[i], a.clone());
+                arrays[i] = Some(a);
+            }
+        }
+        Ok(arrays
+            .into_iter()
+            .map(|a| a.expect("every column is loaded"))
+            .collect())
+    }
+
+    /// The next batch of the current row group, or `None` when it is done.
+    fn next_in_group(
+        &self,
+        g: &mut CachedRowGroup,
+    ) -> Result<Option<(RecordBatch, Option<BooleanArray>)>> {
+        while g.at < g.ranges.len() {
+            let start = g.next_row;
+            let end = (start + self.batch_size as u64).min(g.ranges.last().expect("ranges").end);
+            let len = (end - start) as usize;
+            // The mask: the ranges' rows in the window (gaps false), through the predicates.
+            let mut bits = BooleanBufferBuilder::new(len);
+            let mut filled = start;
+            let mut whole = true;
+            while g.at < g.ranges.len() && g.ranges[g.at].start < end {
+                let r = &g.ranges[g.at];
+                let (a, b) = (r.start.max(filled), r.end.min(end));
+                if a > filled {
+                    bits.append_n((a - filled) as usize, false);
+                    whole = false;
+                }
+                let offset = (a - g.first_row) as usize;
+                let n = (b - a) as usize;
+                let mut pass: Option<BooleanArray> = None;
+                for (pos, p) in &self.exact {
+                    let m = p.evaluate(&g.arrays[*pos].slice(offset, n))?;
+                    pass = Some(match pass {
+                        None => m,
+                        // Key columns are never null, so neither mask has nulls.
+                        Some(k) => arrow::compute::and(&k, &m)?,
+                    });
+                }
+                match pass {
+                    Some(m) => {
+                        whole = false;
+                        bits.append_buffer(m.values());
+                    }
+                    None => bits.append_n(n, true),
+                }
+                filled = b;
+                if r.end <= end {
+                    g.at += 1;
+                } else {
+                    break;
+                }
+            }
+            if end > filled {
+                bits.append_n((end - filled) as usize, false);
+                whole = false;
+            }
+            g.next_row = match g.ranges.get(g.at) {
+                Some(r) => r.start.max(end),
+                None => end,
+            };
+            if let Some(del) = &self.deleted {
+                for r in del.range(start as u32..end as u32) {
+                    bits.set_bit((r as u64 - start) as usize, false);
+                    whole = false;
+                }
+            }
+            let mask = (!whole).then(|| BooleanArray::new(bits.finish(), None));
+            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                continue;
+            }
+            let offset = (start - g.first_row) as usize;
+            let columns = self
+                .out_pos
+                .iter()
+                .map(|&p| g.arrays[p].slice(offset, len))
+                .collect();
+            let opts = RecordBatchOptions::new().with_row_count(Some(len));
+            let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &opts)?;
+            return Ok(Some((batch, mask)));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for CachedRead {
+    type Item = Result<(RecordBatch, Option<BooleanArray>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(mut g) = self.current.take() {
+                match self.next_in_group(&mut g) {
+                    Ok(Some(b)) => {
+                        self.current = Some(g);
+                        return Some(Ok(b));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let (rg, ranges) = self.work.pop_front()?;
+            if ranges.is_empty() {
+                continue;
+            }
+            match self.load(rg) {
+                Ok(arrays) => {
+                    self.current = Some(CachedRowGroup {
+                        first_row: self.rg_starts[rg],
+                        arrays,
+                        next_row: ranges[0].start,
+                        ranges,
+                        at: 0,
+                    })
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use nyala_common::{RowCodec, Schema, Value};
 
 use crate::clock::{Clock, Timestamp};
+use crate::colcache::ColumnCache;
 use crate::dv::DeleteVector;
 use crate::error::{Result, StorageError};
 use crate::maintenance::{
@@ -157,6 +158,8 @@ pub(crate) struct TabletEnv {
     pub clock: Arc<Clock>,
     /// The maintenance manager: background flushes and compactions, the memory budget.
     pub maintenance: Arc<MaintenanceShared>,
+    /// Decoded segment columns for scans (`None`: no cache).
+    pub columns: Option<Arc<ColumnCache>>,
 }
 
 pub(crate) struct Inner {
@@ -185,6 +188,8 @@ pub(crate) struct Inner {
     compact_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     maintenance: Arc<MaintenanceShared>,
+    /// Decoded segment columns, shared with the other tablets of the process.
+    columns: Option<Arc<ColumnCache>>,
     /// Bytes this tablet charges to the process's memory budget (buffer plus frozen buffers).
     charged: AtomicUsize,
     /// Serialises re-measuring the charge, so that concurrent writers pass their changes on
@@ -242,6 +247,7 @@ impl Tablet {
         let env = TabletEnv {
             clock: Arc::default(),
             maintenance: own.shared().clone(),
+            columns: ColumnCache::new(opts.column_cache_bytes),
         };
         let mut t = Tablet::create_in(dir, schema, opts, &env)?;
         t._own_maintenance = Some(own);
@@ -277,6 +283,7 @@ impl Tablet {
         let env = TabletEnv {
             clock: Arc::default(),
             maintenance: own.shared().clone(),
+            columns: ColumnCache::new(opts.column_cache_bytes),
         };
         let mut t = Tablet::open_in(dir, opts, &env)?;
         t._own_maintenance = Some(own);
@@ -379,6 +386,7 @@ impl Tablet {
             compact_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             maintenance: env.maintenance.clone(),
+            columns: env.columns.clone(),
             charged: AtomicUsize::new(0),
             charge_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -584,9 +592,13 @@ impl Tablet {
         self.inner.check_snapshot(snapshot)?;
         let version = self.inner.version.load_full();
         self.inner.check_snapshot(snapshot)?;
-        TabletScan::new(version, snapshot, req, |v, k, s| {
-            self.inner.res.lookup(v, k, s)
-        })
+        TabletScan::new(
+            version,
+            snapshot,
+            req,
+            self.inner.columns.clone(),
+            |v, k, s| self.inner.res.lookup(v, k, s),
+        )
     }
 
     /// Writes the write buffer (and any frozen buffer awaiting its flush) to Parquet segments

@@ -740,3 +740,122 @@ fn compacting_a_table_leaves_one_segment_per_tablet_and_the_same_rows() {
     db.drop_table(&name("c"), IfExists::Error).unwrap();
     assert!(t.compact_all().is_err());
 }
+
+#[test]
+fn scans_reuse_decoded_columns_and_return_what_the_files_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = || PartitionSpec::hash(["uid"], 2);
+    let all: Vec<(i32, i64, f64)> = (0..20)
+        .flat_map(|uid| {
+            (0..20i64).map(move |m| (uid, m * 60_000_000, (uid * 100) as f64 + m as f64))
+        })
+        .collect();
+    let since = |t: i64| ScanRequest {
+        predicates: vec![Predicate::cmp("ts", CmpOp::Ge, Value::Timestamp(t))],
+        ..Default::default()
+    };
+    let one_uid = ScanRequest {
+        predicates: vec![Predicate::cmp("uid", CmpOp::Eq, Value::Int32(3))],
+        ..Default::default()
+    };
+    let limited = ScanRequest {
+        limit: Some(5),
+        ..Default::default()
+    };
+    let requests = [
+        ScanRequest::default(),
+        since(15 * 60_000_000),
+        one_uid.clone(),
+        ScanRequest {
+            projection: Some(vec!["speed".into()]),
+            predicates: vec![Predicate::cmp(
+                "ts",
+                CmpOp::Lt,
+                Value::Timestamp(60_000_000),
+            )],
+            ..Default::default()
+        },
+    ];
+    let results = |db: &Database| -> Vec<Vec<String>> {
+        let t = db.table(&name("c")).unwrap();
+        requests
+            .iter()
+            .map(|r| {
+                let mut rows: Vec<String> = t
+                    .scan(r)
+                    .unwrap()
+                    .flat_map(|b| {
+                        let b = b.unwrap();
+                        (0..b.num_rows())
+                            .map(|i| {
+                                b.columns()
+                                    .iter()
+                                    .map(|c| Value::from_array(c, i).unwrap().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                rows.sort();
+                rows
+            })
+            .collect()
+    };
+    // Row groups of 256 rows: each tablet's ~200 rows are one, of which one uid is a tenth.
+    let with_cache = |bytes: u64| DatabaseOptions {
+        tablet: nyala_storage::TabletOptions {
+            row_group_rows: 256,
+            column_cache_bytes: bytes,
+            ..test_opts()
+        },
+        ..opts()
+    };
+    let expected = {
+        let db = Database::open(dir.path(), with_cache(1 << 30)).unwrap();
+        let t = db
+            .create_table(&name("c"), &schema(), &spec(), IfExists::Error)
+            .unwrap();
+        t.write(&rows(&t, WriteOp::Insert, &all)).unwrap();
+        t.flush().unwrap();
+        // Deleted and updated rows live in the segments' deletion vectors.
+        t.write(&rows(
+            &t,
+            WriteOp::Delete,
+            &[(3, 16 * 60_000_000, 0.0), (7, 0, 0.0)],
+        ))
+        .unwrap();
+        t.write(&rows(&t, WriteOp::Update, &[(4, 19 * 60_000_000, -1.0)]))
+            .unwrap();
+        t.flush().unwrap();
+        // A narrow scan and a scan with a row limit read from the files: nothing is cached.
+        assert_eq!(contents(&t, &one_uid).len(), 19);
+        assert_eq!(
+            t.scan(&limited)
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum::<usize>(),
+            5
+        );
+        assert_eq!(db.column_cache_stats().misses, 0);
+        assert_eq!(db.column_cache_stats().used_bytes, 0);
+        let first = contents(&t, &ScanRequest::default());
+        assert_eq!(first.len(), 400 - 2);
+        assert_eq!(first[&(4, 19 * 60_000_000)], -1.0);
+        let s = db.column_cache_stats();
+        assert!(s.misses > 0 && s.hits == 0 && s.used_bytes > 0, "{s:?}");
+        // The same scan again decodes nothing.
+        assert_eq!(contents(&t, &ScanRequest::default()), first);
+        let again = db.column_cache_stats();
+        assert_eq!(again.misses, s.misses, "{again:?}");
+        assert!(again.hits >= s.misses, "{again:?}");
+        let since_15 = contents(&t, &since(15 * 60_000_000));
+        assert_eq!(since_15.len(), 20 * 5 - 1);
+        assert!(since_15.keys().all(|(_, ts)| *ts >= 15 * 60_000_000));
+        results(&db)
+    };
+    // The same requests without a cache: every row comes from the files.
+    let db = Database::open(dir.path(), with_cache(0)).unwrap();
+    assert_eq!(results(&db), expected);
+    assert_eq!(db.column_cache_stats(), Default::default());
+}

@@ -170,6 +170,11 @@ proptest! {
     }
 
     #[test]
+    fn tablet_matches_model_without_the_column_cache(actions in prop::collection::vec(action(), 1..80)) {
+        run_with(actions, TabletOptions { column_cache_bytes: 0, ..test_opts() });
+    }
+
+    #[test]
     fn tablet_matches_model_when_history_is_purged(actions in prop::collection::vec(action(), 1..80)) {
         run_with(actions, TabletOptions { history_retention: std::time::Duration::ZERO, ..test_opts() });
     }

@@ -26,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use nyala_common::{ColumnSchema, RowCodec, Schema};
 
 use crate::clock::Clock;
+use crate::colcache::{ColumnCache, ColumnCacheStats};
 use crate::error::{Result, StorageError};
 use crate::maintenance::{Maintenance, MaintenanceOptions, MaintenanceStats};
 use crate::options::TabletOptions;
@@ -98,6 +99,8 @@ pub struct Database {
     catalog: Mutex<CatalogState>,
     /// Background flushes and compactions of every tablet (stopped after the tables close).
     maintenance: Maintenance,
+    /// Decoded segment columns, shared by every tablet's scans.
+    columns: Option<Arc<ColumnCache>>,
     /// Declared last: the directory lock is released after everything else is closed.
     files: CatalogFiles,
 }
@@ -115,6 +118,7 @@ impl Database {
         let env = TabletEnv {
             clock: clock.clone(),
             maintenance: maintenance.shared().clone(),
+            columns: ColumnCache::new(opts.tablet.column_cache_bytes),
         };
         let jobs: Vec<(u64, PathBuf)> = state
             .tables
@@ -186,6 +190,7 @@ impl Database {
             tables: RwLock::new(tables),
             catalog: Mutex::new(state),
             maintenance,
+            columns: env.columns,
             files,
         })
     }
@@ -193,6 +198,11 @@ impl Database {
     /// The maintenance manager's counters and the write buffers' memory use, for metrics.
     pub fn maintenance_stats(&self) -> MaintenanceStats {
         self.maintenance.shared().stats()
+    }
+
+    /// The column cache's figures (all zero without one), for metrics.
+    pub fn column_cache_stats(&self) -> ColumnCacheStats {
+        self.columns.as_ref().map(|c| c.stats()).unwrap_or_default()
     }
 
     /// The options the database was opened with (front ends check writes against the limits
@@ -545,6 +555,7 @@ impl Database {
             let env = TabletEnv {
                 clock: self.clock.clone(),
                 maintenance: self.maintenance.shared().clone(),
+                columns: self.columns.clone(),
             };
             let t = Tablet::create_in(&dir, schema, self.opts.tablet.clone(), &env);
             (m, dir, t)
