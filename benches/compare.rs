@@ -234,17 +234,6 @@ fn json_rows(batches: &[RecordBatch]) -> serde_json::Value {
 async fn run_queries(engine: &Engine, phase: &str) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (name, q) in queries().into_iter().filter(|(n, _)| wanted(n)) {
-        if std::env::var_os("NYALA_COMPARE_EXPLAIN").is_some() {
-            // Where the time goes, operator by operator.
-            let plan = engine
-                .execute(&format!("EXPLAIN ANALYZE {q}"))
-                .await
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            println!(
-                "{}",
-                arrow::util::pretty::pretty_format_batches(&plan).unwrap()
-            );
-        }
         let mut times = Vec::new();
         let mut result = None;
         for _ in 0..runs() {
@@ -255,6 +244,18 @@ async fn run_queries(engine: &Engine, phase: &str) -> serde_json::Value {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             times.push(s.elapsed().as_secs_f64() * 1e3);
             result.get_or_insert_with(|| json_rows(&batches));
+        }
+        if std::env::var_os("NYALA_COMPARE_EXPLAIN").is_some() {
+            // Where the time goes, operator by operator, in the state the runs measured
+            // (caches warm).
+            let plan = engine
+                .execute(&format!("EXPLAIN ANALYZE {q}"))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            println!(
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+            );
         }
         let m = median(times);
         println!("  nyala {phase} {name}: median {m:.1} ms");

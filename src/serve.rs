@@ -53,6 +53,7 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
                         .saturating_mul(1 << 20),
                 ),
                 history_retention: Duration::from_secs(args.history_retention_secs),
+                column_cache_bytes: args.column_cache_mb.min(1 << 30) << 20,
                 ..Default::default()
             },
             maintenance,

@@ -265,6 +265,13 @@ async fn background_maintenance_is_configured_by_flags_and_published_as_metrics(
         .unwrap()
         .to_string();
     assert!(rows.contains("120000"), "{rows}");
+    // That scan read the flushed rows: their columns are now in the column cache.
+    let text = http_get(server.http, "/metrics");
+    assert!(metric(&text, "nyala_column_cache_capacity_bytes") > 0.0);
+    assert!(
+        metric(&text, "nyala_column_cache_misses_total") >= 1.0,
+        "{text}"
+    );
 }
 
 /// The human log format has colours only on a terminal: written to a pipe or a file it is

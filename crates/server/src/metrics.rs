@@ -152,6 +152,7 @@ impl Metrics {
         if let Some(db) = db {
             render_tables(&mut out, db);
             render_maintenance(&mut out, &db.maintenance_stats());
+            render_column_cache(&mut out, &db.column_cache_stats());
         }
         if let Some(rss) = resident_bytes() {
             let _ = writeln!(
@@ -206,6 +207,37 @@ fn render_tables(out: &mut String, db: &nyala_storage::Database) {
             let _ = writeln!(out, "{metric}{label} {v}");
         }
     }
+}
+
+/// The column cache's memory and how often scans find what they read in it.
+fn render_column_cache(out: &mut String, c: &nyala_storage::ColumnCacheStats) {
+    let rows: [(&str, &str, &str, u64); 4] = [
+        (
+            "nyala_column_cache_bytes",
+            "gauge",
+            "Bytes of decoded segment columns the scans' cache holds.",
+            c.used_bytes,
+        ),
+        (
+            "nyala_column_cache_capacity_bytes",
+            "gauge",
+            "The column cache's size (0: no cache).",
+            c.capacity_bytes,
+        ),
+        (
+            "nyala_column_cache_hits_total",
+            "counter",
+            "Row groups' columns scans found decoded in the cache.",
+            c.hits,
+        ),
+        (
+            "nyala_column_cache_misses_total",
+            "counter",
+            "Row groups' columns scans decoded into the cache.",
+            c.misses,
+        ),
+    ];
+    write_rows(out, &rows);
 }
 
 /// The maintenance manager's memory budget and work.
@@ -290,6 +322,11 @@ fn render_maintenance(out: &mut String, m: &nyala_storage::MaintenanceStats) {
             m.writes_refused,
         ),
     ];
+    write_rows(out, &rows);
+}
+
+/// Writes unlabelled metrics: (name, type, help, value).
+fn write_rows(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
     for (metric, kind, help, v) in rows {
         let _ = writeln!(
             out,
