@@ -198,10 +198,15 @@ impl TableProvider for NyalaTable {
         };
         let table = self.table.clone();
         // Choosing the snapshot may wait for a tablet's group commit: off the async workers.
-        let plan = tokio::task::spawn_blocking(move || table.plan_scan(&req))
+        let mut plan = tokio::task::spawn_blocking(move || table.plan_scan(&req))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(to_df)?;
+        plan.split(parts_per_tablet(
+            &plan.estimated_rows(),
+            state.config().target_partitions(),
+            limit,
+        ));
         Ok(Arc::new(NyalaScanExec::new(
             self.table.name().to_string(),
             self.table.tablet_count(),
@@ -235,7 +240,32 @@ impl TableProvider for NyalaTable {
     }
 }
 
-/// Scans the tablets of one table at one snapshot: one output partition per tablet.
+/// Tablets smaller than this (rows per part) are not split: their scan takes a few
+/// milliseconds, less than what an extra partition costs to set up and merge.
+const MIN_PART_ROWS: u64 = 500_000;
+
+/// How many parts each tablet of a scan is read in: enough for two partitions per core, so
+/// that tablets of unequal cost (one compacted, one not; a skip scan that skips more in one)
+/// even out across the cores, and a table of one tablet uses them all. A scan with a row limit
+/// stops early anyway and is not split.
+fn parts_per_tablet(
+    estimated_rows: &[u64],
+    target_partitions: usize,
+    limit: Option<usize>,
+) -> usize {
+    let tablets = estimated_rows.len();
+    if tablets == 0 || limit.is_some() {
+        return 1;
+    }
+    let rows_per_tablet = estimated_rows.iter().sum::<u64>() / tablets as u64;
+    let wanted = (2 * target_partitions.max(1)).div_ceil(tablets);
+    wanted
+        .min((rows_per_tablet / MIN_PART_ROWS) as usize)
+        .max(1)
+}
+
+/// Scans the tablets of one table at one snapshot: one output partition per tablet part (see
+/// [`parts_per_tablet`]).
 pub struct NyalaScanExec {
     table: String,
     tablets_total: usize,
@@ -283,7 +313,7 @@ impl NyalaScanExec {
             .filter_map(|name| schema.index_of(name).ok())
             .collect();
         let key_count = key_names.len();
-        let n = plan.tablet_ids.len().max(1);
+        let n = plan.partitions().max(1);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(n),
@@ -336,6 +366,10 @@ impl DisplayAs for NyalaScanExec {
             self.snapshot,
             cols.join(", ")
         )?;
+        let parts = self.plan.partitions() / self.plan.tablet_ids.len().max(1);
+        if parts > 1 {
+            write!(f, ", parts per tablet={parts}")?;
+        }
         if !self.predicates.is_empty() {
             let p: Vec<String> = self.predicates.iter().map(describe_predicate).collect();
             write!(f, ", predicates=[{}]", p.join(" AND "))?;
@@ -441,7 +475,7 @@ impl ExecutionPlan for NyalaScanExec {
         let plan = self.plan.clone();
         // Opened at the first poll, not here (a point lookup does its lookup on opening).
         // With every tablet pruned, the one partition is empty.
-        let opened: Box<dyn Iterator<Item = _> + Send> = if partition < plan.tablet_ids.len() {
+        let opened: Box<dyn Iterator<Item = _> + Send> = if partition < plan.partitions() {
             Box::new(std::iter::once_with(move || plan.open(partition)))
         } else {
             Box::new(std::iter::empty())
@@ -680,5 +714,26 @@ impl ExecutionPlan for NyalaWriteExec {
             count_schema(),
             stream,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_tablets_are_split_for_two_partitions_per_core() {
+        // Two tablets of 5M rows on two cores: two parts each.
+        assert_eq!(parts_per_tablet(&[5_000_000, 5_000_000], 2, None), 2);
+        // One tablet: four parts.
+        assert_eq!(parts_per_tablet(&[10_000_000], 2, None), 4);
+        // Never below MIN_PART_ROWS a part.
+        assert_eq!(parts_per_tablet(&[1_200_000], 8, None), 2);
+        // Small tablets, a row limit, or no tablet at all: one part.
+        assert_eq!(parts_per_tablet(&[400_000, 400_000], 2, None), 1);
+        assert_eq!(parts_per_tablet(&[10_000_000], 2, Some(10)), 1);
+        assert_eq!(parts_per_tablet(&[], 2, None), 1);
+        // More tablets than cores: one part each.
+        assert_eq!(parts_per_tablet(&[5_000_000; 8], 2, None), 1);
     }
 }

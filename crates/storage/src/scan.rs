@@ -38,8 +38,37 @@ pub struct ScanRequest {
     pub limit: Option<usize>,
 }
 
+/// Which share of a tablet's rows a scan reads: part `index` of `count` takes the same slice
+/// of every segment's rows (by position), and the last part the write buffer too. Parts of one
+/// tablet must read one [`Version`]: positions mean nothing across versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    /// All of the tablet.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// This part's rows of a segment of `rows` rows.
+    fn window(&self, rows: u64) -> std::ops::Range<u64> {
+        let at = |i: usize| (rows as u128 * i as u128 / self.count as u128) as u64;
+        at(self.index)..at(self.index + 1)
+    }
+
+    fn is_first(&self) -> bool {
+        self.index == 0
+    }
+
+    fn is_last(&self) -> bool {
+        self.index + 1 == self.count
+    }
+}
+
 enum Source {
-    Segment(Arc<Segment>),
+    /// A segment, and which of its rows (positions) to read.
+    Segment(Arc<Segment>, std::ops::Range<u64>),
     Buffer(Arc<MemTable>),
 }
 
@@ -73,6 +102,8 @@ pub struct TabletScan {
     segments_read: usize,
     rows_skipped: u64,
     cache: Option<CacheUse>,
+    /// Whether this scan counts the segments it reads (one part of a split tablet does).
+    count_segments: bool,
 }
 
 /// A segment being read: its batches, its timestamp column, and its layout.
@@ -144,6 +175,7 @@ impl TabletScan {
         snapshot: Timestamp,
         req: &ScanRequest,
         cache: Option<Arc<ColumnCache>>,
+        part: Part,
         lookup: impl FnOnce(&Version, &[u8], Timestamp) -> Result<Option<RecordBatch>>,
     ) -> Result<TabletScan> {
         // The version's codec: the schema its buffer was written with.
@@ -185,8 +217,12 @@ impl TabletScan {
                 cache,
                 fill: req.limit.is_none(),
             }),
+            count_segments: true,
         };
         if scan.range.point {
+            if !part.is_first() {
+                return Ok(scan);
+            }
             // Every key column is pinned: a point lookup, no scan.
             let key = scan
                 .range
@@ -202,10 +238,18 @@ impl TabletScan {
             }
             return Ok(scan);
         }
-        scan.sources
-            .extend(version.segments.iter().cloned().map(Source::Segment));
-        scan.sources
-            .push_back(Source::Buffer(version.memtable.clone()));
+        scan.sources.extend(
+            version
+                .segments
+                .iter()
+                .map(|s| Source::Segment(s.clone(), part.window(s.meta.rows)))
+                .filter(|s| matches!(s, Source::Segment(_, w) if !w.is_empty())),
+        );
+        if part.is_last() {
+            scan.sources
+                .push_back(Source::Buffer(version.memtable.clone()));
+        }
+        scan.count_segments = part.is_first();
         Ok(scan)
     }
 
@@ -353,7 +397,7 @@ impl TabletScan {
                 }
             }
             match self.sources.pop_front()? {
-                Source::Segment(seg) => {
+                Source::Segment(seg, window) => {
                     if !self
                         .preds
                         .iter()
@@ -401,7 +445,7 @@ impl TabletScan {
                         proj.push(self.codec.schema().len());
                     }
                     let ts_col = need_ts.then_some(proj.len() - 1);
-                    if seg.meta.overlaps(&self.range) {
+                    if self.count_segments && seg.meta.overlaps(&self.range) {
                         self.segments_read += 1;
                     }
                     match seg.scan(
@@ -412,6 +456,7 @@ impl TabletScan {
                         self.snapshot,
                         self.batch_size,
                         self.cache.as_ref(),
+                        window,
                     ) {
                         Ok(read) => {
                             self.rows_skipped += read.rows_skipped;

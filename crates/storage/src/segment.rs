@@ -972,7 +972,8 @@ impl Segment {
     /// column indices, ascending), skipping row groups that `preds` rule out. Rows deleted at
     /// the snapshot are skipped by position; rows newer than the snapshot are filtered by the
     /// caller when `meta.max_ts > snapshot` (it must then project the timestamp column).
-    /// With a `cache`, row groups are served from decoded columns where they are cached, and
+    /// Only rows at positions in `window` are read (a part of a split scan; `0..meta.rows` for
+    /// all). With a `cache`, row groups are served from decoded columns where they are cached, and
     /// decoded whole into it where the scan reads enough of them (see [`CachedRead`]).
     #[allow(clippy::too_many_arguments)]
     pub fn scan(
@@ -984,6 +985,7 @@ impl Segment {
         snapshot: Timestamp,
         batch_size: usize,
         cache: Option<&CacheUse>,
+        window: Range<u64>,
     ) -> Result<SegmentRead> {
         if !range.overlaps(&self.meta.min_key, &self.meta.max_key) {
             return Ok(SegmentRead::empty(0));
@@ -1009,6 +1011,7 @@ impl Segment {
             snapshot,
             batch_size,
             cache,
+            window,
         )?;
         Ok(SegmentRead {
             batches: Box::new(inner.batches.map(move |r| {
@@ -1053,12 +1056,17 @@ impl Segment {
         snapshot: Timestamp,
         batch_size: usize,
         cache: Option<&CacheUse>,
+        window: Range<u64>,
     ) -> Result<SegmentRead> {
         let deleted = self.dv.deleted_at(snapshot);
         match &self.data {
             SegmentData::Memory { batch, keys } => {
-                let lo = keys.partition_point(|k| range.is_below(k));
-                let hi = keys.partition_point(|k| !range.is_above(k));
+                let lo = keys
+                    .partition_point(|k| range.is_below(k))
+                    .max(window.start as usize);
+                let hi = keys
+                    .partition_point(|k| !range.is_above(k))
+                    .min(window.end as usize);
                 let batch = batch.project(projection)?;
                 let mut chunks = Vec::new();
                 let mut start = lo;
@@ -1088,6 +1096,8 @@ impl Segment {
                 } else {
                     d.index.row_range(range)
                 };
+                let rows = rows.start.max(window.start)
+                    ..rows.end.min(window.end).max(rows.start.max(window.start));
                 let in_range = rows.end - rows.start;
                 let rows = self.key_blocks_matching(codec, d, preds, rows)?;
                 let rows_skipped = in_range - rows.iter().map(|r| r.end - r.start).sum::<u64>();

@@ -43,7 +43,7 @@ use crate::maintenance::{
 use crate::memtable::MemTable;
 use crate::options::{Durability, TabletOptions};
 use crate::resolve::Resolver;
-use crate::scan::{ScanRequest, TabletScan};
+use crate::scan::{Part, ScanRequest, TabletScan};
 use crate::segment::Segment;
 use crate::store::{Manifest, MetaStore};
 use crate::syncpool::PendingSync;
@@ -597,6 +597,37 @@ impl Tablet {
             snapshot,
             req,
             self.inner.columns.clone(),
+            Part::WHOLE,
+            |v, k, s| self.inner.res.lookup(v, k, s),
+        )
+    }
+
+    /// The tablet's current version, for the parts of a scan at `snapshot` to share (see
+    /// [`Tablet::scan_part`]).
+    pub(crate) fn pin_version(&self, snapshot: Timestamp) -> Result<Arc<Version>> {
+        self.inner.check_snapshot(snapshot)?;
+        let version = self.inner.version.load_full();
+        // A freeze may have purged history past the snapshot since the first check.
+        self.inner.check_snapshot(snapshot)?;
+        Ok(version)
+    }
+
+    /// Part `part` of a scan of `version` (from [`Tablet::pin_version`]) at `snapshot`: the
+    /// parts of one version together read every row once.
+    pub(crate) fn scan_part(
+        &self,
+        version: &Arc<Version>,
+        req: &ScanRequest,
+        snapshot: Timestamp,
+        part: Part,
+    ) -> Result<TabletScan> {
+        self.inner.check_snapshot(snapshot)?;
+        TabletScan::new(
+            version.clone(),
+            snapshot,
+            req,
+            self.inner.columns.clone(),
+            part,
             |v, k, s| self.inner.res.lookup(v, k, s),
         )
     }

@@ -859,3 +859,102 @@ fn scans_reuse_decoded_columns_and_return_what_the_files_hold() {
     assert_eq!(results(&db), expected);
     assert_eq!(db.column_cache_stats(), Default::default());
 }
+
+#[test]
+fn a_scan_split_into_parts_reads_every_row_once_from_the_version_it_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let t = db
+        .create_table(
+            &name("p"),
+            &schema(),
+            &PartitionSpec::hash(["uid"], 2),
+            IfExists::Error,
+        )
+        .unwrap();
+    let minute = 60_000_000;
+    let batch: Vec<(i32, i64, f64)> = (0..25)
+        .flat_map(|uid| (0..30i64).map(move |m| (uid, m * minute, m as f64)))
+        .collect();
+    t.write(&rows(&t, WriteOp::Insert, &batch[..400])).unwrap();
+    t.flush().unwrap();
+    t.write(&rows(&t, WriteOp::Insert, &batch[400..])).unwrap();
+    t.flush().unwrap();
+    // In the buffer: an update and a delete of flushed rows, and new rows.
+    t.write(&rows(&t, WriteOp::Update, &[(3, 5 * minute, -1.0)]))
+        .unwrap();
+    t.write(&rows(&t, WriteOp::Delete, &[(4, 6 * minute, 0.0)]))
+        .unwrap();
+    t.write(&rows(
+        &t,
+        WriteOp::Insert,
+        &[(30, 0, 1.0), (31, minute, 2.0)],
+    ))
+    .unwrap();
+    let requests = [
+        ScanRequest::default(),
+        ScanRequest {
+            predicates: vec![Predicate::cmp(
+                "ts",
+                CmpOp::Ge,
+                Value::Timestamp(20 * minute),
+            )],
+            ..Default::default()
+        },
+    ];
+    for (round, req) in requests.iter().enumerate() {
+        for parts in 1..=5 {
+            let expected = contents(&t, req);
+            let mut plan = t.plan_scan(req).unwrap();
+            plan.split(parts);
+            assert_eq!(plan.partitions(), 2 * parts);
+            // Writes, a flush and a compaction after planning change neither what the plan
+            // reads nor where its parts cut the segments.
+            let later = (round as i32, (40 + parts) as i64 * minute, 9.0);
+            t.write(&rows(&t, WriteOp::Upsert, &[later])).unwrap();
+            t.write(&rows(
+                &t,
+                WriteOp::Delete,
+                &[(7, parts as i64 * minute, 0.0)],
+            ))
+            .unwrap();
+            if parts % 2 == 0 {
+                t.flush().unwrap();
+            } else {
+                t.compact_all().unwrap();
+            }
+            let mut got = BTreeMap::new();
+            for i in 0..plan.partitions() {
+                if i == 1 {
+                    // Between the parts of one tablet, too.
+                    t.write(&rows(
+                        &t,
+                        WriteOp::Delete,
+                        &[(8, parts as i64 * minute, 0.0)],
+                    ))
+                    .unwrap();
+                    t.compact_all().unwrap();
+                }
+                for b in plan.open(i).unwrap() {
+                    let b = b.unwrap();
+                    let u = b.column(0).as_primitive::<Int32Type>();
+                    let ts = b.column(1).as_primitive::<TimestampMicrosecondType>();
+                    let s = b.column(2).as_primitive::<Float64Type>();
+                    for r in 0..b.num_rows() {
+                        let key = (u.value(r), ts.value(r));
+                        assert!(
+                            got.insert(key, s.value(r)).is_none(),
+                            "{key:?} twice, {parts} parts"
+                        );
+                    }
+                }
+            }
+            assert_eq!(got, expected, "{parts} parts, request {round}");
+            assert_ne!(
+                contents(&t, req),
+                expected,
+                "the later writes are seen later"
+            );
+        }
+    }
+}

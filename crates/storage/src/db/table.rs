@@ -541,6 +541,11 @@ impl Table {
             handle.tablet().make_visible(snapshot)?;
             pins.push(handle);
         }
+        // Pinned after `make_visible`: each version holds every write up to the snapshot.
+        let versions = pins
+            .iter()
+            .map(|h| h.tablet().pin_version(snapshot))
+            .collect::<Result<Vec<_>>>()?;
         Ok(ScanPlan {
             schema: out_schema,
             snapshot,
@@ -550,6 +555,8 @@ impl Table {
                 ..req.clone()
             },
             pins,
+            versions,
+            parts: 1,
         })
     }
 }
@@ -566,27 +573,58 @@ pub struct ScanPlan {
     request: ScanRequest,
     /// Keeps the tablets (and their files) alive while the plan exists.
     pins: Vec<Arc<TabletHandle>>,
+    /// Each chosen tablet's version when planned: every part of a tablet reads this one, so
+    /// that the parts' row positions agree.
+    versions: Vec<Arc<crate::tablet::Version>>,
+    /// Parts each tablet's rows are read in (see [`ScanPlan::split`]).
+    parts: usize,
 }
 
 impl ScanPlan {
-    /// About how many rows each chosen tablet holds (segment rows not deleted, plus buffered
+    /// Reads each tablet in `parts` parts, each its own partition ([`ScanPlan::open`]): part
+    /// `k` takes the `k`-th slice of every segment's rows, and the last part the write buffer
+    /// too. More partitions than cores let a query engine even out tablets of unequal cost
+    /// (one tablet's segments compacted, the other's not) and use every core for a table of
+    /// one tablet. Rows keep their key order within a part.
+    pub fn split(&mut self, parts: usize) {
+        self.parts = parts.max(1);
+    }
+
+    /// How many partitions [`ScanPlan::open`] serves: tablets times parts.
+    pub fn partitions(&self) -> usize {
+        self.pins.len() * self.parts
+    }
+
+    /// About how many rows each partition holds (segment rows not deleted, plus buffered
     /// versions): for the query planner's choices (which side of a join to build), not exact.
     pub fn estimated_rows(&self) -> Vec<u64> {
         self.pins
             .iter()
-            .map(|h| h.tablet().stats().estimated_rows())
+            .flat_map(|h| {
+                let n = h.tablet().stats().estimated_rows() / self.parts as u64;
+                std::iter::repeat_n(n, self.parts)
+            })
             .collect()
     }
 
-    /// Starts the scan of the `i`-th chosen tablet.
+    /// Starts the scan of partition `i`: part `i % parts` of the `i / parts`-th chosen tablet.
     pub fn open(&self, i: usize) -> Result<TabletScan> {
-        let handle = self.pins.get(i).ok_or_else(|| {
+        let (t, k) = (i / self.parts, i % self.parts);
+        let handle = self.pins.get(t).ok_or_else(|| {
             StorageError::InvalidInput(format!(
-                "the scan has {} tablets, asked for number {i}",
-                self.pins.len()
+                "the scan has {} partitions, asked for number {i}",
+                self.partitions()
             ))
         })?;
-        handle.tablet().scan(&self.request)
+        handle.tablet().scan_part(
+            &self.versions[t],
+            &self.request,
+            self.snapshot,
+            crate::scan::Part {
+                index: k,
+                count: self.parts,
+            },
+        )
     }
 
     /// The predicates pushed into every tablet scan.
