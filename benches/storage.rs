@@ -265,13 +265,17 @@ fn report() {
         projection: Some(vec!["uid".into(), "speed_c1".into()]),
         ..Default::default()
     };
-    let mut best = Duration::MAX;
-    for _ in 0..3 {
+    // The first scan decodes the Parquet pages (and fills the column cache); the best of
+    // three more reads the cached columns.
+    let mut times = Vec::new();
+    for _ in 0..4 {
         let s = Instant::now();
         let rows: usize = t.scan(&req).unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows as u64, n);
-        best = best.min(s.elapsed());
+        times.push(s.elapsed());
     }
+    let cold = times[0];
+    let best = times[1..].iter().copied().min().expect("three runs");
     let disk_all = dir_bytes(dir.path());
     let disk_meta = dir_bytes(&dir.path().join("meta"));
     // Point lookups of random keys, all in segments: first while most key blocks are still
@@ -299,7 +303,11 @@ fn report() {
         ("disk_mb_all_files", disk_all as f64 / 1e6),
         ("meta_mb", disk_meta as f64 / 1e6),
         (
-            "scan_2col_values_per_s",
+            "scan_2col_decoding_values_per_s",
+            (2 * n) as f64 / cold.as_secs_f64(),
+        ),
+        (
+            "scan_2col_cached_values_per_s",
             (2 * n) as f64 / best.as_secs_f64(),
         ),
         ("index_memory_mb", stats.index_memory_bytes as f64 / 1e6),

@@ -200,15 +200,20 @@ impl KeyIndex {
     /// `ts` in the blocks of one `(id, ts)` series, which is what lets `ts >= t` skip the old
     /// part of every series (a skip scan). A column after a change of prefix is unbounded
     /// (`None`).
+    ///
+    /// Each range comes with `sorted(bounds)` of its block: a block for which that holds (its
+    /// leading columns constant where the caller needs them) is a range of its own, so that
+    /// the caller may treat the column after them as sorted over it; the other blocks merge.
     pub fn blocks_matching(
         &self,
         split: &SampleColumns,
         rows: Range<u64>,
         may_match: impl Fn(&[Option<(&[u8], &[u8])>]) -> bool,
-    ) -> Vec<Range<u64>> {
+        sorted: impl Fn(&[Option<(&[u8], &[u8])>]) -> bool,
+    ) -> Vec<(Range<u64>, bool)> {
         let stride = self.stride as u64;
         let n = self.samples.len() as u64;
-        let mut out: Vec<Range<u64>> = Vec::new();
+        let mut out: Vec<(Range<u64>, bool)> = Vec::new();
         let mut bounds = vec![None; split.columns];
         for b in (rows.start / stride)..rows.end.div_ceil(stride).min(n) {
             let lo = (&*self.samples[b as usize], b as usize);
@@ -225,9 +230,10 @@ impl KeyIndex {
                 continue;
             }
             let r = (b * stride).max(rows.start)..((b + 1) * stride).min(rows.end);
+            let is_sorted = sorted(&bounds);
             match out.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => out.push(r),
+                Some((last, false)) if !is_sorted && last.end == r.start => last.end = r.end,
+                _ => out.push((r, is_sorted)),
             }
         }
         out

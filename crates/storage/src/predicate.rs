@@ -173,6 +173,55 @@ struct KeyBounds<'a> {
 }
 
 impl BoundPredicate {
+    /// The rows of `rows` this predicate keeps, where `array` is non-decreasing over them (a
+    /// key column within a run of equal leading key columns): one interval, found by binary
+    /// search instead of a comparison per row. `None` where that does not apply (`IN` lists,
+    /// floating-point columns, whose kernels and sort order treat NaN and -0.0 apart).
+    pub fn sorted_range(
+        &self,
+        array: &ArrayRef,
+        rows: std::ops::Range<usize>,
+    ) -> Option<std::ops::Range<usize>> {
+        if array.data_type().is_floating() || array.null_count() > 0 {
+            return None;
+        }
+        let (op, scalar) = match &self.test {
+            Test::Compare(op, s, _) => (*op, s.clone().into_inner()),
+            Test::IsNotNull => return Some(rows),
+            Test::IsNull => return Some(rows.start..rows.start),
+            Test::In(_) => return None,
+        };
+        let cmp = arrow::array::make_comparator(
+            array.as_ref(),
+            scalar.as_ref(),
+            arrow::compute::SortOptions::default(),
+        )
+        .ok()?;
+        // First row in `rows` at which `keep(ordering of the row against the constant)` stops
+        // holding, for a `keep` true on a prefix of the rows.
+        let point = |keep: &dyn Fn(Ordering) -> bool| {
+            let (mut lo, mut hi) = (rows.start, rows.end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if keep(cmp(mid, 0)) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let below = || point(&|o| o == Ordering::Less);
+        let not_above = || point(&|o| o != Ordering::Greater);
+        Some(match op {
+            CmpOp::Eq => below()..not_above(),
+            CmpOp::Lt => rows.start..below(),
+            CmpOp::Le => rows.start..not_above(),
+            CmpOp::Gt => not_above()..rows.end,
+            CmpOp::Ge => below()..rows.end,
+        })
+    }
+
     /// This predicate's key-column bounds in `bounds` and its encoded constants, when it is
     /// on a key column that has bounds: what both bound tests below reason about.
     fn key_bounds<'a>(&'a self, bounds: &'a [(Vec<u8>, Vec<u8>)]) -> Option<KeyBounds<'a>> {
@@ -472,5 +521,67 @@ impl KeyRange {
     /// Whether keys in `[min, max]` may lie in the range.
     pub fn overlaps(&self, min: &[u8], max: &[u8]) -> bool {
         !self.is_below(max) && !self.is_above(min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use nyala_common::{ColumnSchema, DataType, Schema};
+
+    use super::*;
+
+    /// Over sorted values, the binary search keeps exactly the rows the kernel keeps.
+    #[test]
+    fn a_sorted_range_is_the_rows_a_comparison_keeps() {
+        let schema = Schema::new(
+            vec![
+                ColumnSchema::not_null("id", DataType::Utf8),
+                ColumnSchema::not_null("ts", DataType::Int64),
+            ],
+            &["id", "ts"],
+        )
+        .unwrap();
+        let codec = RowCodec::new(&schema).unwrap();
+        let ts: ArrayRef = Arc::new(Int64Array::from(vec![1, 3, 3, 3, 5, 8, 8, 13]));
+        let id: ArrayRef = Arc::new(StringArray::from(vec![
+            "a", "b", "b", "c", "d", "d", "e", "f",
+        ]));
+        let ops = [CmpOp::Eq, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge];
+        let mut cases: Vec<(Predicate, &ArrayRef)> = vec![];
+        for c in [0i64, 1, 3, 4, 8, 13, 20] {
+            for op in ops {
+                cases.push((Predicate::cmp("ts", op, Value::Int64(c)), &ts));
+            }
+        }
+        for c in ["", "b", "bb", "d", "f", "z"] {
+            for op in ops {
+                cases.push((Predicate::cmp("id", op, Value::Utf8(c.into())), &id));
+            }
+        }
+        cases.push((Predicate::IsNotNull("ts".into()), &ts));
+        cases.push((Predicate::IsNull("ts".into()), &ts));
+        for (pred, array) in cases {
+            let bound = bind(&codec, std::slice::from_ref(&pred)).unwrap().remove(0);
+            for (lo, hi) in [(0, 8), (1, 7), (2, 4), (3, 3), (5, 8)] {
+                let got = bound.sorted_range(array, lo..hi).expect("applies");
+                let kept = bound.evaluate(&array.slice(lo, hi - lo)).unwrap();
+                let want: Vec<usize> = (0..hi - lo)
+                    .filter(|&i| kept.value(i))
+                    .map(|i| i + lo)
+                    .collect();
+                let got: Vec<usize> = got.collect();
+                assert_eq!(got, want, "{pred:?} over {lo}..{hi}");
+            }
+        }
+        // IN lists and floating-point columns are evaluated row by row.
+        let in_list = Predicate::In {
+            column: "ts".into(),
+            values: vec![Value::Int64(3)],
+        };
+        let bound = bind(&codec, &[in_list]).unwrap().remove(0);
+        assert!(bound.sorted_range(&ts, 0..8).is_none());
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    make_comparator, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, DynComparator,
+    make_comparator, Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, DynComparator,
     Int64Array, RecordBatch, RecordBatchOptions,
 };
 use arrow::buffer::ScalarBuffer;
@@ -1023,16 +1023,18 @@ impl Segment {
     }
 
     /// The parts of `rows` whose key blocks may hold rows matching `preds` (see
-    /// `KeyIndex::blocks_matching`): all of `rows` unless a predicate tests a key column.
+    /// `KeyIndex::blocks_matching`): all of `rows` unless a predicate tests a key column. A
+    /// part marked `true` is one block over which every key-column predicate's column is
+    /// sorted (the key columns before it are constant there).
     fn key_blocks_matching(
         &self,
         codec: &RowCodec,
         d: &DiskSegment,
         preds: &[(usize, &BoundPredicate)],
         rows: Range<u64>,
-    ) -> Result<Vec<Range<u64>>> {
+    ) -> Result<Vec<(Range<u64>, bool)>> {
         if rows.is_empty() || !preds.iter().any(|(_, p)| p.key_column().is_some()) {
-            return Ok(vec![rows]);
+            return Ok(vec![(rows, false)]);
         }
         let split = match d.sample_columns.get() {
             Some(s) => s,
@@ -1041,9 +1043,17 @@ impl Segment {
                 d.sample_columns.get_or_init(|| s)
             }
         };
-        Ok(d.index.blocks_matching(split, rows, |bounds| {
-            preds.iter().all(|(_, p)| p.may_match_key_bounds(bounds))
-        }))
+        Ok(d.index.blocks_matching(
+            split,
+            rows,
+            |bounds| preds.iter().all(|(_, p)| p.may_match_key_bounds(bounds)),
+            |bounds| {
+                preds.iter().all(|(_, p)| match p.key_column() {
+                    Some(k) => bounds.get(k).is_some_and(|b| b.is_some()),
+                    None => true,
+                })
+            },
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1099,7 +1109,14 @@ impl Segment {
                 let rows = rows.start.max(window.start)
                     ..rows.end.min(window.end).max(rows.start.max(window.start));
                 let in_range = rows.end - rows.start;
-                let rows = self.key_blocks_matching(codec, d, preds, rows)?;
+                let kept = self.key_blocks_matching(codec, d, preds, rows)?;
+                let mut rows: Vec<Range<u64>> = Vec::with_capacity(kept.len());
+                for (r, _) in &kept {
+                    match rows.last_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => rows.push(r.clone()),
+                    }
+                }
                 let rows_skipped = in_range - rows.iter().map(|r| r.end - r.start).sum::<u64>();
                 let keep = row_groups_matching(d, preds)?;
                 // Deleted rows scattered more densely than one per `MASK_BELOW_RUN_ROWS`
@@ -1134,8 +1151,19 @@ impl Segment {
                     .map(|&(f, p)| (f, p.clone()))
                     .collect();
                 if let Some(cache) = cache {
-                    let work: Vec<(usize, Vec<Range<u64>>)> =
-                        rgs.iter().map(|&i| (i, selected(i))).collect();
+                    // The kept blocks of each row group, with whether they are sorted.
+                    let work: Vec<(usize, MarkedRanges)> = rgs
+                        .iter()
+                        .map(|&i| {
+                            let (start, end) = (d.rg_starts[i], d.rg_starts[i + 1]);
+                            let ranges = kept
+                                .iter()
+                                .map(|(r, s)| (r.start.max(start)..r.end.min(end), *s))
+                                .filter(|(r, _)| r.start < r.end)
+                                .collect();
+                            (i, ranges)
+                        })
+                        .collect();
                     if let Some(read) = CachedRead::plan(
                         d,
                         cache,
@@ -1381,10 +1409,53 @@ pub(crate) struct CacheUse {
     pub fill: bool,
 }
 
-/// A row group is decoded whole into the column cache only if the scan reads at least this
-/// fraction (1 in n) of its rows: a narrow scan (one series of many) reads its few pages
-/// from the file instead, as it would without a cache.
+/// A row group is decoded whole into the column cache only if the pages a scan would decode
+/// of it hold at least this fraction (1 in n) of its rows: a narrow scan (one series of many)
+/// reads its few pages from the file instead, as it would without a cache. Pages, not rows:
+/// a time range over many series (the tail of each) selects a third of the rows but touches
+/// every page, which the file path then decodes anyway.
 const CACHE_FILL_MIN_FRACTION: u64 = 4;
+
+/// Rows of the pages of column `col` in row group `rg` that hold any of `ranges` (segment
+/// rows, ascending); the rows themselves where the file has no page index.
+fn rows_of_pages_touched(
+    d: &DiskSegment,
+    rg: usize,
+    col: usize,
+    ranges: &[(Range<u64>, bool)],
+) -> u64 {
+    let start = d.rg_starts[rg];
+    let rows = d.rg_starts[rg + 1] - start;
+    let pages = d
+        .reader_meta
+        .metadata()
+        .offset_index()
+        .and_then(|o| o.get(rg))
+        .and_then(|o| o.get(col))
+        .map(|o| o.page_locations());
+    let Some(pages) = pages.filter(|p| !p.is_empty()) else {
+        return ranges.iter().map(|(r, _)| r.end - r.start).sum();
+    };
+    let first = |i: usize| -> u64 { pages.get(i).map_or(rows, |p| p.first_row_index as u64) };
+    let page_of = |row: u64| pages.partition_point(|p| (p.first_row_index as u64) <= row) - 1;
+    let (mut touched, mut next) = (0, 0usize);
+    for (r, _) in ranges {
+        let (a, b) = (
+            page_of(r.start - start).max(next),
+            page_of(r.end - 1 - start),
+        );
+        if a <= b {
+            touched += first(b + 1) - first(a);
+            next = b + 1;
+        }
+    }
+    touched
+}
+
+/// Rows of a segment (ascending, disjoint ranges), each marked: before a cached read narrows
+/// them, whether the key-column predicates' columns are sorted over the range; after, whether
+/// every row of it passes them.
+type MarkedRanges = Vec<(Range<u64>, bool)>;
 
 /// A segment scan served from the column cache: each row group's columns come from the cache
 /// or are decoded whole and put there, and batches are zero-copy slices of them, with the
@@ -1404,8 +1475,9 @@ struct CachedRead {
     schema: SchemaRef,
     deleted: Option<Arc<RoaringBitmap>>,
     batch_size: usize,
-    /// Row groups still to read, each with the rows to read of it (ascending, disjoint).
-    work: std::collections::VecDeque<(usize, Vec<Range<u64>>)>,
+    /// Row groups still to read, each with the rows to read of it (ascending, disjoint), and
+    /// whether the key-column predicates' columns are sorted over each range.
+    work: std::collections::VecDeque<(usize, MarkedRanges)>,
     current: Option<CachedRowGroup>,
 }
 
@@ -1413,7 +1485,8 @@ struct CachedRead {
 struct CachedRowGroup {
     first_row: u64,
     arrays: Vec<ArrayRef>,
-    ranges: Vec<Range<u64>>,
+    /// The rows to read, each marked if every row of it passes the key-column predicates.
+    ranges: Vec<(Range<u64>, bool)>,
     /// The range the next batch starts in, and its first row (inside that range).
     at: usize,
     next_row: u64,
@@ -1428,7 +1501,7 @@ impl CachedRead {
         cache: &CacheUse,
         projection: &[usize],
         exact: &[(usize, BoundPredicate)],
-        work: Vec<(usize, Vec<Range<u64>>)>,
+        work: Vec<(usize, MarkedRanges)>,
         deleted: Option<Arc<RoaringBitmap>>,
         batch_size: usize,
     ) -> Option<CachedRead> {
@@ -1440,12 +1513,13 @@ impl CachedRead {
         columns.sort_unstable();
         columns.dedup();
         let usable = work.iter().all(|(i, ranges)| {
-            let rows: u64 = ranges.iter().map(|r| r.end - r.start).sum();
             let group = d.rg_starts[i + 1] - d.rg_starts[*i];
-            (cache.fill && rows * CACHE_FILL_MIN_FRACTION >= group)
-                || columns
-                    .iter()
-                    .all(|&c| cache.cache.contains(d.token, *i, c))
+            columns
+                .iter()
+                .all(|&c| cache.cache.contains(d.token, *i, c))
+                || (cache.fill
+                    && rows_of_pages_touched(d, *i, columns[0], ranges) * CACHE_FILL_MIN_FRACTION
+                        >= group)
         });
         if !usable {
             return None;
@@ -1522,21 +1596,175 @@ impl CachedRead {
             .collect())
     }
 
+    /// `ranges` of a row group starting at row `first_row` with these arrays, each marked if
+    /// it needs no predicate. Over rows where a predicate's column is sorted, the predicate
+    /// keeps one interval, found by binary search: a range the key index knows to be sorted
+    /// (one block of one series) is searched whole, any other is first cut where a predicate
+    /// column descends (series boundaries). For `ts >= t` on `(uid, lane, ts)` the ranges
+    /// shrink to the tails of the series, with neither a comparison per row nor a filter
+    /// over the rows left out. Ranges whose columns descend often (unsorted) stay unmarked,
+    /// for a row-by-row evaluation.
+    fn narrow(
+        &self,
+        first_row: u64,
+        arrays: &[ArrayRef],
+        ranges: Vec<(Range<u64>, bool)>,
+    ) -> Vec<(Range<u64>, bool)> {
+        if self.exact.is_empty() {
+            return ranges.into_iter().map(|(r, _)| (r, true)).collect();
+        }
+        let mut out: Vec<(Range<u64>, bool)> = Vec::with_capacity(ranges.len());
+        for (r, sorted) in ranges {
+            let local = (r.start - first_row) as usize..(r.end - first_row) as usize;
+            let runs = match sorted {
+                true => Some(vec![local]),
+                false => self.monotone_runs(arrays, local),
+            };
+            let kept: Option<Vec<Range<usize>>> = runs.and_then(|runs| {
+                runs.into_iter()
+                    .map(|run| {
+                        self.exact.iter().try_fold(run.clone(), |acc, (pos, p)| {
+                            let k = p.sorted_range(&arrays[*pos], run.clone())?;
+                            Some(acc.start.max(k.start)..acc.end.min(k.end))
+                        })
+                    })
+                    .collect()
+            });
+            let Some(kept) = kept else {
+                out.push((r, false));
+                continue;
+            };
+            for k in kept.into_iter().filter(|k| k.start < k.end) {
+                let k = first_row + k.start as u64..first_row + k.end as u64;
+                match out.last_mut() {
+                    Some((last, true)) if last.end == k.start => last.end = k.end,
+                    _ => out.push((k, true)),
+                }
+            }
+        }
+        out
+    }
+
+    /// `rows` (row group positions) cut wherever a key-column predicate's column descends, so
+    /// that every column is sorted over each piece; `None` where it descends more than once
+    /// in 64 rows (unsorted values, better compared row by row).
+    fn monotone_runs(&self, arrays: &[ArrayRef], rows: Range<usize>) -> Option<Vec<Range<usize>>> {
+        let n = rows.len();
+        if n < 2 {
+            return Some(vec![rows]);
+        }
+        let mut cuts: Vec<usize> = Vec::new();
+        for (pos, _) in &self.exact {
+            let a = &arrays[*pos];
+            let descends = arrow::compute::kernels::cmp::lt(
+                &a.slice(rows.start + 1, n - 1),
+                &a.slice(rows.start, n - 1),
+            )
+            .ok()?;
+            if descends.null_count() > 0 || descends.true_count() > n / 64 {
+                return None;
+            }
+            cuts.extend(descends.values().set_indices().map(|i| rows.start + i + 1));
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::with_capacity(cuts.len() + 1);
+        let mut from = rows.start;
+        for c in cuts {
+            out.push(from..c);
+            from = c;
+        }
+        out.push(from..rows.end);
+        Some(out)
+    }
+
+    /// One batch of `runs` (segment rows in the current row group, ascending): a zero-copy
+    /// slice for one run, the runs' slices concatenated otherwise; with the rows deleted at
+    /// the snapshot marked for the caller's filter.
+    fn gather(
+        &self,
+        g: &CachedRowGroup,
+        runs: &[Range<u64>],
+    ) -> Result<(RecordBatch, Option<BooleanArray>)> {
+        let n: usize = runs.iter().map(|r| (r.end - r.start) as usize).sum();
+        let columns = self
+            .out_pos
+            .iter()
+            .map(|&p| {
+                let slices: Vec<ArrayRef> = runs
+                    .iter()
+                    .map(|r| {
+                        g.arrays[p]
+                            .slice((r.start - g.first_row) as usize, (r.end - r.start) as usize)
+                    })
+                    .collect();
+                match slices.as_slice() {
+                    [one] => Ok(one.clone()),
+                    many => {
+                        let refs: Vec<&dyn Array> = many.iter().map(|a| a.as_ref()).collect();
+                        arrow::compute::concat(&refs)
+                    }
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let opts = RecordBatchOptions::new().with_row_count(Some(n));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &opts)?;
+        let mut mask: Option<BooleanBufferBuilder> = None;
+        if let Some(del) = &self.deleted {
+            let mut at = 0;
+            for r in runs {
+                for d in del.range(r.start as u32..r.end as u32) {
+                    mask.get_or_insert_with(|| {
+                        let mut b = BooleanBufferBuilder::new(n);
+                        b.append_n(n, true);
+                        b
+                    })
+                    .set_bit(at + (d as u64 - r.start) as usize, false);
+                }
+                at += (r.end - r.start) as usize;
+            }
+        }
+        Ok((batch, mask.map(|mut b| BooleanArray::new(b.finish(), None))))
+    }
+
     /// The next batch of the current row group, or `None` when it is done.
     fn next_in_group(
         &self,
         g: &mut CachedRowGroup,
     ) -> Result<Option<(RecordBatch, Option<BooleanArray>)>> {
         while g.at < g.ranges.len() {
+            if g.ranges[g.at].1 {
+                // Ranges whose every row passes: up to a batch of them, without a filter.
+                let mut runs: Vec<Range<u64>> = Vec::new();
+                let mut n = 0;
+                while g.at < g.ranges.len() && g.ranges[g.at].1 && n < self.batch_size {
+                    let end = g.ranges[g.at].0.end;
+                    let take = ((end - g.next_row) as usize).min(self.batch_size - n);
+                    runs.push(g.next_row..g.next_row + take as u64);
+                    n += take;
+                    g.next_row += take as u64;
+                    if g.next_row >= end {
+                        g.at += 1;
+                        if let Some((r, _)) = g.ranges.get(g.at) {
+                            g.next_row = r.start;
+                        }
+                    }
+                }
+                let (batch, mask) = self.gather(g, &runs)?;
+                if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                    continue;
+                }
+                return Ok(Some((batch, mask)));
+            }
             let start = g.next_row;
-            let end = (start + self.batch_size as u64).min(g.ranges.last().expect("ranges").end);
+            let end = (start + self.batch_size as u64).min(g.ranges.last().expect("ranges").0.end);
             let len = (end - start) as usize;
             // The mask: the ranges' rows in the window (gaps false), through the predicates.
             let mut bits = BooleanBufferBuilder::new(len);
             let mut filled = start;
             let mut whole = true;
-            while g.at < g.ranges.len() && g.ranges[g.at].start < end {
-                let r = &g.ranges[g.at];
+            while g.at < g.ranges.len() && g.ranges[g.at].0.start < end {
+                let (r, passes) = &g.ranges[g.at];
                 let (a, b) = (r.start.max(filled), r.end.min(end));
                 if a > filled {
                     bits.append_n((a - filled) as usize, false);
@@ -1545,7 +1773,7 @@ impl CachedRead {
                 let offset = (a - g.first_row) as usize;
                 let n = (b - a) as usize;
                 let mut pass: Option<BooleanArray> = None;
-                for (pos, p) in &self.exact {
+                for (pos, p) in self.exact.iter().filter(|_| !passes) {
                     let m = p.evaluate(&g.arrays[*pos].slice(offset, n))?;
                     pass = Some(match pass {
                         None => m,
@@ -1572,7 +1800,7 @@ impl CachedRead {
                 whole = false;
             }
             g.next_row = match g.ranges.get(g.at) {
-                Some(r) => r.start.max(end),
+                Some((r, _)) => r.start.max(end),
                 None => end,
             };
             if let Some(del) = &self.deleted {
@@ -1620,10 +1848,15 @@ impl Iterator for CachedRead {
             }
             match self.load(rg) {
                 Ok(arrays) => {
+                    let first_row = self.rg_starts[rg];
+                    let ranges = self.narrow(first_row, &arrays, ranges);
+                    let Some((first, _)) = ranges.first() else {
+                        continue;
+                    };
                     self.current = Some(CachedRowGroup {
-                        first_row: self.rg_starts[rg],
+                        first_row,
+                        next_row: first.start,
                         arrays,
-                        next_row: ranges[0].start,
                         ranges,
                         at: 0,
                     })
