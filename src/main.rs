@@ -118,11 +118,12 @@ pub(crate) struct ServeArgs {
     /// waits up to --write-stall-secs for flushes, then fails as busy (retry).
     #[arg(long, env = "NYALA_MEMORY_BUDGET_MB", default_value_t = 0)]
     pub(crate) memory_budget_mb: usize,
-    /// Memory for decoded segment columns, in MiB (0: none). Scans that read much of a row
-    /// group decode its columns whole into this cache, and later scans slice them instead of
-    /// decoding Parquet pages again; least recently useful columns make room.
-    #[arg(long, env = "NYALA_COLUMN_CACHE_MB", default_value_t = 1024)]
-    pub(crate) column_cache_mb: u64,
+    /// Memory for decoded segment columns, in MiB (0: none; default: a tenth of the
+    /// machine's memory, at most 1024). Scans that read much of a row group decode its columns
+    /// whole into this cache, and later scans slice them instead of decoding Parquet pages
+    /// again; least recently useful columns make room.
+    #[arg(long, env = "NYALA_COLUMN_CACHE_MB")]
+    pub(crate) column_cache_mb: Option<u64>,
     /// How long a write waits at the memory budget before failing as busy, in seconds.
     #[arg(long, env = "NYALA_WRITE_STALL_SECS", default_value_t = 10)]
     pub(crate) write_stall_secs: u64,

@@ -53,7 +53,10 @@ pub async fn run_server(args: ServeArgs) -> ExitCode {
                         .saturating_mul(1 << 20),
                 ),
                 history_retention: Duration::from_secs(args.history_retention_secs),
-                column_cache_bytes: args.column_cache_mb.min(1 << 30) << 20,
+                column_cache_bytes: match args.column_cache_mb {
+                    Some(mb) => mb.min(1 << 30) << 20,
+                    None => (nyala_server::machine_memory_bytes() / 10).min(1 << 30),
+                },
                 ..Default::default()
             },
             maintenance,

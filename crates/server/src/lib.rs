@@ -22,7 +22,9 @@ use std::time::Duration;
 use nyala_storage::{Database, StorageError};
 
 // The storage settings a server is configured with.
-pub use nyala_storage::{DatabaseOptions, Durability, MaintenanceOptions, TabletOptions};
+pub use nyala_storage::{
+    machine_memory_bytes, DatabaseOptions, Durability, MaintenanceOptions, TabletOptions,
+};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
