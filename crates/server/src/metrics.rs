@@ -233,7 +233,7 @@ fn render_column_cache(out: &mut String, c: &nyala_storage::ColumnCacheStats) {
         (
             "nyala_column_cache_misses_total",
             "counter",
-            "Row groups' columns scans decoded into the cache.",
+            "Row groups' columns scans decoded whole for the cache.",
             c.misses,
         ),
     ];

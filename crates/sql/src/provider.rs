@@ -247,7 +247,9 @@ const MIN_PART_ROWS: u64 = 500_000;
 /// How many parts each tablet of a scan is read in: enough for two partitions per core, so
 /// that tablets of unequal cost (one compacted, one not; a skip scan that skips more in one)
 /// even out across the cores, and a table of one tablet uses them all. A scan with a row limit
-/// stops early anyway and is not split.
+/// stops early anyway and is not split. (Sizes are whole tablets': a narrow key range of a big
+/// tablet is split too, into parts of which most find nothing, which costs a few empty
+/// partitions.)
 fn parts_per_tablet(
     estimated_rows: &[u64],
     target_partitions: usize,

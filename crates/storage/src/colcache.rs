@@ -2,9 +2,10 @@
 //!
 //! Scans of a Parquet segment spend most of their time decoding pages (dictionary gathers,
 //! definition levels), not reading them: the files are memory-mapped and stay in the page
-//! cache. Analytic queries read the same few columns over and over, so one process-wide
-//! cache keeps whole row groups of those columns as Arrow arrays, weighed by their memory,
-//! and scans that find them slice the arrays instead of decoding (see `Segment::scan`).
+//! cache. Analytic queries read the same few columns over and over, so one cache, shared by
+//! the tablets of a database (a standalone tablet has its own), keeps whole row groups of
+//! those columns as Arrow arrays, weighed by their memory, and scans that find them slice the
+//! arrays instead of decoding (see `Segment::scan`).
 //!
 //! Invariant: an entry is the decoded column chunk of one row group of one open segment,
 //! exactly as the Parquet reader returns it. Segments are immutable, and each opening of a
@@ -48,6 +49,10 @@ impl quick_cache::Weighter<Key, ArrayRef> for ArrayWeighter {
 /// cache's table.
 const TYPICAL_ENTRY_BYTES: u64 = 1 << 20;
 
+/// See [`ColumnCache::fill_limit_bytes`]: a row group of the traffic table's 15 columns is
+/// ~30 MiB decoded; one of a wide table of long strings may be hundreds.
+const FILL_LIMIT_BYTES: u64 = 64 << 20;
+
 /// Figures of the column cache, for gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ColumnCacheStats {
@@ -65,6 +70,9 @@ pub struct ColumnCacheStats {
 pub(crate) struct ColumnCache {
     entries: quick_cache::sync::Cache<Key, ArrayRef, ArrayWeighter>,
     capacity: u64,
+    /// Column chunks the cache declined (heavier than one of its shards holds): scans read
+    /// them from the file rather than decode them whole again each time.
+    declined: parking_lot::Mutex<std::collections::HashSet<Key>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -89,6 +97,7 @@ impl ColumnCache {
                     ArrayWeighter,
                 ),
                 capacity: bytes,
+                declined: Default::default(),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             })
@@ -112,9 +121,30 @@ impl ColumnCache {
         a
     }
 
-    /// Offers a decoded column chunk (the cache may decline one larger than a shard).
+    /// Offers a decoded column chunk. The cache declines one heavier than a shard holds (and
+    /// remembers that, see [`ColumnCache::declined`]).
     pub fn insert(&self, seg: SegmentToken, row_group: usize, column: usize, a: ArrayRef) {
-        self.entries.insert(key(seg, row_group, column), a);
+        let k = key(seg, row_group, column);
+        // quick_cache drops an entry heavier than ~97% of a shard without a word.
+        if quick_cache::Weighter::weight(&ArrayWeighter, &k, &a)
+            > self.entries.shard_capacity() / 10 * 9
+        {
+            self.declined.lock().insert(k);
+            return;
+        }
+        self.entries.insert(k, a);
+    }
+
+    /// Whether the cache declined this column chunk before.
+    pub fn declined(&self, seg: SegmentToken, row_group: usize, column: usize) -> bool {
+        let d = self.declined.lock();
+        !d.is_empty() && d.contains(&key(seg, row_group, column))
+    }
+
+    /// The most memory one scan may decode into the cache for one row group: a scan holds the
+    /// row group's needed columns whole while it reads them, and they must fit the cache.
+    pub fn fill_limit_bytes(&self) -> u64 {
+        (self.capacity / 4).min(FILL_LIMIT_BYTES)
     }
 
     /// Current figures.
@@ -125,5 +155,26 @@ impl ColumnCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    #[test]
+    fn an_entry_heavier_than_a_shard_is_declined_and_remembered() {
+        let cache = ColumnCache::new(1 << 20).expect("a cache");
+        let seg = SegmentToken::new();
+        let small: ArrayRef = Arc::new(Int64Array::from(vec![1i64; 1000]));
+        let big: ArrayRef = Arc::new(Int64Array::from(vec![1i64; 200_000]));
+        cache.insert(seg, 0, 0, small);
+        cache.insert(seg, 0, 1, big);
+        assert!(cache.contains(seg, 0, 0) && !cache.declined(seg, 0, 0));
+        assert!(!cache.contains(seg, 0, 1) && cache.declined(seg, 0, 1));
+        assert!(!cache.declined(SegmentToken::new(), 0, 1));
+        assert!(cache.stats().used_bytes >= 8000);
     }
 }

@@ -576,7 +576,7 @@ mod tests {
                 assert_eq!(got, want, "{pred:?} over {lo}..{hi}");
             }
         }
-        // IN lists and floating-point columns are evaluated row by row.
+        // IN lists are evaluated row by row.
         let in_list = Predicate::In {
             column: "ts".into(),
             values: vec![Value::Int64(3)],

@@ -102,8 +102,6 @@ pub struct TabletScan {
     segments_read: usize,
     rows_skipped: u64,
     cache: Option<CacheUse>,
-    /// Whether this scan counts the segments it reads (one part of a split tablet does).
-    count_segments: bool,
 }
 
 /// A segment being read: its batches, its timestamp column, and its layout.
@@ -217,7 +215,6 @@ impl TabletScan {
                 cache,
                 fill: req.limit.is_none(),
             }),
-            count_segments: true,
         };
         if scan.range.point {
             if !part.is_first() {
@@ -249,7 +246,6 @@ impl TabletScan {
             scan.sources
                 .push_back(Source::Buffer(version.memtable.clone()));
         }
-        scan.count_segments = part.is_first();
         Ok(scan)
     }
 
@@ -445,7 +441,8 @@ impl TabletScan {
                         proj.push(self.codec.schema().len());
                     }
                     let ts_col = need_ts.then_some(proj.len() - 1);
-                    if self.count_segments && seg.meta.overlaps(&self.range) {
+                    // Each segment is counted by the first part that reads any of its rows.
+                    if window.start == 0 && seg.meta.overlaps(&self.range) {
                         self.segments_read += 1;
                     }
                     match seg.scan(

@@ -1416,6 +1416,25 @@ pub(crate) struct CacheUse {
 /// every page, which the file path then decodes anyway.
 const CACHE_FILL_MIN_FRACTION: u64 = 4;
 
+/// About how much memory `columns` of row group `rg` take decoded: exact for fixed-width
+/// types; for strings and binaries, their Parquet pages' uncompressed size plus offsets (less
+/// than the truth for dictionary-encoded ones, whose values repeat).
+fn decoded_bytes_estimate(d: &DiskSegment, rg: usize, columns: &[usize]) -> u64 {
+    let rows = d.rg_starts[rg + 1] - d.rg_starts[rg];
+    let meta = d.reader_meta.metadata().row_group(rg);
+    let fields = d.reader_meta.schema().fields();
+    columns
+        .iter()
+        .map(|&c| {
+            let validity = rows / 8;
+            match fields.get(c).and_then(|f| f.data_type().primitive_width()) {
+                Some(w) => rows * w as u64 + validity,
+                None => meta.column(c).uncompressed_size().max(0) as u64 + rows * 4 + validity,
+            }
+        })
+        .sum()
+}
+
 /// Rows of the pages of column `col` in row group `rg` that hold any of `ranges` (segment
 /// rows, ascending); the rows themselves where the file has no page index.
 fn rows_of_pages_touched(
@@ -1514,12 +1533,19 @@ impl CachedRead {
         columns.dedup();
         let usable = work.iter().all(|(i, ranges)| {
             let group = d.rg_starts[i + 1] - d.rg_starts[*i];
-            columns
+            let missing: Vec<usize> = columns
                 .iter()
-                .all(|&c| cache.cache.contains(d.token, *i, c))
+                .copied()
+                .filter(|&c| !cache.cache.contains(d.token, *i, c))
+                .collect();
+            missing.is_empty()
                 || (cache.fill
                     && rows_of_pages_touched(d, *i, columns[0], ranges) * CACHE_FILL_MIN_FRACTION
-                        >= group)
+                        >= group
+                    && missing
+                        .iter()
+                        .all(|&c| !cache.cache.declined(d.token, *i, c))
+                    && decoded_bytes_estimate(d, *i, &columns) <= cache.cache.fill_limit_bytes())
         });
         if !usable {
             return None;

@@ -829,6 +829,8 @@ fn scans_reuse_decoded_columns_and_return_what_the_files_hold() {
             .unwrap();
         t.flush().unwrap();
         // A narrow scan and a scan with a row limit read from the files: nothing is cached.
+        // (The same narrow scan in `results` below reads the cached columns the full scans
+        // leave, so both paths are compared with the uncached database.)
         assert_eq!(contents(&t, &one_uid).len(), 19);
         assert_eq!(
             t.scan(&limited)
