@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{sorted_i32, test_opts};
+use common::{cmpx, sorted_i32, test_opts, Rng};
 use nyala_storage::{
     BatchBuilder, CmpOp, ColumnSchema, DataType, Predicate, ScanRequest, Schema, Tablet,
     TabletOptions, Value, WriteOp,
@@ -38,20 +38,6 @@ fn schema() -> Schema {
     .unwrap()
 }
 
-/// A small deterministic generator (xorshift), so a failing seed replays exactly.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const NAMES: [&str; 6] = [
     "",
     "a",
@@ -73,15 +59,6 @@ fn vals(k: &Key, v: Option<i32>) -> Vec<Value> {
 
 fn op_of(r: &mut Rng) -> CmpOp {
     [CmpOp::Eq, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge][r.below(5) as usize]
-}
-fn cmpx<T: PartialOrd>(op: CmpOp, a: &T, b: &T) -> bool {
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Lt => a < b,
-        CmpOp::Le => a <= b,
-        CmpOp::Gt => a > b,
-        CmpOp::Ge => a >= b,
-    }
 }
 
 /// Six rounds of writes (some flushed, a compaction after the fourth), then 300 queries.

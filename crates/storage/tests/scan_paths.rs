@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use common::test_opts;
+use common::{cmpx, test_opts, Rng};
 use nyala_storage::{
     BatchBuilder, CmpOp, ColumnSchema, DataType, Database, DatabaseOptions, IfExists,
     PartitionSpec, Predicate, ScanRequest, Schema, TableName, TabletOptions, Value, WriteOp,
@@ -25,29 +25,6 @@ fn schema() -> Schema {
         &["g", "lane", "ts"],
     )
     .unwrap()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn cmpx<T: PartialOrd>(op: CmpOp, a: &T, b: &T) -> bool {
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Lt => a < b,
-        CmpOp::Le => a <= b,
-        CmpOp::Gt => a > b,
-        CmpOp::Ge => a >= b,
-    }
 }
 
 type Check = Box<dyn Fn(&Key) -> bool>;

@@ -123,3 +123,28 @@ pub fn sorted_i32<E: std::fmt::Debug>(
 pub fn count_rows(t: &Tablet, req: &ScanRequest) -> usize {
     t.scan(req).unwrap().map(|b| b.unwrap().num_rows()).sum()
 }
+
+/// A small deterministic generator (xorshift), so a failing seed replays exactly.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Whether `a op b`, as the storage engine compares values.
+pub fn cmpx<T: PartialOrd>(op: nyala_storage::CmpOp, a: &T, b: &T) -> bool {
+    match op {
+        nyala_storage::CmpOp::Eq => a == b,
+        nyala_storage::CmpOp::Lt => a < b,
+        nyala_storage::CmpOp::Le => a <= b,
+        nyala_storage::CmpOp::Gt => a > b,
+        nyala_storage::CmpOp::Ge => a >= b,
+    }
+}
