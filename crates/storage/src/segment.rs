@@ -1106,8 +1106,8 @@ impl Segment {
                 } else {
                     d.index.row_range(range)
                 };
-                let rows = rows.start.max(window.start)
-                    ..rows.end.min(window.end).max(rows.start.max(window.start));
+                let start = rows.start.max(window.start);
+                let rows = start..rows.end.min(window.end).max(start);
                 let in_range = rows.end - rows.start;
                 let kept = self.key_blocks_matching(codec, d, preds, rows)?;
                 let mut rows: Vec<Range<u64>> = Vec::with_capacity(kept.len());
@@ -1151,25 +1151,12 @@ impl Segment {
                     .map(|&(f, p)| (f, p.clone()))
                     .collect();
                 if let Some(cache) = cache {
-                    // The kept blocks of each row group, with whether they are sorted.
-                    let work: Vec<(usize, MarkedRanges)> = rgs
-                        .iter()
-                        .map(|&i| {
-                            let (start, end) = (d.rg_starts[i], d.rg_starts[i + 1]);
-                            let ranges = kept
-                                .iter()
-                                .map(|(r, s)| (r.start.max(start)..r.end.min(end), *s))
-                                .filter(|(r, _)| r.start < r.end)
-                                .collect();
-                            (i, ranges)
-                        })
-                        .collect();
                     if let Some(read) = CachedRead::plan(
                         d,
                         cache,
                         projection,
                         &exact,
-                        work,
+                        by_row_group(&d.rg_starts, &rgs, &kept),
                         deleted.clone(),
                         batch_size,
                     ) {
@@ -1476,6 +1463,30 @@ fn rows_of_pages_touched(
 /// every row of it passes them.
 type MarkedRanges = Vec<(Range<u64>, bool)>;
 
+/// The kept blocks of each of the row groups `rgs` (ascending), with whether they are sorted:
+/// `kept` (ascending) cut at the row groups' bounds, in one pass.
+fn by_row_group(
+    rg_starts: &[u64],
+    rgs: &[usize],
+    kept: &[(Range<u64>, bool)],
+) -> Vec<(usize, MarkedRanges)> {
+    let mut at = 0;
+    rgs.iter()
+        .map(|&i| {
+            let (start, end) = (rg_starts[i], rg_starts[i + 1]);
+            while kept.get(at).is_some_and(|(r, _)| r.end <= start) {
+                at += 1;
+            }
+            let ranges = kept[at..]
+                .iter()
+                .take_while(|(r, _)| r.start < end)
+                .map(|(r, s)| (r.start.max(start)..r.end.min(end), *s))
+                .collect();
+            (i, ranges)
+        })
+        .collect()
+}
+
 /// A segment scan served from the column cache: each row group's columns come from the cache
 /// or are decoded whole and put there, and batches are zero-copy slices of them, with the
 /// scan's key-column predicates and deleted rows as the mask for the caller's filter.
@@ -1505,7 +1516,7 @@ struct CachedRowGroup {
     first_row: u64,
     arrays: Vec<ArrayRef>,
     /// The rows to read, each marked if every row of it passes the key-column predicates.
-    ranges: Vec<(Range<u64>, bool)>,
+    ranges: MarkedRanges,
     /// The range the next batch starts in, and its first row (inside that range).
     at: usize,
     next_row: u64,
@@ -1550,6 +1561,8 @@ impl CachedRead {
         if !usable {
             return None;
         }
+        // (A projection the file cannot serve fails the same way on the file path, which then
+        // reports it.)
         let schema = d.reader_meta.schema().project(projection).ok()?;
         Some(CachedRead {
             token: d.token,
@@ -1712,6 +1725,29 @@ impl CachedRead {
         g: &CachedRowGroup,
         runs: &[Range<u64>],
     ) -> Result<(RecordBatch, Option<BooleanArray>)> {
+        let batch = self.batch_of(g, runs)?;
+        let n = batch.num_rows();
+        let mut mask: Option<BooleanBufferBuilder> = None;
+        if let Some(del) = &self.deleted {
+            let mut at = 0;
+            for r in runs {
+                for d in del.range(r.start as u32..r.end as u32) {
+                    mask.get_or_insert_with(|| {
+                        let mut b = BooleanBufferBuilder::new(n);
+                        b.append_n(n, true);
+                        b
+                    })
+                    .set_bit(at + (d as u64 - r.start) as usize, false);
+                }
+                at += (r.end - r.start) as usize;
+            }
+        }
+        Ok((batch, mask.map(|mut b| BooleanArray::new(b.finish(), None))))
+    }
+
+    /// The output columns of `runs` (segment rows in the current row group, ascending): slices
+    /// of the cached arrays for one run, concatenated for several.
+    fn batch_of(&self, g: &CachedRowGroup, runs: &[Range<u64>]) -> Result<RecordBatch> {
         let n: usize = runs.iter().map(|r| (r.end - r.start) as usize).sum();
         let columns = self
             .out_pos
@@ -1734,23 +1770,11 @@ impl CachedRead {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let opts = RecordBatchOptions::new().with_row_count(Some(n));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &opts)?;
-        let mut mask: Option<BooleanBufferBuilder> = None;
-        if let Some(del) = &self.deleted {
-            let mut at = 0;
-            for r in runs {
-                for d in del.range(r.start as u32..r.end as u32) {
-                    mask.get_or_insert_with(|| {
-                        let mut b = BooleanBufferBuilder::new(n);
-                        b.append_n(n, true);
-                        b
-                    })
-                    .set_bit(at + (d as u64 - r.start) as usize, false);
-                }
-                at += (r.end - r.start) as usize;
-            }
-        }
-        Ok((batch, mask.map(|mut b| BooleanArray::new(b.finish(), None))))
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &opts,
+        )?)
     }
 
     /// The next batch of the current row group, or `None` when it is done.
@@ -1839,15 +1863,10 @@ impl CachedRead {
             if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
                 continue;
             }
-            let offset = (start - g.first_row) as usize;
-            let columns = self
-                .out_pos
-                .iter()
-                .map(|&p| g.arrays[p].slice(offset, len))
-                .collect();
-            let opts = RecordBatchOptions::new().with_row_count(Some(len));
-            let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &opts)?;
-            return Ok(Some((batch, mask)));
+            return Ok(Some((
+                self.batch_of(g, std::slice::from_ref(&(start..end)))?,
+                mask,
+            )));
         }
         Ok(None)
     }

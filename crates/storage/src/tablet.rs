@@ -188,7 +188,7 @@ pub(crate) struct Inner {
     compact_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     maintenance: Arc<MaintenanceShared>,
-    /// Decoded segment columns, shared with the other tablets of the process.
+    /// Decoded segment columns, shared with the other tablets of the database.
     columns: Option<Arc<ColumnCache>>,
     /// Bytes this tablet charges to the process's memory budget (buffer plus frozen buffers).
     charged: AtomicUsize,
@@ -589,17 +589,8 @@ impl Tablet {
     }
 
     fn scan_at(&self, req: &ScanRequest, snapshot: Timestamp) -> Result<TabletScan> {
-        self.inner.check_snapshot(snapshot)?;
-        let version = self.inner.version.load_full();
-        self.inner.check_snapshot(snapshot)?;
-        TabletScan::new(
-            version,
-            snapshot,
-            req,
-            self.inner.columns.clone(),
-            Part::WHOLE,
-            |v, k, s| self.inner.res.lookup(v, k, s),
-        )
+        let version = self.pin_version(snapshot)?;
+        self.new_scan(version, req, snapshot, Part::WHOLE)
     }
 
     /// The tablet's current version, for the parts of a scan at `snapshot` to share (see
@@ -622,8 +613,18 @@ impl Tablet {
         part: Part,
     ) -> Result<TabletScan> {
         self.inner.check_snapshot(snapshot)?;
+        self.new_scan(version.clone(), req, snapshot, part)
+    }
+
+    fn new_scan(
+        &self,
+        version: Arc<Version>,
+        req: &ScanRequest,
+        snapshot: Timestamp,
+        part: Part,
+    ) -> Result<TabletScan> {
         TabletScan::new(
-            version.clone(),
+            version,
             snapshot,
             req,
             self.inner.columns.clone(),
