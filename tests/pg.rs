@@ -79,11 +79,49 @@ async fn simple_and_extended_queries_types_errors_and_transactions() {
             ],
             vec![
                 Some("2".into()),
-                Some("50.0".into()), // PostgreSQL prints "50"; pgwire's text encoding adds ".0",
+                Some("50".into()), // as PostgreSQL prints it, not "50.0"
                 Some("f".into()),
                 None,
                 None
             ],
+        ]
+    );
+
+    // Result columns the query does not name are named, and timestamps and floats written,
+    // as PostgreSQL names and writes them.
+    let messages = c
+        .simple_query(
+            "SELECT count(*), avg(speed), max(ts), speed * 2, ratio / 3, CAST(big AS TEXT), \
+             ts + INTERVAL '0.25 second', 1e20::float8, 'infinity'::float8 \
+             FROM readings WHERE lane = 1 GROUP BY speed, ratio, big, ts",
+        )
+        .await
+        .unwrap();
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(
+        names,
+        ["count", "avg", "max", "?column?", "?column?", "big", "?column?", "float8", "float8"]
+    );
+    let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
+    assert_eq!(
+        values,
+        [
+            Some("1"),
+            Some("52.5"),
+            Some("2026-11-15 08:00:00"),
+            Some("105"),
+            Some("0.16666666666666666"),
+            Some("10"),
+            Some("2026-11-15 08:00:00.25"),
+            Some("1e+20"),
+            Some("Infinity"),
         ]
     );
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt64Array};
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 use datafusion::common::{Constraint, ScalarValue, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -399,6 +399,7 @@ impl Engine {
             InsertMode::Insert
         };
         self.rewrite_shows(&mut statement)?;
+        let names = result_names_of(&statement);
         let set_columns = self.adapt(&mut statement, &mut mode)?;
         // Everything else sees the session's own writes.
         self.write_held().await?;
@@ -526,8 +527,22 @@ impl Engine {
             }
             plan => {
                 let df = self.ctx.execute_logical_plan(plan).await?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
+                let planned = Arc::new(df.schema().as_arrow().clone());
+                let schema = match &names {
+                    Some(names) => names.apply(&planned),
+                    None => planned.clone(),
+                };
                 let mut batches = df.collect().await?;
+                if let Some(names) = names.filter(|_| !Arc::ptr_eq(&schema, &planned)) {
+                    batches = batches
+                        .into_iter()
+                        .map(|b| {
+                            let opts = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                            let renamed = names.apply(&b.schema());
+                            RecordBatch::try_new_with_options(renamed, b.columns().to_vec(), &opts)
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 // Keep the schema even when no rows come back (front ends describe it).
                 batches.retain(|b| b.num_rows() > 0);
                 if batches.is_empty() {
@@ -566,6 +581,7 @@ impl Engine {
             InsertMode::Insert
         };
         self.rewrite_shows(&mut statement)?;
+        let names = result_names_of(&statement);
         self.adapt(&mut statement, &mut mode)?;
         let plannable = match &statement {
             DFStatement::Statement(s) => matches!(
@@ -604,7 +620,13 @@ impl Engine {
             .collect();
         let columns = match plan {
             LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => None,
-            plan => Some(Arc::new(plan.schema().as_arrow().clone())),
+            plan => {
+                let columns = Arc::new(plan.schema().as_arrow().clone());
+                Some(match names {
+                    Some(names) => names.apply(&columns),
+                    None => columns,
+                })
+            }
         };
         Ok(Description { params, columns })
     }
@@ -1372,6 +1394,15 @@ pub(crate) enum InsertMode {
     DoNothing,
     /// Update these columns of the existing row (`ON CONFLICT DO UPDATE SET c = EXCLUDED.c`).
     DoUpdate(Vec<String>),
+}
+
+/// PostgreSQL's result column names for a query (see [`crate::colnames`]), from the statement
+/// as written: before the compatibility rewrites change its function calls.
+fn result_names_of(statement: &DFStatement) -> Option<crate::colnames::ResultNames> {
+    match statement {
+        DFStatement::Statement(s) => crate::colnames::result_names(s),
+        _ => None,
+    }
 }
 
 /// The mode of an `ON CONFLICT` clause. Only the forms with a meaning here are accepted: the

@@ -8,6 +8,7 @@
 pub mod activity;
 mod bytea;
 pub mod catalog;
+mod colnames;
 mod eager_aggregate;
 pub mod engine;
 pub mod error;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
@@ -694,7 +694,7 @@ fn rows_response(batches: Vec<RecordBatch>, format: &Format) -> PgWireResult<Res
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
     let encode = fields.clone();
     let rows = stream::iter(batches)
-        .flat_map(move |b| stream::iter(encode_recordbatch(encode.clone(), b)));
+        .flat_map(move |b| stream::iter(super::text::encode_rows(encode.clone(), b)));
     Ok(Response::Query(QueryResponse::new(fields, rows)))
 }
 

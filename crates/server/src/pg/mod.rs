@@ -10,6 +10,7 @@ mod auth;
 mod copy;
 mod handler;
 mod session;
+mod text;
 mod unflushed;
 
 use std::net::SocketAddr;

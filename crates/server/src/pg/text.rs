@@ -1,0 +1,310 @@
+//! Result rows in PostgreSQL's text output where pgwire's differs from it.
+//!
+//! pgwire writes every timestamp with six fractional digits (`10:00:00.000000`) and floats
+//! as Rust prints them (`2.0`, `inf`, `1e16`); PostgreSQL writes `10:00:00`, `2`, `Infinity`
+//! and `1e+16`. psql shows these strings as they are, and programs that compare or parse
+//! text results (scripts, CSV exports, tests written against PostgreSQL) see the difference,
+//! so text-format columns of those types are written here; everything else, and every
+//! binary-format column, goes through arrow-pg.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::error::PgWireResult;
+use pgwire::messages::data::DataRow;
+
+/// How one column's values are written.
+#[derive(Clone, Copy)]
+enum Column {
+    /// Through arrow-pg.
+    ArrowPg,
+    /// A timestamp without time zone, stored in `unit`s since the epoch.
+    Timestamp(TimeUnit),
+    Float32,
+    Float64,
+}
+
+/// The data rows of `batch`, whose columns `fields` describe.
+pub fn encode_rows(
+    fields: Arc<Vec<FieldInfo>>,
+    batch: RecordBatch,
+) -> impl Iterator<Item = PgWireResult<DataRow>> {
+    let columns: Vec<Column> = batch
+        .columns()
+        .iter()
+        .zip(fields.iter())
+        .map(|(a, f)| column_kind(a, f))
+        .collect();
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    let mut text = String::new();
+    (0..batch.num_rows()).map(move |row| {
+        let schema = batch.schema();
+        for (c, array) in batch.columns().iter().enumerate() {
+            let kind = if array.is_null(row) {
+                Column::ArrowPg
+            } else {
+                columns[c]
+            };
+            text.clear();
+            match kind {
+                Column::ArrowPg => arrow_pg::encoder::encode_value(
+                    &mut encoder,
+                    array,
+                    row,
+                    schema.field(c),
+                    &fields[c],
+                )?,
+                Column::Timestamp(unit) => {
+                    match timestamp_text(timestamp_micros(array, unit, row), &mut text) {
+                        true => encoder.encode_field(&text.as_str())?,
+                        // Outside chrono's years: arrow-pg's error.
+                        false => arrow_pg::encoder::encode_value(
+                            &mut encoder,
+                            array,
+                            row,
+                            schema.field(c),
+                            &fields[c],
+                        )?,
+                    }
+                }
+                Column::Float32 => {
+                    float_text(array.as_primitive::<Float32Type>().value(row), &mut text);
+                    encoder.encode_field(&text.as_str())?
+                }
+                Column::Float64 => {
+                    float_text(array.as_primitive::<Float64Type>().value(row), &mut text);
+                    encoder.encode_field(&text.as_str())?
+                }
+            }
+        }
+        Ok(encoder.take_row())
+    })
+}
+
+/// Which columns are written here: text format with PostgreSQL's default output settings
+/// (ISO dates, shortest exact floats); other settings keep pgwire's handling of them.
+fn column_kind(array: &ArrayRef, field: &FieldInfo) -> Column {
+    if field.format() != FieldFormat::Text {
+        return Column::ArrowPg;
+    }
+    let options = field.format_options();
+    match array.data_type() {
+        DataType::Timestamp(unit, None) if options.date_style.trim_start().starts_with("ISO") => {
+            Column::Timestamp(*unit)
+        }
+        DataType::Float32 | DataType::Float64 if options.extra_float_digits < 1 => Column::ArrowPg,
+        DataType::Float32 => Column::Float32,
+        DataType::Float64 => Column::Float64,
+        _ => Column::ArrowPg,
+    }
+}
+
+fn timestamp_micros(array: &ArrayRef, unit: TimeUnit, row: usize) -> Option<i64> {
+    match unit {
+        TimeUnit::Second => array
+            .as_primitive::<TimestampSecondType>()
+            .value(row)
+            .checked_mul(1_000_000),
+        TimeUnit::Millisecond => array
+            .as_primitive::<TimestampMillisecondType>()
+            .value(row)
+            .checked_mul(1_000),
+        TimeUnit::Microsecond => Some(array.as_primitive::<TimestampMicrosecondType>().value(row)),
+        // PostgreSQL keeps microseconds; arrow-pg drops the rest too.
+        TimeUnit::Nanosecond => Some(
+            array
+                .as_primitive::<TimestampNanosecondType>()
+                .value(row)
+                .div_euclid(1_000),
+        ),
+    }
+}
+
+/// `micros` since the epoch as PostgreSQL writes a `timestamp` in ISO style: the fraction of
+/// a second only when there is one, without trailing zeros. False for instants chrono cannot
+/// represent.
+fn timestamp_text(micros: Option<i64>, out: &mut String) -> bool {
+    use std::fmt::Write;
+    // PostgreSQL writes years outside 1..=9999 differently (`BC`, more digits): pgwire's text.
+    const YEAR_1: i64 = -62_135_596_800_000_000;
+    const YEAR_10000: i64 = 253_402_300_800_000_000;
+    let Some(micros) = micros.filter(|m| (YEAR_1..YEAR_10000).contains(m)) else {
+        return false;
+    };
+    let Some(t) = arrow::temporal_conversions::timestamp_us_to_datetime(micros) else {
+        return false;
+    };
+    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S"));
+    let fraction = micros.rem_euclid(1_000_000);
+    if fraction != 0 {
+        let digits = format!("{fraction:06}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    true
+}
+
+/// A float as PostgreSQL writes it with `extra_float_digits` >= 1 (its default): the shortest
+/// digits that read back exactly, in plain notation for decimal exponents from -4 up to 14
+/// (float8) or 5 (float4), in `d.ddde+XX` notation otherwise.
+trait PgFloat: Copy + std::fmt::LowerExp {
+    /// The largest decimal exponent written in plain notation.
+    const MAX_PLAIN: i32;
+    fn is_nan(self) -> bool;
+    fn is_infinite(self) -> bool;
+    fn is_sign_negative(self) -> bool;
+}
+
+impl PgFloat for f32 {
+    const MAX_PLAIN: i32 = 5;
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    fn is_infinite(self) -> bool {
+        f32::is_infinite(self)
+    }
+    fn is_sign_negative(self) -> bool {
+        f32::is_sign_negative(self)
+    }
+}
+
+impl PgFloat for f64 {
+    const MAX_PLAIN: i32 = 14;
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    fn is_infinite(self) -> bool {
+        f64::is_infinite(self)
+    }
+    fn is_sign_negative(self) -> bool {
+        f64::is_sign_negative(self)
+    }
+}
+
+fn float_text<F: PgFloat>(v: F, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if v.is_infinite() {
+        out.push_str(if v.is_sign_negative() {
+            "-Infinity"
+        } else {
+            "Infinity"
+        });
+        return;
+    }
+    // Rust's `{:e}` is the shortest exact form: `-1.25e-7`, `2e0`.
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("an exponent");
+    let exp: i32 = exp.parse().expect("a decimal exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    out.push_str(sign);
+    if (-4..=F::MAX_PLAIN).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f64_text(v: f64) -> String {
+        let mut s = String::new();
+        float_text(v, &mut s);
+        s
+    }
+
+    fn f32_text(v: f32) -> String {
+        let mut s = String::new();
+        float_text(v, &mut s);
+        s
+    }
+
+    /// Expected strings are what PostgreSQL 16 prints for `SELECT v::float8` / `::float4`.
+    #[test]
+    fn floats_read_as_in_postgresql() {
+        for (v, want) in [
+            (2.0, "2"),
+            (1.5, "1.5"),
+            (-0.5, "-0.5"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (1.0 / 3.0, "0.3333333333333333"),
+            (123.456, "123.456"),
+            (1e14, "100000000000000"),
+            (1e15, "1e+15"),
+            (1.5e16, "1.5e+16"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.25e-7, "1.25e-07"),
+            (1e300, "1e+300"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (f64::NAN, "NaN"),
+        ] {
+            assert_eq!(f64_text(v), want, "{v:e}");
+        }
+        for (v, want) in [
+            (0.1f32, "0.1"),
+            (87.5, "87.5"),
+            (100000.0, "100000"),
+            (1e6, "1e+06"),
+            (1234567.0, "1.234567e+06"),
+            (3.4028235e38, "3.4028235e+38"),
+        ] {
+            assert_eq!(f32_text(v), want, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn timestamps_read_as_in_postgresql() {
+        let text = |micros: i64| {
+            let mut s = String::new();
+            assert!(timestamp_text(Some(micros), &mut s));
+            s
+        };
+        let t0 = 1_672_567_200_000_000; // 2023-01-01 10:00:00 UTC
+        assert_eq!(text(t0), "2023-01-01 10:00:00");
+        assert_eq!(text(t0 + 250_000), "2023-01-01 10:00:00.25");
+        assert_eq!(text(t0 + 1), "2023-01-01 10:00:00.000001");
+        assert_eq!(text(-1), "1969-12-31 23:59:59.999999");
+        let mut s = String::new();
+        assert!(!timestamp_text(Some(i64::MAX), &mut s));
+        assert!(!timestamp_text(None, &mut s));
+    }
+}
