@@ -663,7 +663,16 @@ impl Engine {
                         if let OnInsert::OnConflict(oc) = &on {
                             self.check_conflict_target(&insert.table, oc)?;
                         }
-                        *mode = on_conflict_mode(on)?;
+                        // The alias names the existing row in `DO UPDATE`; the rows to
+                        // insert do not need it.
+                        let target = match insert.table_alias.take() {
+                            Some(a) => normalize(&a.alias),
+                            None => match &insert.table {
+                                ast::TableObject::TableName(name) => last_ident(name),
+                                other => other.to_string(),
+                            },
+                        };
+                        *mode = on_conflict_mode(on, target)?;
                     }
                 }
                 ast::Statement::Update(update) => {
@@ -966,6 +975,16 @@ impl Engine {
         if op.is_none() && matches!(mode, InsertMode::Insert) {
             return self.insert_all_or_nothing(&table, stream).await;
         }
+        if let (InsertMode::DoUpdateWith(update), None) = (&mode, op) {
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                batches.push(batch?);
+            }
+            check_distinct_keys(&schema, &batches)?;
+            return self
+                .insert_or_update(&table, &dml.table_name, update, batches)
+                .await;
+        }
         if matches!(mode, InsertMode::DoUpdate(_)) && op.is_none() {
             // As in PostgreSQL, a DO UPDATE may not touch a row twice: check every key of the
             // statement before writing any.
@@ -990,6 +1009,104 @@ impl Engine {
             };
         }
         Ok(count)
+    }
+
+    /// `INSERT ... ON CONFLICT DO UPDATE SET c = <expression>` (see [`crate::conflict`]): the
+    /// count of rows inserted and rows updated.
+    async fn insert_or_update(
+        &self,
+        table: &Table,
+        table_ref: &TableReference,
+        update: &crate::conflict::ConflictUpdate,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64, SqlError> {
+        let schema = table.schema();
+        update.check(&schema)?;
+        let Some(first) = batches.first() else {
+            return Ok(0);
+        };
+        let dry_run = update
+            .plan(
+                &self.ctx,
+                table_ref,
+                &schema,
+                vec![RecordBatch::new_empty(first.schema())],
+            )
+            .await?;
+        self.ctx.state().create_physical_plan(&dry_run).await?;
+        let key_names: Vec<&str> = schema
+            .key_indices()
+            .iter()
+            .map(|&i| schema.columns()[i].name.as_str())
+            .collect();
+        let mut inserted: Vec<RecordBatch> = Vec::new();
+        let result: Result<u64, SqlError> = async {
+            let mut count = 0u64;
+            let mut existing = Vec::new();
+            for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                let outcome =
+                    write_outcome(table, WriteBatch::uniform(WriteOp::Insert, batch.clone()))
+                        .await?;
+                count += outcome.applied as u64;
+                let mut met = std::collections::BTreeSet::new();
+                let mut failed = None;
+                for e in outcome.errors {
+                    match e.kind {
+                        nyala_storage::RowErrorKind::DuplicateKey => {
+                            met.insert(e.row as u32);
+                        }
+                        _ => failed = failed.or(Some(e)),
+                    }
+                }
+                let applied: Vec<u32> = (0..batch.num_rows() as u32)
+                    .filter(|r| !met.contains(r))
+                    .collect();
+                let key_pos = key_names
+                    .iter()
+                    .map(|n| batch.schema().index_of(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                inserted.push(crate::conflict::rows_of(
+                    &batch.project(&key_pos)?,
+                    applied,
+                )?);
+                if let Some(e) = failed {
+                    return Err(SqlError::Row(RowFailure(e).0));
+                }
+                if !met.is_empty() {
+                    existing.push(crate::conflict::rows_of(&batch, met.into_iter().collect())?);
+                }
+            }
+            if existing.is_empty() {
+                return Ok(count);
+            }
+            // The existing rows as committed now (not at the statement's start): PostgreSQL's
+            // ON CONFLICT too updates the row version that conflicted.
+            self.ctx
+                .state_ref()
+                .write()
+                .config_mut()
+                .set_extension(Arc::new(StatementSnapshot(self.db.snapshot_timestamp())));
+            let plan = update.plan(&self.ctx, table_ref, &schema, existing).await?;
+            let mut updates = Vec::new();
+            let mut stream = self.stream(plan).await?;
+            while let Some(batch) = stream.next().await {
+                updates.push(batch?);
+            }
+            // One write: a problem of the batch as a whole rejects every update at once.
+            if let Some(first) = updates.first() {
+                let batch = arrow::compute::concat_batches(&first.schema(), &updates)?;
+                if batch.num_rows() > 0 {
+                    count += write_batch(table, WriteOp::UpdateIgnore, batch).await?;
+                }
+            }
+            Ok(count)
+        }
+        .await;
+        if result.is_err() {
+            // As a failed INSERT: the rows this statement inserted go again.
+            undo_inserts(table, inserted).await;
+        }
+        result
     }
 
     /// A plain INSERT, as in PostgreSQL: if any row fails (a duplicate key), the rows this
@@ -1045,11 +1162,7 @@ impl Engine {
         match result {
             Ok(()) => Ok(count),
             Err(e) => {
-                for keys in written.into_iter().filter(|k| k.num_rows() > 0) {
-                    if let Err(undo) = write_batch(table, WriteOp::DeleteIgnore, keys).await {
-                        tracing::error!(error = %undo, "could not undo part of a failed INSERT");
-                    }
-                }
+                undo_inserts(table, written).await;
                 Err(e)
             }
         }
@@ -1065,6 +1178,12 @@ impl Engine {
             InsertMode::Insert => write_batch(table, WriteOp::Insert, batch).await,
             InsertMode::Upsert => write_batch(table, WriteOp::Upsert, batch).await,
             InsertMode::DoNothing => write_batch(table, WriteOp::InsertIgnore, batch).await,
+            // `write` runs these through `insert_or_update`.
+            InsertMode::DoUpdateWith(_) => Err(SqlError::DataFusion(
+                datafusion::error::DataFusionError::Internal(
+                    "a computed ON CONFLICT update batch by batch".into(),
+                ),
+            )),
             InsertMode::DoUpdate(columns) => {
                 // New keys get the whole row; existing ones only the SET columns (with the
                 // values the row would have been inserted with, i.e. EXCLUDED's).
@@ -1394,6 +1513,9 @@ pub(crate) enum InsertMode {
     DoNothing,
     /// Update these columns of the existing row (`ON CONFLICT DO UPDATE SET c = EXCLUDED.c`).
     DoUpdate(Vec<String>),
+    /// Update the existing row with values computed from it and the proposed one
+    /// (`ON CONFLICT DO UPDATE SET c = <expression> [WHERE ...]`).
+    DoUpdateWith(Box<crate::conflict::ConflictUpdate>),
 }
 
 /// PostgreSQL's result column names for a query (see [`crate::colnames`]), from the statement
@@ -1405,10 +1527,10 @@ fn result_names_of(statement: &DFStatement) -> Option<crate::colnames::ResultNam
     }
 }
 
-/// The mode of an `ON CONFLICT` clause. Only the forms with a meaning here are accepted: the
-/// conflict target, if given, is the primary key (the only unique constraint), and `DO UPDATE`
-/// sets columns to `EXCLUDED` values.
-fn on_conflict_mode(on: OnInsert) -> Result<InsertMode, SqlError> {
+/// The mode of an `ON CONFLICT` clause of an INSERT into a table called `target` in its
+/// expressions. The conflict target, if given, is the primary key (the only unique
+/// constraint).
+fn on_conflict_mode(on: OnInsert, target: String) -> Result<InsertMode, SqlError> {
     let OnInsert::OnConflict(oc) = on else {
         return Err(SqlError::Unsupported(
             "ON DUPLICATE KEY UPDATE; use ON CONFLICT (key) DO UPDATE".into(),
@@ -1417,35 +1539,32 @@ fn on_conflict_mode(on: OnInsert) -> Result<InsertMode, SqlError> {
     match oc.action {
         OnConflictAction::DoNothing => Ok(InsertMode::DoNothing),
         OnConflictAction::DoUpdate(du) => {
-            if du.selection.is_some() {
-                return Err(SqlError::Unsupported(
-                    "ON CONFLICT DO UPDATE ... WHERE".into(),
-                ));
-            }
-            let mut columns = Vec::new();
+            let mut assignments = Vec::new();
             for a in du.assignments {
-                let AssignmentTarget::ColumnName(target) = &a.target else {
+                let AssignmentTarget::ColumnName(column) = &a.target else {
                     return Err(SqlError::Unsupported(
                         "tuple assignments in ON CONFLICT".into(),
                     ));
                 };
-                let target = last_ident(target);
-                let from_excluded = match &a.value {
+                assignments.push((last_ident(column), a.value));
+            }
+            // `SET c = EXCLUDED.c` only: the storage engine's atomic partial upsert.
+            let plain = du.selection.is_none()
+                && assignments.iter().all(|(column, value)| match value {
                     ast::Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                        parts[0].value.eq_ignore_ascii_case("excluded")
-                            && normalize(&parts[1]) == target
+                        normalize(&parts[0]) == "excluded" && normalize(&parts[1]) == *column
                     }
                     _ => false,
-                };
-                if !from_excluded {
-                    return Err(SqlError::Unsupported(format!(
-                        "ON CONFLICT DO UPDATE SET {target} = <expression>; only \
-                         {target} = EXCLUDED.{target} is supported"
-                    )));
-                }
-                columns.push(target);
-            }
-            Ok(InsertMode::DoUpdate(columns))
+                });
+            Ok(if plain {
+                InsertMode::DoUpdate(assignments.into_iter().map(|(c, _)| c).collect())
+            } else {
+                InsertMode::DoUpdateWith(Box::new(crate::conflict::ConflictUpdate::new(
+                    assignments,
+                    du.selection,
+                    target,
+                )))
+            })
         }
     }
 }
@@ -1510,6 +1629,15 @@ fn last_ident(name: &ast::ObjectName) -> String {
     match name.0.last() {
         Some(ObjectNamePart::Identifier(i)) => normalize(i),
         _ => name.to_string(),
+    }
+}
+
+/// Deletes the rows of `keys` (key columns only) that a failing statement inserted.
+async fn undo_inserts(table: &Table, keys: Vec<RecordBatch>) {
+    for keys in keys.into_iter().filter(|k| k.num_rows() > 0) {
+        if let Err(undo) = write_batch(table, WriteOp::DeleteIgnore, keys).await {
+            tracing::error!(error = %undo, "could not undo part of a failed INSERT");
+        }
     }
 }
 

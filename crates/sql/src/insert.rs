@@ -135,6 +135,10 @@ impl ValuesInsert {
             }
             rows.push(out);
         }
+        if matches!(mode, InsertMode::DoUpdateWith(_)) {
+            // Values computed from the existing rows: planned.
+            return None;
+        }
         if let InsertMode::DoUpdate(columns) = mode {
             // A DO UPDATE may not touch a row twice; the planned statement says so.
             if rows.len() > 1 || columns.iter().any(|c| schema.index_of(c).is_err()) {
@@ -238,6 +242,13 @@ impl BoundInsert {
             InsertMode::Insert => WriteOp::Insert,
             InsertMode::DoNothing => WriteOp::InsertIgnore,
             InsertMode::Upsert | InsertMode::DoUpdate(_) => WriteOp::Upsert,
+            InsertMode::DoUpdateWith(_) => {
+                return Err(SqlError::DataFusion(
+                    datafusion::error::DataFusionError::Internal(
+                        "a computed ON CONFLICT update as constant rows".into(),
+                    ),
+                ))
+            }
         };
         let mut builder = BatchBuilder::new(names);
         for row in self.rows {

@@ -9,6 +9,7 @@ pub mod activity;
 mod bytea;
 pub mod catalog;
 mod colnames;
+mod conflict;
 mod eager_aggregate;
 pub mod engine;
 pub mod error;
