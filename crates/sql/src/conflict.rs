@@ -18,7 +18,7 @@
 use std::ops::ControlFlow;
 
 use arrow::array::RecordBatch;
-use datafusion::common::{Column, TableReference};
+use datafusion::common::{Column, ScalarValue, TableReference};
 use datafusion::logical_expr::{cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast;
@@ -40,8 +40,8 @@ pub(crate) struct ConflictUpdate {
 
 impl ConflictUpdate {
     /// The clause of an INSERT into a table called `target` in the expressions (its alias, or
-    /// its unqualified name). A column named without a table is the existing row's, as in
-    /// PostgreSQL.
+    /// its unqualified name). A column named without a table is taken as the existing row's
+    /// (PostgreSQL calls it ambiguous; nothing else could be meant).
     pub fn new(
         assignments: Vec<(String, ast::Expr)>,
         selection: Option<ast::Expr>,
@@ -101,8 +101,18 @@ impl ConflictUpdate {
         proposed: Vec<RecordBatch>,
     ) -> Result<LogicalPlan, SqlError> {
         let existing = ctx.table(table.clone()).await?.into_unoptimized_plan();
-        let existing = LogicalPlanBuilder::from(existing)
-            .alias(self.target.as_str())?
+        // Only the rows whose key is among the proposed ones: a filter on each key column the
+        // scan turns into key ranges, instead of reading the whole table for the join.
+        let mut existing = LogicalPlanBuilder::from(existing);
+        for &i in schema.key_indices() {
+            let name = &schema.columns()[i].name;
+            if let Some(values) = distinct_values(&proposed, name)? {
+                let column = Expr::Column(Column::new_unqualified(name));
+                existing = existing.filter(column.in_list(values, false))?;
+            }
+        }
+        let existing = existing
+            .alias(TableReference::bare(self.target.as_str()))?
             .build()?;
         let proposed = ctx.read_batches(proposed)?.into_unoptimized_plan();
         let proposed = LogicalPlanBuilder::from(proposed)
@@ -145,6 +155,28 @@ impl ConflictUpdate {
         }
         Ok(plan.project(columns)?.build()?)
     }
+}
+
+/// Above this many distinct values of a key column among the proposed rows, the existing
+/// rows are not filtered by that column.
+const MAX_KEY_FILTER: usize = 4096;
+
+/// The distinct values of column `name` in `batches` as literals, or `None` past
+/// [`MAX_KEY_FILTER`] of them.
+fn distinct_values(batches: &[RecordBatch], name: &str) -> Result<Option<Vec<Expr>>, SqlError> {
+    let mut seen = std::collections::HashSet::new();
+    for b in batches {
+        let column = b.column(b.schema().index_of(name)?);
+        for row in 0..b.num_rows() {
+            seen.insert(ScalarValue::try_from_array(column, row)?);
+            if seen.len() > MAX_KEY_FILTER {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(
+        seen.into_iter().map(|v| Expr::Literal(v, None)).collect(),
+    ))
 }
 
 /// Rows of `batch` at `rows`, for the proposed rows that met an existing key.

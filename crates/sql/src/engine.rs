@@ -970,6 +970,19 @@ impl Engine {
             }
             other => return Err(SqlError::Unsupported(format!("{other}"))),
         };
+        // UPDATE, DELETE and computed upserts write what they read: one at a time per table,
+        // each reading what is committed once it is its turn.
+        let _turn = if op.is_some() || matches!(mode, InsertMode::DoUpdateWith(_)) {
+            let turn = crate::turns::read_write_turn(&table.name().to_string()).await;
+            self.ctx
+                .state_ref()
+                .write()
+                .config_mut()
+                .set_extension(Arc::new(StatementSnapshot(self.db.snapshot_timestamp())));
+            Some(turn)
+        } else {
+            None
+        };
         let mut stream = self.stream(input).await?;
         let mut count = 0u64;
         if op.is_none() && matches!(mode, InsertMode::Insert) {
@@ -1049,8 +1062,10 @@ impl Engine {
                         .await?;
                 count += outcome.applied as u64;
                 let mut met = std::collections::BTreeSet::new();
+                let mut not_applied = std::collections::HashSet::new();
                 let mut failed = None;
                 for e in outcome.errors {
+                    not_applied.insert(e.row as u32);
                     match e.kind {
                         nyala_storage::RowErrorKind::DuplicateKey => {
                             met.insert(e.row as u32);
@@ -1059,7 +1074,7 @@ impl Engine {
                     }
                 }
                 let applied: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|r| !met.contains(r))
+                    .filter(|r| !not_applied.contains(r))
                     .collect();
                 let key_pos = key_names
                     .iter()

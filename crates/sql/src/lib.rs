@@ -26,6 +26,7 @@ pub mod provider;
 mod run_aggregate;
 pub mod statement;
 mod system;
+mod turns;
 mod types;
 
 pub use engine::Engine;

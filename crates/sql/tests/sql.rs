@@ -308,6 +308,52 @@ async fn upsert_on_conflict_update_delete() {
     assert_eq!(left[0].column(0).as_primitive::<Int64Type>().value(0), 0);
 }
 
+/// Sessions adding to one counter with a computed upsert, and sessions updating and
+/// deleting it alongside, lose no addition: such statements take turns per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_computed_upserts_and_updates_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::open(dir.path(), DatabaseOptions::default()).unwrap());
+    let setup = Engine::new(db.clone());
+    run(
+        &setup,
+        "CREATE TABLE hits (k INT PRIMARY KEY, n BIGINT NOT NULL)",
+    )
+    .await;
+    let mut sessions = Vec::new();
+    for s in 0..4 {
+        let e = Engine::new(db.clone());
+        sessions.push(tokio::spawn(async move {
+            let mut counted = 0;
+            for _ in 0..50 {
+                let sql = match s {
+                    // Sessions 0 and 1 upsert row 1, session 2 updates it, session 3
+                    // upserts row 2 and deletes it again.
+                    0 | 1 => "INSERT INTO hits VALUES (1, 1) ON CONFLICT (k) DO UPDATE SET n = hits.n + 1",
+                    2 => "UPDATE hits SET n = n + 1 WHERE k = 1",
+                    _ => "INSERT INTO hits VALUES (2, 1) ON CONFLICT (k) DO UPDATE SET n = hits.n + 1",
+                };
+                counted += count(&run(&e, sql).await);
+                if s == 3 {
+                    run(&e, "DELETE FROM hits WHERE k = 2").await;
+                }
+            }
+            counted
+        }));
+    }
+    let mut counted = Vec::new();
+    for s in sessions {
+        counted.push(s.await.unwrap());
+    }
+    // Every upsert inserted or updated its row; the updates counted what they found.
+    assert_eq!(counted[0], 50);
+    assert_eq!(counted[1], 50);
+    assert_eq!(counted[3], 50);
+    let n = run(&setup, "SELECT n FROM hits WHERE k = 1").await;
+    let n = n[0].column(0).as_primitive::<Int64Type>().value(0);
+    assert_eq!(n, 100 + counted[2] as i64, "{counted:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alter_table_describe_and_show() {
     let dir = tempfile::tempdir().unwrap();
