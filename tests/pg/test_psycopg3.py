@@ -39,6 +39,26 @@ def test_binary_parameters_and_prepared_statements(pg, table_name):
         assert cur.rowcount == 3
 
 
+def test_binary_results_of_expressions_over_parameters(pg, table_name):
+    # The rows of `k + %s` arrive as the type the statement's Describe announced, whatever
+    # type the client bound the value as: binary results are decoded by that type.
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, s SMALLINT, f REAL)")
+        conn.execute(f"INSERT INTO {table_name} VALUES (1, 2, 1.5), (2, 3, 2.5)")
+        for prepare in (False, True):
+            with conn.cursor(binary=True) as cur:
+                cur.execute(
+                    f"SELECT k + %s, s * %s, f + %s FROM {table_name} ORDER BY k",
+                    (1, 2, 0.5),
+                    prepare=prepare,
+                )
+                assert cur.fetchall() == [(2, 4, 2.0), (3, 6, 3.0)]
+        # A result that does not fit the announced type is an error, not garbage.
+        with conn.cursor(binary=True) as cur:
+            with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+                cur.execute(f"SELECT k + %s FROM {table_name}", (10_000_000_000,))
+
+
 def test_copy_rows(pg, table_name):
     with psycopg.connect(pg["dsn"], autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, ts TIMESTAMP, note TEXT)")

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
@@ -257,7 +258,7 @@ impl QueryHandler {
         client: &mut C,
         session: &Arc<Session>,
         (text, kind): (&str, &Kind),
-        params: &[ScalarValue],
+        (params, described): (&[ScalarValue], Option<&SchemaRef>),
         format: &Format,
         status: TransactionStatus,
     ) -> PgWireResult<Response>
@@ -272,7 +273,7 @@ impl QueryHandler {
             backends: &self.db.backends,
             pid: session.pid,
         };
-        self.run_statement(client, session, kind, params, format, status)
+        self.run_statement(client, session, kind, (params, described), format, status)
             .await
     }
 
@@ -281,7 +282,7 @@ impl QueryHandler {
         client: &mut C,
         session: &Arc<Session>,
         kind: &Kind,
-        params: &[ScalarValue],
+        (params, described): (&[ScalarValue], Option<&SchemaRef>),
         format: &Format,
         status: TransactionStatus,
     ) -> PgWireResult<Response>
@@ -312,7 +313,7 @@ impl QueryHandler {
                 {
                     *session.writes_in_block.lock() += 1;
                 }
-                return output_response(output, format);
+                return output_response(as_described(output, described, format)?, format);
             }
             Kind::Special(s) => s,
         };
@@ -669,6 +670,82 @@ fn text_rows(columns: &[&str], rows: Vec<Vec<String>>, format: &Format) -> Respo
     }
 }
 
+/// `output`'s binary-format columns as the types of the RowDescription a Describe of the
+/// statement sent, which the client decodes them by. The description was planned with the
+/// parameters' inferred types; bound values of other types (an `int8` for `k + $1` described
+/// as `int4`, a `float8` for `f + $1` described as `float4`) change the result's type, and 8
+/// bytes read as a 4-byte value are garbage. A value that does not fit fails the statement.
+/// (Text columns read the same whatever the width.)
+fn as_described(
+    output: Output,
+    described: Option<&SchemaRef>,
+    format: &Format,
+) -> PgWireResult<Output> {
+    let (batches, want) = match (output, described) {
+        (Output::Rows(batches), Some(want)) => (batches, want),
+        (output, _) => return Ok(output),
+    };
+    // The columns to cast, by position.
+    let recast = |b: &RecordBatch| -> Vec<bool> {
+        if b.num_columns() != want.fields().len() {
+            return vec![false; b.num_columns()];
+        }
+        b.schema()
+            .fields()
+            .iter()
+            .zip(want.fields())
+            .enumerate()
+            .map(|(i, (got, want))| {
+                got.data_type() != want.data_type()
+                    && format.format_for(i) == pgwire::api::results::FieldFormat::Binary
+            })
+            .collect()
+    };
+    if !batches.iter().any(|b| recast(b).contains(&true)) {
+        return Ok(Output::Rows(batches));
+    }
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let conformed = batches
+        .into_iter()
+        .map(|b| {
+            let cast = recast(&b);
+            if !cast.contains(&true) {
+                return Ok(b);
+            }
+            let mut fields = Vec::with_capacity(b.num_columns());
+            let mut columns = Vec::with_capacity(b.num_columns());
+            for ((c, got), (want, cast)) in b
+                .columns()
+                .iter()
+                .zip(b.schema().fields())
+                .zip(want.fields().iter().zip(cast))
+            {
+                if cast {
+                    columns.push(
+                        arrow::compute::cast_with_options(c, want.data_type(), &options).map_err(
+                            |e| user_error("22003", format!("column \"{}\": {e}", want.name())),
+                        )?,
+                    );
+                    fields.push(
+                        got.as_ref()
+                            .clone()
+                            .with_data_type(want.data_type().clone()),
+                    );
+                } else {
+                    columns.push(c.clone());
+                    fields.push(got.as_ref().clone());
+                }
+            }
+            RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+                .map_err(|e| user_error("XX000", e.to_string()))
+        })
+        .collect::<PgWireResult<Vec<_>>>()?;
+    Ok(Output::Rows(conformed))
+}
+
 /// A statement's output as PostgreSQL's answer.
 fn output_response(output: Output, format: &Format) -> PgWireResult<Response> {
     Ok(match output {
@@ -752,7 +829,7 @@ impl SimpleQueryHandler for QueryHandler {
                         client,
                         &session,
                         (sql, &kind),
-                        &[],
+                        (&[], None),
                         &Format::UnifiedText,
                         status,
                     )
@@ -1056,7 +1133,10 @@ impl ExtendedQueryHandler for QueryHandler {
             client,
             &session,
             (&stmt.sql, &stmt.kind),
-            &params,
+            (
+                &params,
+                stmt.described.get().and_then(|d| d.columns.as_ref()),
+            ),
             &portal.result_column_format,
             status,
         )
