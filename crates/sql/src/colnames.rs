@@ -6,14 +6,20 @@
 //! psycopg, `df["avg"]` in pandas), so the names a client sees follow PostgreSQL's rules
 //! (`FigureColname` in its parser).
 //!
-//! The names are applied to the result's schema only, after planning: PostgreSQL allows two
-//! result columns of one name (`SELECT count(a), count(b)`), DataFusion's plans do not.
+//! Function columns (and nameless ones) get their names as aliases before planning, so that
+//! the query itself can use them (`ORDER BY count`, a subquery's `s.avg`), where that keeps the
+//! select list's names unique: PostgreSQL allows two result columns of one name
+//! (`SELECT count(a), count(b)`), DataFusion's plans do not. Every other name is put on the
+//! result's schema after planning.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
+
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlType, Expr, Query, SelectItem, SetExpr, Statement, TimezoneInfo, TrimWhereField,
+    self, DataType as SqlType, Expr, Query, SelectItem, SetExpr, Statement, TimezoneInfo,
+    TrimWhereField,
 };
 
 /// The name PostgreSQL gives an expression of no name at all.
@@ -48,6 +54,78 @@ pub(crate) fn result_names(statement: &Statement) -> Option<ResultNames> {
         })
         .collect();
     Some(ResultNames(names))
+}
+
+/// Names the function and nameless columns of every select list in `statement` as PostgreSQL
+/// would (`count(*)` becomes `count(*) AS count`, `n + 1` `n + 1 AS "?column?"`), so that the rest of the query can use those names
+/// as in PostgreSQL: `ORDER BY count`, `SELECT sub.avg FROM (SELECT avg(x) FROM t) sub`, a
+/// client wrapping the query in `SELECT * FROM (...)`. Only where the name is unique in its
+/// select list (a plan's columns must be) and the list has no `*` (whose columns could clash);
+/// names PostgreSQL derives from columns or types (`CAST(n AS TEXT)` is `n`) are left to
+/// [`ResultNames::apply`], as an alias there could shadow the column in `GROUP BY`.
+pub(crate) fn name_function_columns(statement: &mut Statement) {
+    struct Namer;
+    impl ast::VisitorMut for Namer {
+        type Break = ();
+        fn post_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            name_in(&mut q.body);
+            ControlFlow::Continue(())
+        }
+    }
+    fn name_in(body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(s) => name_select(&mut s.projection),
+            SetExpr::SetOperation { left, right, .. } => {
+                name_in(left);
+                name_in(right);
+            }
+            _ => {}
+        }
+    }
+    fn name_select(items: &mut [SelectItem]) {
+        let mut names: Vec<Option<String>> = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            names.push(match item {
+                SelectItem::UnnamedExpr(e) => match figure(e) {
+                    (_, 0) => Some(NO_NAME.to_string()),
+                    (name, _) => name,
+                },
+                SelectItem::ExprWithAlias { alias, .. } => Some(ident_name(alias)),
+                _ => return,
+            });
+        }
+        for (item, name) in items.iter_mut().zip(&names) {
+            let (SelectItem::UnnamedExpr(e), Some(name)) = (&*item, name) else {
+                continue;
+            };
+            let named = is_function(e) || name == NO_NAME;
+            if !named || names.iter().filter(|n| n.as_ref() == Some(name)).count() > 1 {
+                continue;
+            }
+            *item = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: ast::Ident::with_quote('"', name.clone()),
+            };
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut Namer);
+}
+
+/// Whether PostgreSQL names `e` after a function (rather than a column, a type or nothing).
+fn is_function(e: &Expr) -> bool {
+    match e {
+        Expr::Nested(inner) => is_function(inner),
+        Expr::Function(_)
+        | Expr::Extract { .. }
+        | Expr::Ceil { .. }
+        | Expr::Floor { .. }
+        | Expr::Position { .. }
+        | Expr::Substring { .. }
+        | Expr::Overlay { .. }
+        | Expr::AtTimeZone { .. }
+        | Expr::Trim { .. } => true,
+        _ => false,
+    }
 }
 
 /// The select list whose names a query's result takes: the leftmost `SELECT` of set operations.
@@ -278,6 +356,24 @@ mod tests {
             let got: Vec<&str> = got.fields().iter().map(|f| f.name().as_str()).collect();
             assert_eq!(got, want, "{sql}");
         }
+    }
+
+    #[test]
+    fn unique_function_and_nameless_columns_become_aliases() {
+        let mut s = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT uid, count(*), sum(a), sum(b), CAST(n AS TEXT), n + 1, x AS y \
+             FROM (SELECT avg(v), 2 FROM t) sub ORDER BY count",
+        )
+        .unwrap()
+        .remove(0);
+        name_function_columns(&mut s);
+        assert_eq!(
+            s.to_string(),
+            "SELECT uid, count(*) AS \"count\", sum(a), sum(b), CAST(n AS TEXT), \
+             n + 1 AS \"?column?\", x AS y \
+             FROM (SELECT avg(v) AS \"avg\", 2 AS \"?column?\" FROM t) sub ORDER BY count"
+        );
     }
 
     #[test]

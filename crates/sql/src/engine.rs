@@ -647,10 +647,12 @@ impl Engine {
                 inner = &mut *e.statement;
             }
             if let DFStatement::Statement(s) = inner {
+                crate::colnames::name_function_columns(s);
                 crate::pg::rewrite(s);
             }
         }
         if let DFStatement::Statement(s) = statement {
+            crate::colnames::name_function_columns(s);
             crate::pg::rewrite(s);
             match s.as_mut() {
                 ast::Statement::Insert(insert) => {
