@@ -11,9 +11,10 @@
 //! and those whose key exists fail with a duplicate key and nothing else. For those, one query
 //! joins the existing rows (as committed when it runs) with the proposed ones and computes the
 //! SET values of the rows `WHERE` keeps. Those values are then written as updates. If that
-//! fails, the rows the statement inserted are deleted again, as for a failed INSERT. A
-//! concurrent write to one of the updated rows between the query and the update can be
-//! overwritten, as with `UPDATE` (see docs/sql.md).
+//! fails, the rows the statement inserted are deleted again, as for a failed INSERT. Such
+//! statements take turns per table (`crate::turns`), so two of them never read the same old
+//! value; a gRPC write between the query and the update can still be overwritten (see
+//! docs/sql.md).
 
 use std::ops::ControlFlow;
 
@@ -40,8 +41,9 @@ pub(crate) struct ConflictUpdate {
 
 impl ConflictUpdate {
     /// The clause of an INSERT into a table called `target` in the expressions (its alias, or
-    /// its unqualified name). A column named without a table is taken as the existing row's
-    /// (PostgreSQL calls it ambiguous; nothing else could be meant).
+    /// its unqualified name), with the statement's PostgreSQL rewrites (`crate::pg`) already
+    /// applied. A column named without a table is taken as the existing row's (PostgreSQL
+    /// calls it ambiguous; nothing else could be meant).
     pub fn new(
         assignments: Vec<(String, ast::Expr)>,
         selection: Option<ast::Expr>,
@@ -55,7 +57,6 @@ impl ConflictUpdate {
                         i.clone(),
                     ]);
                 }
-                crate::pg::rewrite_expr(e);
                 ControlFlow::<()>::Continue(())
             });
             e

@@ -121,7 +121,7 @@ fn escaped_pattern_expr(pattern: &Expr, c: char) -> Option<Expr> {
     ))
 }
 
-pub(crate) fn rewrite_expr(e: &mut Expr) {
+fn rewrite_expr(e: &mut Expr) {
     if let Expr::Like {
         pattern,
         escape_char: Some(escape),
