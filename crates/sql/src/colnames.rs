@@ -25,9 +25,9 @@ use datafusion::sql::sqlparser::ast::{
 /// The name PostgreSQL gives an expression of no name at all.
 const NO_NAME: &str = "?column?";
 
-/// PostgreSQL's names for the result columns of `statement`, one per column of its result, or
-/// `None` for statements whose result columns they cannot be lined up with (not a query, more
-/// than one `*`). `Some(None)` entries keep the planner's name (aliases, `*` columns).
+/// PostgreSQL's names for the result columns of `statement`, or `None` for statements whose
+/// result columns they cannot be lined up with (not a query, more than one `*`). Aliased and
+/// `*` columns keep the planner's names.
 pub(crate) fn result_names(statement: &Statement) -> Option<ResultNames> {
     let Statement::Query(q) = statement else {
         return None;
@@ -57,12 +57,13 @@ pub(crate) fn result_names(statement: &Statement) -> Option<ResultNames> {
 }
 
 /// Names the function and nameless columns of every select list in `statement` as PostgreSQL
-/// would (`count(*)` becomes `count(*) AS count`, `n + 1` `n + 1 AS "?column?"`), so that the rest of the query can use those names
-/// as in PostgreSQL: `ORDER BY count`, `SELECT sub.avg FROM (SELECT avg(x) FROM t) sub`, a
-/// client wrapping the query in `SELECT * FROM (...)`. Only where the name is unique in its
-/// select list (a plan's columns must be) and the list has no `*` (whose columns could clash);
-/// names PostgreSQL derives from columns or types (`CAST(n AS TEXT)` is `n`) are left to
-/// [`ResultNames::apply`], as an alias there could shadow the column in `GROUP BY`.
+/// would (`count(*)` becomes `count(*) AS count`, `n + 1` becomes `n + 1 AS "?column?"`), so
+/// that the rest of the query can use those names as in PostgreSQL: `ORDER BY count`,
+/// `SELECT sub.avg FROM (SELECT avg(x) FROM t) sub`, a client wrapping the query in
+/// `SELECT * FROM (...)`. Only where the name is unique in its select list (a plan's columns
+/// must be) and the list has no `*` (whose columns could clash); names PostgreSQL derives from
+/// columns or types (`CAST(n AS TEXT)` is `n`) are left to [`ResultNames::apply`], as an alias
+/// there could shadow the column in `GROUP BY`.
 pub(crate) fn name_function_columns(statement: &mut Statement) {
     struct Namer;
     impl ast::VisitorMut for Namer {

@@ -696,8 +696,12 @@ fn as_described(
             .zip(want.fields())
             .enumerate()
             .map(|(i, (got, want))| {
-                got.data_type() != want.data_type()
-                    && format.format_for(i) == pgwire::api::results::FieldFormat::Binary
+                // (A client naming fewer formats than there are columns gets text.)
+                let binary = match format {
+                    Format::Individual(codes) if codes.len() <= i => false,
+                    f => f.format_for(i) == pgwire::api::results::FieldFormat::Binary,
+                };
+                got.data_type() != want.data_type() && binary
             })
             .collect()
     };

@@ -42,8 +42,8 @@ pub fn encode_rows(
         .collect();
     let mut encoder = DataRowEncoder::new(fields.clone());
     let mut text = String::new();
+    let schema = batch.schema();
     (0..batch.num_rows()).map(move |row| {
-        let schema = batch.schema();
         for (c, array) in batch.columns().iter().enumerate() {
             let kind = if array.is_null(row) {
                 Column::ArrowPg
