@@ -51,35 +51,32 @@ pub fn encode_rows(
                 columns[c]
             };
             text.clear();
-            match kind {
-                Column::ArrowPg => arrow_pg::encoder::encode_value(
+            // Whether `text` holds the value; otherwise arrow-pg writes it (other types, NULLs,
+            // and years PostgreSQL writes differently).
+            let written = match kind {
+                Column::ArrowPg => false,
+                Column::Timestamp(unit) => {
+                    timestamp_text(timestamp_micros(array, unit, row), &mut text)
+                }
+                Column::Float32 => {
+                    float_text(array.as_primitive::<Float32Type>().value(row), &mut text);
+                    true
+                }
+                Column::Float64 => {
+                    float_text(array.as_primitive::<Float64Type>().value(row), &mut text);
+                    true
+                }
+            };
+            if written {
+                encoder.encode_field(&text.as_str())?;
+            } else {
+                arrow_pg::encoder::encode_value(
                     &mut encoder,
                     array,
                     row,
                     schema.field(c),
                     &fields[c],
-                )?,
-                Column::Timestamp(unit) => {
-                    match timestamp_text(timestamp_micros(array, unit, row), &mut text) {
-                        true => encoder.encode_field(&text.as_str())?,
-                        // Outside chrono's years: arrow-pg's error.
-                        false => arrow_pg::encoder::encode_value(
-                            &mut encoder,
-                            array,
-                            row,
-                            schema.field(c),
-                            &fields[c],
-                        )?,
-                    }
-                }
-                Column::Float32 => {
-                    float_text(array.as_primitive::<Float32Type>().value(row), &mut text);
-                    encoder.encode_field(&text.as_str())?
-                }
-                Column::Float64 => {
-                    float_text(array.as_primitive::<Float64Type>().value(row), &mut text);
-                    encoder.encode_field(&text.as_str())?
-                }
+                )?;
             }
         }
         Ok(encoder.take_row())
