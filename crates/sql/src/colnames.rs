@@ -60,10 +60,12 @@ pub(crate) fn result_names(statement: &Statement) -> Option<ResultNames> {
 /// would (`count(*)` becomes `count(*) AS count`, `n + 1` becomes `n + 1 AS "?column?"`), so
 /// that the rest of the query can use those names as in PostgreSQL: `ORDER BY count`,
 /// `SELECT sub.avg FROM (SELECT avg(x) FROM t) sub`, a client wrapping the query in
-/// `SELECT * FROM (...)`. Only where the name is unique in its select list (a plan's columns
-/// must be) and the list has no `*` (whose columns could clash); names PostgreSQL derives from
-/// columns or types (`CAST(n AS TEXT)` is `n`) are left to [`ResultNames::apply`], as an alias
-/// there could shadow the column in `GROUP BY`.
+/// `SELECT * FROM (...)`. A name's first occurrence only (a plan's columns must have distinct
+/// names: later ones get `name_2`, ..., and the result is renamed back by
+/// [`ResultNames::apply`], so `SELECT v, v` and `SELECT count(*), count(*)` work as in
+/// PostgreSQL), and not in lists with a `*` (whose columns could clash). Names PostgreSQL
+/// derives from columns or types (`CAST(n AS TEXT)` is `n`) are not made aliases, as one could
+/// shadow the column in `GROUP BY`.
 pub(crate) fn name_function_columns(statement: &mut Statement) {
     struct Namer;
     impl ast::VisitorMut for Namer {
@@ -95,17 +97,29 @@ pub(crate) fn name_function_columns(statement: &mut Statement) {
                 _ => return,
             });
         }
-        for (item, name) in items.iter_mut().zip(&names) {
+        let mut taken: std::collections::HashSet<String> =
+            names.iter().flatten().cloned().collect();
+        for (i, (item, name)) in items.iter_mut().zip(&names).enumerate() {
             let (SelectItem::UnnamedExpr(e), Some(name)) = (&*item, name) else {
                 continue;
             };
-            let named = is_function(e) || name == NO_NAME;
-            if !named || names.iter().filter(|n| n.as_ref() == Some(name)).count() > 1 {
+            let repeated = names[..i].iter().any(|n| n.as_ref() == Some(name));
+            let alias = if repeated {
+                // A plan's columns need distinct names; the result shows PostgreSQL's again.
+                let mut k = i + 1;
+                while taken.contains(&format!("{name}_{k}")) {
+                    k += 1;
+                }
+                format!("{name}_{k}")
+            } else if is_function(e) || name == NO_NAME {
+                name.clone()
+            } else {
                 continue;
-            }
+            };
+            taken.insert(alias.clone());
             *item = SelectItem::ExprWithAlias {
                 expr: e.clone(),
-                alias: ast::Ident::with_quote('"', name.clone()),
+                alias: ast::Ident::with_quote('"', alias),
             };
         }
     }
@@ -371,8 +385,8 @@ mod tests {
         name_function_columns(&mut s);
         assert_eq!(
             s.to_string(),
-            "SELECT uid, count(*) AS \"count\", sum(a), sum(b), CAST(n AS TEXT), \
-             n + 1 AS \"?column?\", x AS y \
+            "SELECT uid, count(*) AS \"count\", sum(a) AS \"sum\", sum(b) AS \"sum_4\", \
+             CAST(n AS TEXT), n + 1 AS \"?column?\", x AS y \
              FROM (SELECT avg(v) AS \"avg\", 2 AS \"?column?\" FROM t) sub ORDER BY count"
         );
     }
