@@ -59,6 +59,21 @@ def test_binary_results_of_expressions_over_parameters(pg, table_name):
                 cur.execute(f"SELECT k + %s FROM {table_name}", (10_000_000_000,))
 
 
+def test_untyped_parameters_in_a_computed_on_conflict_update(pg, table_name):
+    # psycopg sends Python strings untyped (OID 0), as asyncpg and pgx do with text: the
+    # server types each from where it is used, also inside ON CONFLICT ... SET.
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, n BIGINT)")
+        for _ in range(3):
+            conn.execute(
+                f"INSERT INTO {table_name} VALUES (%t, 1) "
+                f"ON CONFLICT (k) DO UPDATE SET n = {table_name}.n + %t",
+                ("1", "7"),
+                prepare=True,
+            )
+        assert conn.execute(f"SELECT k, n FROM {table_name}").fetchall() == [(1, 15)]
+
+
 def test_copy_rows(pg, table_name):
     with psycopg.connect(pg["dsn"], autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table_name} (k INT PRIMARY KEY, ts TIMESTAMP, note TEXT)")

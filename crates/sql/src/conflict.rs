@@ -137,8 +137,10 @@ impl ConflictUpdate {
             None,
         )?;
         let joined = plan.schema().clone();
+        // Placeholders take their types from what they meet (`t.n + $1`), as in a statement.
         let expr = |e: &ast::Expr| -> Result<Expr, SqlError> {
-            Ok(ctx.state().create_logical_expr(&e.to_string(), &joined)?)
+            let e = ctx.state().create_logical_expr(&e.to_string(), &joined)?;
+            Ok(e.infer_placeholder_types(&joined)?.0)
         };
         if let Some(condition) = &self.selection {
             plan = plan.filter(expr(condition)?)?;

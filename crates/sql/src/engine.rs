@@ -598,7 +598,21 @@ impl Engine {
             return Ok(unknown);
         }
         let plan = self.ctx.state().statement_to_plan(statement).await?;
-        let types = plan.get_parameter_types()?;
+        let mut types = plan.get_parameter_types()?;
+        if let (InsertMode::DoUpdateWith(update), LogicalPlan::Dml(dml)) = (&mode, &plan) {
+            // Parameters of a computed ON CONFLICT clause are typed by planning the clause.
+            let table = self.db.table(&Self::table_name(&dml.table_name)?)?;
+            let proposed = RecordBatch::new_empty(Arc::new(dml.input.schema().as_arrow().clone()));
+            let clause = update
+                .plan(&self.ctx, &dml.table_name, &table.schema(), vec![proposed])
+                .await?;
+            for (id, t) in clause.get_parameter_types()? {
+                let known = types.entry(id).or_insert(None);
+                if known.is_none() {
+                    *known = t;
+                }
+            }
+        }
         let query = !matches!(
             plan,
             LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)
