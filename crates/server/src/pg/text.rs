@@ -133,15 +133,18 @@ fn timestamp_text(micros: Option<i64>, out: &mut String) -> bool {
     let Some(micros) = micros.filter(|m| (YEAR_1..YEAR_10000).contains(m)) else {
         return false;
     };
-    let Some(t) = arrow::temporal_conversions::timestamp_us_to_datetime(micros) else {
+    let fraction = micros.rem_euclid(1_000_000);
+    let Some(t) = arrow::temporal_conversions::timestamp_us_to_datetime(micros - fraction) else {
         return false;
     };
-    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S"));
-    let fraction = micros.rem_euclid(1_000_000);
+    // A whole second displays as `YYYY-MM-DD HH:MM:SS` (no format string to parse per value,
+    // and no allocation: this runs for every timestamp of a text result).
+    let _ = write!(out, "{t}");
     if fraction != 0 {
-        let digits = format!("{fraction:06}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        let _ = write!(out, ".{fraction:06}");
+        while out.ends_with('0') {
+            out.pop();
+        }
     }
     true
 }
@@ -179,6 +182,7 @@ fn special_text(nan: bool, negative: bool) -> &'static str {
 }
 
 fn float_text<F: PgFloat>(v: F, out: &mut String) {
+    use std::fmt::Write;
     if let Some(s) = v.special() {
         out.push_str(s);
         return;
@@ -191,12 +195,29 @@ fn float_text<F: PgFloat>(v: F, out: &mut String) {
         Some(t) => ("-", t),
         None => ("", text),
     };
-    let (mantissa, exp) = match text.split_once('e') {
-        Some((m, e)) => (m, e.parse::<i32>().expect("a decimal exponent")),
+    let (mantissa, exp) = match text.split_once('e').map(|(m, e)| (m, e.parse::<i32>())) {
+        Some((m, Ok(e))) => (m, e),
+        // Ryu writes a decimal exponent; anything else is written as it came.
+        Some((_, Err(_))) => {
+            out.push_str(sign);
+            out.push_str(text);
+            return;
+        }
         None => (text, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let all: String = int.chars().chain(frac.chars()).collect();
+    // The digits in one run, on the stack (Ryu writes at most 24 characters): this runs for
+    // every float of a text result.
+    let mut run = [0u8; 32];
+    let n = int.len() + frac.len();
+    if n > run.len() {
+        out.push_str(sign);
+        out.push_str(text);
+        return;
+    }
+    run[..int.len()].copy_from_slice(int.as_bytes());
+    run[int.len()..n].copy_from_slice(frac.as_bytes());
+    let all = std::str::from_utf8(&run[..n]).unwrap_or("0");
     let leading = all.len() - all.trim_start_matches('0').len();
     let digits = all.trim_start_matches('0').trim_end_matches('0');
     out.push_str(sign);
@@ -227,11 +248,7 @@ fn float_text<F: PgFloat>(v: F, out: &mut String) {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        out.push_str(&format!(
-            "e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        ));
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
     }
 }
 
