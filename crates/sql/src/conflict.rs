@@ -181,11 +181,3 @@ fn distinct_values(batches: &[RecordBatch], name: &str) -> Result<Option<Vec<Exp
         seen.into_iter().map(|v| Expr::Literal(v, None)).collect(),
     ))
 }
-
-/// Rows of `batch` at `rows`, for the proposed rows that met an existing key.
-pub(crate) fn rows_of(batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch, SqlError> {
-    Ok(arrow::compute::take_record_batch(
-        batch,
-        &arrow::array::UInt32Array::from(rows),
-    )?)
-}

@@ -1,8 +1,9 @@
 //! Running statements: DDL against the database, everything else through DataFusion.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt64Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array};
 use arrow_schema::{DataType as ArrowType, Field, Schema as ArrowSchema};
 use datafusion::common::{Constraint, ScalarValue, TableReference};
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -1063,11 +1064,6 @@ impl Engine {
             )
             .await?;
         self.ctx.state().create_physical_plan(&dry_run).await?;
-        let key_names: Vec<&str> = schema
-            .key_indices()
-            .iter()
-            .map(|&i| schema.columns()[i].name.as_str())
-            .collect();
         let mut inserted: Vec<RecordBatch> = Vec::new();
         let result: Result<u64, SqlError> = async {
             let mut count = 0u64;
@@ -1077,34 +1073,26 @@ impl Engine {
                     write_outcome(table, WriteBatch::uniform(WriteOp::Insert, batch.clone()))
                         .await?;
                 count += outcome.applied as u64;
-                let mut met = std::collections::BTreeSet::new();
-                let mut not_applied = std::collections::HashSet::new();
+                let mut met = Vec::new();
                 let mut failed = None;
-                for e in outcome.errors {
-                    not_applied.insert(e.row as u32);
+                for e in &outcome.errors {
                     match e.kind {
-                        nyala_storage::RowErrorKind::DuplicateKey => {
-                            met.insert(e.row as u32);
-                        }
-                        _ => failed = failed.or(Some(e)),
+                        nyala_storage::RowErrorKind::DuplicateKey => met.push(e.row as u32),
+                        _ => failed = failed.or(Some(e.clone())),
                     }
                 }
-                let applied: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|r| !not_applied.contains(r))
-                    .collect();
-                let key_pos = key_names
-                    .iter()
-                    .map(|n| batch.schema().index_of(n))
-                    .collect::<Result<Vec<_>, _>>()?;
-                inserted.push(crate::conflict::rows_of(
-                    &batch.project(&key_pos)?,
-                    applied,
-                )?);
+                let not_applied: HashSet<u32> =
+                    outcome.errors.iter().map(|e| e.row as u32).collect();
+                inserted.push(applied_keys(&schema, &batch, &not_applied)?);
                 if let Some(e) = failed {
                     return Err(SqlError::Row(RowFailure(e).0));
                 }
                 if !met.is_empty() {
-                    existing.push(crate::conflict::rows_of(&batch, met.into_iter().collect())?);
+                    met.sort_unstable();
+                    existing.push(arrow::compute::take_record_batch(
+                        &batch,
+                        &UInt32Array::from(met),
+                    )?);
                 }
             }
             if existing.is_empty() {
@@ -1150,11 +1138,6 @@ impl Engine {
         mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     ) -> Result<u64, SqlError> {
         let schema = table.schema();
-        let key_names: Vec<String> = schema
-            .key_indices()
-            .iter()
-            .map(|&i| schema.columns()[i].name.clone())
-            .collect();
         let mut written: Vec<RecordBatch> = Vec::new();
         let mut count = 0u64;
         let result: Result<(), SqlError> = async {
@@ -1163,29 +1146,15 @@ impl Engine {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let key_pos = key_names
-                    .iter()
-                    .map(|n| batch.schema().index_of(n))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let keys = batch.project(&key_pos)?;
                 let outcome =
-                    write_outcome(table, WriteBatch::uniform(WriteOp::Insert, batch)).await?;
+                    write_outcome(table, WriteBatch::uniform(WriteOp::Insert, batch.clone()))
+                        .await?;
                 count += outcome.applied as u64;
-                if outcome.errors.is_empty() {
-                    written.push(keys);
-                    continue;
+                let failed: HashSet<u32> = outcome.errors.iter().map(|e| e.row as u32).collect();
+                written.push(applied_keys(&schema, &batch, &failed)?);
+                if let Some(first) = outcome.errors.into_iter().next() {
+                    return Err(SqlError::Row(first));
                 }
-                let failed: std::collections::HashSet<usize> =
-                    outcome.errors.iter().map(|e| e.row).collect();
-                let applied: Vec<u32> = (0..keys.num_rows() as u32)
-                    .filter(|r| !failed.contains(&(*r as usize)))
-                    .collect();
-                written.push(arrow::compute::take_record_batch(
-                    &keys,
-                    &arrow::array::UInt32Array::from(applied),
-                )?);
-                let first = outcome.errors.into_iter().next().expect("an error");
-                return Err(SqlError::Row(first));
             }
             Ok(())
         }
@@ -1429,7 +1398,7 @@ fn check_distinct_keys(schema: &Schema, batches: &[RecordBatch]) -> Result<(), S
         .map(|&i| arrow::row::SortField::new(schema.columns()[i].data_type.to_arrow()))
         .collect();
     let converter = arrow::row::RowConverter::new(fields)?;
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for batch in batches {
         let cols = schema
             .key_indices()
@@ -1661,6 +1630,30 @@ fn last_ident(name: &ast::ObjectName) -> String {
         Some(ObjectNamePart::Identifier(i)) => normalize(i),
         _ => name.to_string(),
     }
+}
+
+/// The key columns of the rows of `batch` not in `failed`: what undoing its insert deletes.
+fn applied_keys(
+    schema: &Schema,
+    batch: &RecordBatch,
+    failed: &HashSet<u32>,
+) -> Result<RecordBatch, SqlError> {
+    let key_pos = schema
+        .key_indices()
+        .iter()
+        .map(|&i| batch.schema().index_of(&schema.columns()[i].name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = batch.project(&key_pos)?;
+    if failed.is_empty() {
+        return Ok(keys);
+    }
+    let applied: Vec<u32> = (0..batch.num_rows() as u32)
+        .filter(|r| !failed.contains(r))
+        .collect();
+    Ok(arrow::compute::take_record_batch(
+        &keys,
+        &UInt32Array::from(applied),
+    )?)
 }
 
 /// Deletes the rows of `keys` (key columns only) that a failing statement inserted.
